@@ -1,0 +1,3 @@
+from synthmri.cli import main
+
+raise SystemExit(main())

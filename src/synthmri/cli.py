@@ -1,0 +1,270 @@
+"""``synthmri <verb>``: one command line for every stage (DVC and Kubeflow call the same verbs).
+
+Each verb parses its flags, resolves the config (profile, then ``--set key=value``, then
+the verb's own flags) and calls one library function. Heavy imports happen inside the
+handlers so ``synthmri --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from synthmri import __version__
+from synthmri.config import Config, ConfigError, load_config, parse_override
+from synthmri.data.store import StoreError
+
+log = logging.getLogger("synthmri")
+
+PROFILE_ENV = "SYNTHMRI_PROFILE"
+
+
+class UsageError(Exception):
+    """Bad command-line input; printed without a traceback, exit status 2."""
+
+
+def _config(args: argparse.Namespace, **flag_overrides: Any) -> Config:
+    """Profile -> --set overrides -> the verb's explicit flags (those not None)."""
+    overrides: dict[str, Any] = {}
+    for text in args.set or []:
+        key, value = parse_override(text)
+        overrides[key] = value
+    overrides.update({k: v for k, v in flag_overrides.items() if v is not None})
+    return load_config(args.profile, overrides)
+
+
+# ---------------------------------------------------------------------------- handlers
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from synthmri.data.phantom import write_phantom_dataset
+
+    cfg = _config(args, **{"phantom.subjects": args.subjects, "phantom.shape": args.shape, "phantom.seed": args.seed})
+    paths = write_phantom_dataset(args.out, cfg.phantom)
+    print(f"wrote {len(paths)} phantom subjects to {args.out}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from synthmri.data.prepare import prepare
+
+    cfg = _config(args, **{"data.size": args.size, "data.test_subjects": args.test_subjects, "data.seed": args.seed})
+    result = prepare(args.source, args.out, cfg)
+    print(result.summary())
+    return result.exit_code(strict=args.strict)
+
+
+def _train_generator(args: argparse.Namespace) -> int:
+    from synthmri.generators.train import train_generator
+
+    overrides = {"generator.model": args.model, "seed": args.seed}
+    if args.iterations is not None:
+        overrides[f"generator.{args.model}.iterations"] = args.iterations
+    cfg = _config(args, **overrides)
+    result = train_generator(args.data, args.out, cfg, resume=args.resume, register=not args.no_register)
+    print(result.summary())
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from synthmri.generators.sample import generate
+
+    cfg = _config(args, **{"generator.n_synthetic": args.n, "seed": args.seed})
+    manifest = generate(args.generator, args.out, cfg)
+    print(f"wrote {manifest['counts']['slices']} synthetic slices to {args.out}")
+    return 0
+
+
+def _evaluate_synthetic(args: argparse.Namespace) -> int:
+    from synthmri.metrics.evaluate_synthetic import evaluate_synthetic
+
+    cfg = _config(args)
+    summary = evaluate_synthetic(args.real, args.synthetic, args.out, cfg)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def _train_segmenter(args: argparse.Namespace) -> int:
+    from synthmri.segmenters.train import train_segmenter
+
+    cfg = _config(args, **{"segmenter.arch": args.arch, "segmenter.augment": args.aug, "seed": args.seed})
+    if args.train in ("synthetic", "mixed") and not args.synthetic:
+        raise UsageError(f"--train {args.train} needs at least one --synthetic store")
+    if args.train in ("real", "mixed") and not args.real:
+        raise UsageError(f"--train {args.train} needs --real")
+    result = train_segmenter(
+        train=args.train, real=args.real, synthetic=args.synthetic or [], out=args.out, cfg=cfg,
+        name=args.name,
+    )
+    print(result.summary())
+    return 0
+
+
+def _evaluate_segmenter(args: argparse.Namespace) -> int:
+    from synthmri.segmenters.evaluate import evaluate_segmenter
+
+    cfg = _config(args, **{"evaluation.eval_slices": args.eval_slices})
+    summary = evaluate_segmenter(args.model, args.data, args.out, cfg)
+    print(summary.describe())
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from synthmri.report import write_report
+
+    cfg = _config(args)
+    path = write_report(
+        out=args.out, evaluations=args.evaluation, memorization=args.memorization, real=args.real,
+        synthetic=args.synthetic, promotion=args.promotion, cfg=cfg,
+    )
+    print(f"report: {path}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from synthmri.promote import promote
+
+    cfg = _config(args)
+    decision = promote(
+        model=args.model, version=args.version, memorization=args.memorization,
+        real_evaluation=args.real_evaluation, synthetic_evaluation=args.synthetic_evaluation,
+        out=args.out, cfg=cfg,
+    )
+    print(decision.describe())
+    return 0 if decision.passed or args.exit_zero else 1
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    # Kubeflow lives outside the library: pipelines/ is imported only for this verb.
+    root = Path(args.project_root).resolve()
+    if not (root / "pipelines" / "__init__.py").is_file():
+        raise UsageError(f"{root} has no pipelines/ package; pass --project-root of the synthmri checkout")
+    sys.path.insert(0, str(root))
+    from pipelines.cli import run_pipeline_command
+
+    return run_pipeline_command(args)
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="synthmri",
+        description="Synthetic brain-tumour MRI: prepare BraTS, train generators, vet and use their images.",
+    )
+    parser.add_argument("--version", action="version", version=f"synthmri {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default=os.environ.get(PROFILE_ENV),
+                        help="profile name (demo, paper) or YAML path; default $SYNTHMRI_PROFILE, else the paper settings")
+    common.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set data.size=64 (repeatable)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    p = verb("phantom", _phantom, "Write BraTS-2021-layout phantom subjects (NIfTI) with tumours.")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--subjects", type=int, help="number of subjects (profile: phantom.subjects)")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="volume shape (default 240 240 155)")
+    p.add_argument("--seed", type=int, help="random seed; same seed, same bytes")
+
+    p = verb("prepare", _prepare, "Slice BraTS volumes into a slice store, split by subject.")
+    p.add_argument("--source", required=True, help="BraTS directory (one folder per subject)")
+    p.add_argument("--out", type=Path, required=True, help="slice store directory")
+    p.add_argument("--size", type=int, help="slice size after padding (below pad_to resamples)")
+    p.add_argument("--test-subjects", type=int, help="subjects held out for testing")
+    p.add_argument("--seed", type=int, help="seed of the subject shuffle")
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any subject was rejected")
+
+    p = verb("train-generator", _train_generator, "Train a generator on the training slices and register it in MLflow.")
+    p.add_argument("--model", default="ddpm", help="generator family (ddpm)")
+    p.add_argument("--data", type=Path, required=True, help="real slice store")
+    p.add_argument("--out", type=Path, required=True, help="directory for checkpoints and samples")
+    p.add_argument("--iterations", type=int, help="override the profile's training iterations")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--no-register", action="store_true", help="do not register the model in MLflow")
+
+    p = verb("generate", _generate, "Sample a synthetic slice store from a generator.")
+    p.add_argument("--generator", required=True, help="models:/synthmri-ddpm@candidate, runs:/..., or a checkpoint path")
+    p.add_argument("--n", type=int, help="number of synthetic slices (profile: generator.n_synthetic)")
+    p.add_argument("--out", type=Path, required=True, help="synthetic slice store directory")
+    p.add_argument("--seed", type=int, help="sampling seed; same seed, same bytes on CPU")
+
+    p = verb("evaluate-synthetic", _evaluate_synthetic, "Memorization of synthetic slices against the training slices.")
+    p.add_argument("--real", type=Path, required=True, help="real slice store (train split is the reference)")
+    p.add_argument("--synthetic", type=Path, required=True, help="synthetic slice store")
+    p.add_argument("--out", type=Path, required=True, help="output directory (memorization.csv, summary.json)")
+
+    p = verb("train-segmenter", _train_segmenter, "Train a segmentation network on real, synthetic or mixed slices.")
+    p.add_argument("--arch", default=None, help="segmentation architecture (unet)")
+    p.add_argument("--train", choices=("real", "synthetic", "mixed"), required=True, help="training data source")
+    p.add_argument("--real", type=Path, help="real slice store (validation always comes from its val split)")
+    p.add_argument("--synthetic", type=Path, action="append", help="synthetic slice store (repeatable: an ensemble)")
+    p.add_argument("--out", type=Path, required=True, help="directory for the checkpoint and history")
+    p.add_argument("--aug", action=argparse.BooleanOptionalAction, default=None, help="paper augmentation on/off")
+    p.add_argument("--seed", type=int, help="random seed (one repeat)")
+    p.add_argument("--name", help="run name (default: <arch>-<train>-<aug>-s<seed>)")
+
+    p = verb("evaluate-segmenter", _evaluate_segmenter, "3D Dice and Hausdorff per label on the test subjects.")
+    p.add_argument("--model", type=Path, required=True, help="segmenter output directory or checkpoint")
+    p.add_argument("--data", type=Path, required=True, help="real slice store (its test split is scored)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (per_subject.csv, summary.json)")
+    p.add_argument("--eval-slices", choices=("filtered", "all"), help="restack filtered slices (paper) or all")
+
+    p = verb("promote", _promote, "Gate a registered generator; passing sets the alias 'champion'.")
+    p.add_argument("--model", required=True, help="registered model name, e.g. synthmri-ddpm")
+    p.add_argument("--version", default="candidate", help="version number or alias (default: candidate)")
+    p.add_argument("--memorization", type=Path, required=True, help="evaluate-synthetic output directory")
+    p.add_argument("--real-evaluation", type=Path, required=True, help="evaluate-segmenter output of real-only training")
+    p.add_argument("--synthetic-evaluation", type=Path, required=True, help="evaluate-segmenter output of synthetic-only training")
+    p.add_argument("--out", type=Path, help="write the decision as JSON here")
+    p.add_argument("--exit-zero", action="store_true", help="record a failing gate but exit 0 (for DVC demos)")
+
+    p = verb("report", _report, "Write the Markdown/HTML report: Dice/Hausdorff tables, memorization, samples.")
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument("--evaluation", type=Path, action="append", required=True, help="evaluate-segmenter output (repeatable)")
+    p.add_argument("--memorization", type=Path, help="evaluate-synthetic output directory")
+    p.add_argument("--real", type=Path, help="real slice store (reference samples)")
+    p.add_argument("--synthetic", type=Path, action="append", help="synthetic slice store (repeatable)")
+    p.add_argument("--promotion", type=Path, help="promotion decision JSON")
+
+    p = verb("pipeline", _pipeline, "Kubeflow: compile the pipelines to YAML.")
+    p.add_argument("action", choices=("compile",), help="what to do")
+    p.add_argument("--out", type=Path, required=True, help="directory for the compiled YAML")
+    p.add_argument("--project-root", default=".", help="synthmri checkout holding pipelines/ (default: .)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``synthmri`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.handler(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"synthmri {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, FileNotFoundError) as exc:
+        print(f"synthmri {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"synthmri {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

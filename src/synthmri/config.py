@@ -1,0 +1,356 @@
+"""Typed configuration: frozen dataclasses loaded from YAML profiles.
+
+The dataclass defaults are the paper's settings (Akbar et al. 2024, see DESIGN.md);
+a profile (``configs/demo.yaml``, ``configs/paper.yaml`` or any YAML path) overrides
+them section by section, and command-line flags override the profile. The resolved
+config is written next to every stage's output and logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+CONFIG_DIR_ENV = "SYNTHMRI_CONFIG_DIR"
+
+
+class ConfigError(ValueError):
+    """A profile or override that does not fit the schema; the message names the key."""
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """Synthetic BraTS-layout subjects for laptops and tests."""
+
+    subjects: int = 24
+    shape: tuple[int, int, int] = (240, 240, 155)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Slicing of BraTS volumes into the slice store (paper, 'Data')."""
+
+    pad_to: int = 256  # zero-pad each axial slice to pad_to x pad_to (240 -> 256: 8 px a side)
+    size: int = 256  # resample padded slices to size x size (images smooth, labels nearest)
+    intensity_threshold: int = 50  # a pixel counts as foreground above this (0-255 scale)
+    min_foreground_fraction: float = 0.15  # keep a slice with more than this share foreground
+    filter_channel: str = "t1"  # the published code tests the T1 channel
+    # BraTS label -> value in the annotation channel. BraTS 2023 uses 3 for ET: {1: 51, 2: 102, 3: 204}.
+    label_map: dict[int, int] = field(default_factory=lambda: {1: 51, 2: 102, 4: 204})
+    test_subjects: int = 56
+    val_fraction: float = 0.2  # share of training subjects used to validate the segmenter
+    seed: int = 0
+    shard_size: int = 1024  # slices per shard file
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    """Denoising diffusion (MONAI DiffusionModelUNet), linear beta schedule."""
+
+    channels: tuple[int, ...] = (128, 256, 256, 512)
+    attention_levels: tuple[bool, ...] = (False, False, True, True)
+    num_res_blocks: int = 2
+    num_head_channels: int = 64
+    timesteps: int = 4000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    batch_size: int = 32
+    iterations: int = 200_000
+    lr: float = 1e-4
+    ema_decay: float = 0.9999
+    sampler: str = "ddim"  # ddim | ddpm
+    sample_steps: int = 100  # steps for DDIM sampling (DDPM always uses all timesteps)
+    checkpoint_every: int = 5000
+    sample_grid_every: int = 5000
+    log_every: int = 100
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Which generator to train and how many synthetic slices to draw."""
+
+    model: str = "ddpm"
+    n_synthetic: int = 100_000
+    sample_batch_size: int = 64
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """nnU-Net-like 2D U-Net on MONAI DynUNet (paper, 'Segmentation')."""
+
+    filters: tuple[int, ...] = (32, 64, 128, 256, 480, 480, 480)
+    deep_supervision_heads: int = 3
+    batch_size: int = 32
+    train_samples: int = 2_000_000  # training budget in samples (nnU-Net: 1000 epochs x 250 x 12)
+    lr: float = 2e-2  # the published code's initial LR (the paper text says 5e-2)
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    poly_power: float = 0.9
+    val_every_samples: int = 50_000
+    negative_slope: float = 0.01
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Segmentation training: architecture, data mix, augmentation, repeats."""
+
+    arch: str = "unet"
+    augment: bool = True
+    repeats: int = 10
+    unet: UNetConfig = field(default_factory=UNetConfig)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """3D evaluation of segmenters on the test subjects."""
+
+    eval_slices: str = "filtered"  # filtered (the paper) | all
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class MemorizationConfig:
+    """Nearest-training-image correlation of synthetic and held-out slices."""
+
+    chunk_size: int = 4096  # rows of the synthetic/query matrix per matmul block
+    threshold: float = 0.95  # a synthetic slice with max Pearson r above this is a near-copy
+    top_k: int = 8  # nearest pairs shown in the report
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    """Gate for setting a generator's `champion` alias."""
+
+    # Share of synthetic slices above the memorization threshold may exceed the held-out
+    # real baseline's share by at most this margin (absolute).
+    max_memorized_excess: float = 0.01
+    # Dice of synthetic-only training relative to real-only (with augmentation).
+    min_relative_dice: float = 0.7
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking and model registry."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment_prefix: str = "synthmri"
+    registered_model_prefix: str = "synthmri"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of a run."""
+
+    profile: str = "paper"
+    seed: int = 0
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        kt, vt = typing.get_args(tp)
+        return {_coerce(k, kt, f"{where}.{k}"): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    base = cls()
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{where}.{name}" if where else name
+        current = getattr(base, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            # Merge a partial section into that section's defaults.
+            merged = {**to_dict(current), **value}
+            kwargs[name] = _coerce(merged, hints[name], key)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
+    return dataclasses.replace(base, **kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain, YAML/JSON-serialisable view of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys -> scalar values, e.g. ``{"data.size": 64}``; for MLflow params."""
+    out: dict[str, Any] = {}
+    for key, value in to_dict(obj).items():
+        name = f"{prefix}{key}"
+        # label_map has int keys: keep it whole as one value rather than descending.
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def resolve_profile_path(profile: str | os.PathLike) -> Path:
+    """Find a profile by path, or by name in $SYNTHMRI_CONFIG_DIR or ./configs."""
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"profile file not found: {path}")
+        return path
+    dirs = [Path(os.environ[CONFIG_DIR_ENV])] if os.environ.get(CONFIG_DIR_ENV) else []
+    dirs.append(Path.cwd() / "configs")
+    for directory in dirs:
+        candidate = directory / f"{profile}.yaml"
+        if candidate.is_file():
+            return candidate
+    searched = ", ".join(str(d) for d in dirs)
+    raise ConfigError(f"profile {str(profile)!r} not found (looked for {profile}.yaml in {searched})")
+
+
+def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, creating sections on the way."""
+    *sections, leaf = dotted.split(".")
+    node = values
+    for section in sections:
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {section!r} is not a section")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` with the value parsed as YAML (``data.size=64``, ``a.b=[1,2]``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(profile: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a profile and apply dotted overrides.
+
+    Args:
+        profile: profile name (``demo``, ``paper``) or path to a YAML file; None gives the
+            paper defaults.
+        overrides: dotted keys to values, applied after the profile
+            (e.g. ``{"data.size": 64}``).
+
+    Returns:
+        The frozen, validated Config.
+
+    Raises:
+        ConfigError: unknown key, wrong type or missing profile; the message names it.
+    """
+    values: dict[str, Any] = {}
+    if profile is not None:
+        path = resolve_profile_path(profile)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a profile must be a mapping of sections")
+        values = loaded
+        values.setdefault("profile", path.stem)
+    for key, value in (overrides or {}).items():
+        set_dotted(values, key, value)
+    try:
+        config = _build(Config, values, "")
+    except ConfigError as exc:
+        where = f"profile {profile}: " if profile is not None else ""
+        raise ConfigError(f"{where}{exc}") from None
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    data = config.data
+    if data.size > data.pad_to:
+        raise ConfigError(f"data.size ({data.size}) must not exceed data.pad_to ({data.pad_to})")
+    if not 0.0 <= data.min_foreground_fraction < 1.0:
+        raise ConfigError(f"data.min_foreground_fraction must be in [0, 1), got {data.min_foreground_fraction}")
+    if not 0.0 <= data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
+    if data.filter_channel not in ("t1", "t1ce", "t2", "flair"):
+        raise ConfigError(f"data.filter_channel must be an image channel, got {data.filter_channel!r}")
+    values = sorted(data.label_map.values())
+    if len(set(values)) != len(values) or any(not 0 < v <= 255 for v in values):
+        raise ConfigError(f"data.label_map values must be distinct in 1..255, got {data.label_map}")
+    if config.generator.ddpm.sampler not in ("ddim", "ddpm"):
+        raise ConfigError(f"generator.ddpm.sampler must be ddim or ddpm, got {config.generator.ddpm.sampler!r}")
+    if config.evaluation.eval_slices not in ("filtered", "all"):
+        raise ConfigError(f"evaluation.eval_slices must be filtered or all, got {config.evaluation.eval_slices!r}")
+
+
+def dump_config(config: Config, path: Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from synthmri.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

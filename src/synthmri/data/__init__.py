@@ -1,0 +1,1 @@
+"""Data stage: phantom subjects, BraTS slicing, the slice store."""

@@ -1,0 +1,60 @@
+"""Tumour labels: BraTS label ids <-> annotation-channel values <-> class indices.
+
+The annotation channel stores 0 (background), 51 (NCR/NET), 102 (ED) and 204 (ET), as in
+the paper. Which BraTS label id maps to which value is configuration (``data.label_map``):
+BraTS 2020/2021 use 4 for enhancing tumour, BraTS 2023 uses 3.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+#: Annotation-channel values in class-index order: background, NCR/NET, ED, ET.
+LABEL_VALUES: tuple[int, ...] = (0, 51, 102, 204)
+#: Tumour sub-regions by name -> annotation value.
+LABEL_NAMES: dict[str, int] = {"NCR": 51, "ED": 102, "ET": 204}
+#: BraTS evaluation regions -> the annotation values they union.
+REGIONS: dict[str, tuple[int, ...]] = {"WT": (51, 102, 204), "TC": (51, 204), "ET": (204,)}
+
+
+class LabelError(ValueError):
+    """A segmentation holds a label the label map does not know."""
+
+
+def encode_labels(seg: np.ndarray, label_map: Mapping[int, int]) -> np.ndarray:
+    """Map BraTS label ids to annotation values (uint8); 0 stays 0.
+
+    Raises:
+        LabelError: a voxel holds a label id that is neither 0 nor in `label_map`.
+    """
+    seg = np.asarray(seg)
+    present = np.unique(seg)
+    unknown = [int(v) for v in present if v != 0 and int(v) not in label_map]
+    if unknown or np.any(present != np.round(present)):
+        raise LabelError(f"labels {unknown or present.tolist()} not in label map {dict(label_map)}")
+    lut = np.zeros(int(max(max(label_map), present.max(initial=0))) + 1, dtype=np.uint8)
+    for label, value in label_map.items():
+        lut[int(label)] = value
+    return lut[seg.astype(np.int64)]
+
+
+def snap_labels(channel: np.ndarray, values: tuple[int, ...] = LABEL_VALUES) -> np.ndarray:
+    """Snap any-valued annotation channel to the nearest of `values` (uint8)."""
+    levels = np.asarray(values, dtype=np.float32)
+    channel = np.asarray(channel, dtype=np.float32)
+    nearest = np.abs(channel[..., None] - levels).argmin(axis=-1)
+    return levels.astype(np.uint8)[nearest]
+
+
+def values_to_classes(channel: np.ndarray, values: tuple[int, ...] = LABEL_VALUES) -> np.ndarray:
+    """Annotation values (0/51/102/204) -> class indices 0..3 (int64); off-grid values snap first."""
+    channel = np.asarray(channel)
+    levels = np.asarray(values, dtype=np.float32)
+    return np.abs(channel.astype(np.float32)[..., None] - levels).argmin(axis=-1).astype(np.int64)
+
+
+def classes_to_values(classes: np.ndarray, values: tuple[int, ...] = LABEL_VALUES) -> np.ndarray:
+    """Class indices 0..3 -> annotation values (uint8)."""
+    return np.asarray(values, dtype=np.uint8)[np.asarray(classes, dtype=np.int64)]

@@ -1,0 +1,329 @@
+"""The slice store: the one on-disk contract between every stage (DESIGN.md, 'Data contract').
+
+A store is a directory::
+
+    manifest.json              written last; its presence marks a complete store
+    index.csv                  slice_id,subject,z,split,shard,row  (one row per slice)
+    shards/shard-NNNNN.npy     uint8 [n, 5, H, W], memory-mappable
+
+Shards are written to a temporary name and renamed. While a store is being written, each
+finished shard also gets a sidecar in ``.partial/`` with its rows and sha256, so a killed
+writer can resume from complete shards and produce identical bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from synthmri.data.labels import LABEL_VALUES
+from synthmri.io import atomic_save_npy, atomic_write_json, atomic_write_text, sha256_file
+
+SCHEMA_VERSION = 1
+CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair", "seg")
+IMAGE_CHANNELS = 4  # the first four channels are MR contrasts; the fifth is the annotation
+INDEX_COLUMNS = ("slice_id", "subject", "z", "split", "shard", "row")
+SPLITS = ("train", "val", "test")
+
+
+class StoreError(ValueError):
+    """A store that is missing, incomplete, corrupt or written with the wrong shapes."""
+
+
+@dataclass(frozen=True)
+class SliceRow:
+    """Where one slice came from. `z` is -1 and `subject` the generator for synthetic slices."""
+
+    slice_id: str
+    subject: str
+    z: int
+    split: str
+
+
+def shard_name(number: int) -> str:
+    return f"shard-{number:05d}.npy"
+
+
+class StoreWriter:
+    """Append slices in order; shards are flushed atomically, the manifest written on close.
+
+    Args:
+        out: store directory (created).
+        image_size: H = W of every slice.
+        source: provenance for the manifest (e.g. ``{"path": ..., "content_hash": ...}``).
+        shard_size: slices per shard.
+        generator: for synthetic stores, ``{"name": ..., "version": ...}``.
+        extra: more manifest fields (e.g. the split seed, the label map).
+        resume: keep shards a killed earlier writer completed; slices re-added for them are
+            checked against the recorded ids and not rewritten.
+
+    Use as a context manager; an exception leaves the store incomplete (no manifest).
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        *,
+        image_size: int,
+        source: dict[str, Any],
+        shard_size: int = 1024,
+        generator: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        resume: bool = True,
+    ) -> None:
+        if shard_size < 1:
+            raise StoreError(f"shard_size must be positive, got {shard_size}")
+        self.out = Path(out)
+        self.image_size = int(image_size)
+        self.source = source
+        self.generator = generator
+        self.extra = extra or {}
+        self.shard_size = int(shard_size)
+        self._shards_dir = self.out / "shards"
+        self._partial = self.out / ".partial"
+        # The store is incomplete from here until close(): drop a stale manifest first.
+        (self.out / "manifest.json").unlink(missing_ok=True)
+        if not resume and self.out.exists():
+            shutil.rmtree(self._shards_dir, ignore_errors=True)
+            shutil.rmtree(self._partial, ignore_errors=True)
+            (self.out / "index.csv").unlink(missing_ok=True)
+        self._shards_dir.mkdir(parents=True, exist_ok=True)
+        self._partial.mkdir(parents=True, exist_ok=True)
+        self._done: list[dict[str, Any]] = self._load_completed() if resume else []
+        self._buffer: list[np.ndarray] = []
+        self._rows: list[SliceRow] = []
+        self._count = 0  # slices added so far, including those skipped on resume
+
+    def _load_completed(self) -> list[dict[str, Any]]:
+        """Sidecars of consecutive complete shards whose bytes still match their sha256."""
+        done = []
+        number = 0
+        while (sidecar := self._partial / f"shard-{number:05d}.json").is_file():
+            record = json.loads(sidecar.read_text())
+            shard = self._shards_dir / shard_name(number)
+            if not shard.is_file() or sha256_file(shard) != record["sha256"]:
+                break
+            done.append(record)
+            number += 1
+        return done
+
+    @property
+    def resumed_slices(self) -> int:
+        """How many leading slices are already in complete shards from an earlier run."""
+        return sum(len(r["rows"]) for r in self._done)
+
+    def add(self, slices: np.ndarray, rows: Sequence[SliceRow]) -> None:
+        """Append `slices` (uint8 [n, 5, H, W]) with one SliceRow each."""
+        slices = np.asarray(slices)
+        expected = (len(CHANNELS), self.image_size, self.image_size)
+        if slices.ndim != 4 or slices.shape[1:] != expected:
+            raise StoreError(f"{self.out}: slices must be [n, {expected[0]}, {expected[1]}, {expected[2]}], got {list(slices.shape)}")
+        if slices.dtype != np.uint8:
+            raise StoreError(f"{self.out}: slices must be uint8, got {slices.dtype}")
+        if len(rows) != len(slices):
+            raise StoreError(f"{self.out}: {len(slices)} slices but {len(rows)} index rows")
+        for start in range(0, len(slices), self.shard_size):
+            self._add_chunk(slices[start : start + self.shard_size], rows[start : start + self.shard_size])
+
+    def _add_chunk(self, slices: np.ndarray, rows: Sequence[SliceRow]) -> None:
+        position = 0
+        while position < len(slices):
+            shard_number = self._count // self.shard_size
+            room = self.shard_size - self._count % self.shard_size
+            take = min(room, len(slices) - position)
+            part, part_rows = slices[position : position + take], rows[position : position + take]
+            if shard_number < len(self._done):
+                # Already written by an earlier run: the stream must be the same.
+                offset = self._count % self.shard_size
+                recorded = [r[0] for r in self._done[shard_number]["rows"][offset : offset + take]]
+                if recorded != [r.slice_id for r in part_rows]:
+                    raise StoreError(
+                        f"{self.out}: resumed shard {shard_number} holds other slices than this run produces; "
+                        "delete the store or run without resume"
+                    )
+            else:
+                self._buffer.append(part)
+                self._rows.extend(part_rows)
+            self._count += take
+            position += take
+            if self._count % self.shard_size == 0 and self._buffer:
+                self._flush()
+
+    def _flush(self) -> None:
+        number = len(self._done)
+        data = np.concatenate(self._buffer)
+        digest = atomic_save_npy(self._shards_dir / shard_name(number), data)
+        record = {
+            "shard": shard_name(number),
+            "count": len(data),
+            "sha256": digest,
+            "rows": [[r.slice_id, r.subject, r.z, r.split] for r in self._rows],
+        }
+        atomic_write_json(self._partial / f"shard-{number:05d}.json", record)
+        self._done.append(record)
+        self._buffer, self._rows = [], []
+
+    def close(self) -> dict[str, Any]:
+        """Flush the last shard, write index.csv, then manifest.json; returns the manifest."""
+        if self._buffer:
+            self._flush()
+        if self._count < self.resumed_slices:
+            raise StoreError(f"{self.out}: this run produced {self._count} slices, fewer than the {self.resumed_slices} already stored")
+        # Shards beyond what this run produced are stale leftovers of a different earlier run.
+        for stale in self._shards_dir.glob("shard-*.npy"):
+            if stale.name not in {r["shard"] for r in self._done}:
+                stale.unlink()
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(INDEX_COLUMNS)
+        splits: dict[str, int] = {}
+        subjects: set[str] = set()
+        for number, record in enumerate(self._done):
+            for row_number, (slice_id, subject, z, split) in enumerate(record["rows"]):
+                writer.writerow([slice_id, subject, z, split, number, row_number])
+                splits[split] = splits.get(split, 0) + 1
+                subjects.add(subject)
+        index_text = buffer.getvalue()
+        atomic_write_text(self.out / "index.csv", index_text)
+        shards = [{"name": r["shard"], "count": r["count"], "sha256": r["sha256"]} for r in self._done]
+        content = hashlib.sha256(index_text.encode())
+        for shard in shards:
+            content.update(shard["sha256"].encode())
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "channels": list(CHANNELS),
+            "image_size": self.image_size,
+            "label_values": list(LABEL_VALUES),
+            "source": self.source,
+            "generator": self.generator,
+            "counts": {"slices": self._count, "subjects": len(subjects), "splits": splits},
+            "shards": shards,
+            "content_hash": content.hexdigest(),
+            **self.extra,
+        }
+        atomic_write_json(self.out / "manifest.json", manifest)
+        shutil.rmtree(self._partial, ignore_errors=True)
+        return manifest
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+
+class SliceStore:
+    """Read a complete slice store; shards are memory-mapped on first use.
+
+    Attributes:
+        path: the store directory.
+        manifest: the parsed manifest.json.
+        slice_id, subject, split: numpy arrays of str, one entry per slice (index order).
+        z, shard, row: numpy int arrays, one entry per slice.
+    """
+
+    def __init__(self, path: Path, verify: bool = False) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.is_file():
+            why = "a writer was interrupted" if (self.path / ".partial").exists() else "not a slice store"
+            raise StoreError(f"{self.path}: manifest.json missing ({why})")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{manifest_path}: not valid JSON ({exc})") from None
+        if self.manifest.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{manifest_path}: schema_version {self.manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        self._load_index()
+        self._shards: dict[int, np.ndarray] = {}
+        if verify:
+            self.verify()
+
+    def _load_index(self) -> None:
+        index_path = self.path / "index.csv"
+        with open(index_path, newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if tuple(header or ()) != INDEX_COLUMNS:
+                raise StoreError(f"{index_path}: header {header}, expected {list(INDEX_COLUMNS)}")
+            columns = list(zip(*reader)) or [()] * len(INDEX_COLUMNS)
+        self.slice_id = np.asarray(columns[0], dtype=str)
+        self.subject = np.asarray(columns[1], dtype=str)
+        self.z = np.asarray(columns[2], dtype=np.int64)
+        self.split = np.asarray(columns[3], dtype=str)
+        self.shard = np.asarray(columns[4], dtype=np.int64)
+        self.row = np.asarray(columns[5], dtype=np.int64)
+        if len(self.slice_id) != self.manifest["counts"]["slices"]:
+            raise StoreError(f"{index_path}: {len(self.slice_id)} rows, manifest says {self.manifest['counts']['slices']}")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["image_size"])
+
+    @property
+    def content_hash(self) -> str:
+        return str(self.manifest["content_hash"])
+
+    def __len__(self) -> int:
+        return len(self.slice_id)
+
+    def indices(self, split: str | Iterable[str] | None = None) -> np.ndarray:
+        """Positions (index order) of the slices in `split` (a name, several, or all)."""
+        if split is None:
+            return np.arange(len(self))
+        wanted = [split] if isinstance(split, str) else list(split)
+        return np.flatnonzero(np.isin(self.split, wanted))
+
+    def subjects(self, split: str | None = None) -> list[str]:
+        """Sorted unique subjects, optionally of one split."""
+        return sorted(set(self.subject[self.indices(split)].tolist()))
+
+    def _shard(self, number: int) -> np.ndarray:
+        if number not in self._shards:
+            info = self.manifest["shards"][number]
+            path = self.path / "shards" / info["name"]
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{path}: cannot read shard ({exc})") from None
+            if array.shape[0] != info["count"] or array.dtype != np.uint8:
+                raise StoreError(f"{path}: shape {array.shape} {array.dtype}, manifest says {info['count']} uint8 slices")
+            self._shards[number] = array
+        return self._shards[number]
+
+    def read(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Slices at `positions` as uint8 [n, 5, H, W], in the order given."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), len(CHANNELS), self.image_size, self.image_size), dtype=np.uint8)
+        shards = self.shard[positions]
+        for number in np.unique(shards):
+            where = np.flatnonzero(shards == number)
+            rows = self.row[positions[where]]
+            order = np.argsort(rows)  # ascending rows read memory-mapped pages in order
+            out[where[order]] = self._shard(int(number))[rows[order]]
+        return out
+
+    def iter_batches(self, positions: Sequence[int] | np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (positions, slices) in batches of `batch_size`."""
+        positions = np.asarray(positions, dtype=np.int64)
+        for start in range(0, len(positions), batch_size):
+            chunk = positions[start : start + batch_size]
+            yield chunk, self.read(chunk)
+
+    def verify(self) -> None:
+        """Check every shard's sha256 against the manifest; raise StoreError naming the bad shard."""
+        for info in self.manifest["shards"]:
+            path = self.path / "shards" / info["name"]
+            if not path.is_file():
+                raise StoreError(f"{path}: shard missing")
+            if sha256_file(path) != info["sha256"]:
+                raise StoreError(f"{path}: sha256 mismatch (corrupt or modified shard)")

@@ -1,0 +1,1 @@
+"""Generators: networks, training loops, sampling and the MLflow sampler."""

@@ -1,0 +1,71 @@
+"""Atomic file writes and content hashing shared by every stage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    """Write through `write(fileobj)` to a temporary file beside `path`, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`; readers never see a partial file."""
+    _atomic_write(path, lambda f: f.write(data), "wb")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` (UTF-8); readers never see a partial file."""
+    _atomic_write(path, lambda f: f.write(text), "w")
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Replace `path` with pretty JSON of `obj`."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> str:
+    """Save `array` as .npy atomically and return the sha256 of the bytes written."""
+    digest = hashlib.sha256()
+
+    class _Hashing:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            digest.update(data)
+            return self.handle.write(data)
+
+    def write(handle):
+        np.save(_Hashing(handle), np.ascontiguousarray(array), allow_pickle=False)
+
+    _atomic_write(path, write, "wb")
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

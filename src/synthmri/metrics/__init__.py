@@ -1,0 +1,1 @@
+"""Metrics: memorization, synthetic-image quality, 3D segmentation scores."""

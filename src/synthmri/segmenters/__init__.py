@@ -1,0 +1,1 @@
+"""Segmenters: networks, training loop and 3D evaluation."""

@@ -1,0 +1,117 @@
+"""MLflow: one place that knows experiment names, run tags and the registry.
+
+Every stage opens its run through :func:`stage_run`, so every run carries the same
+params (the flattened resolved config), the config file, the profile, seed, package
+version, git commit and the content hash of each slice store it read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from synthmri import __version__
+from synthmri.config import Config, TrackingConfig, dump_config, flatten
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ENV = "SYNTHMRI_PARENT_RUN_ID"
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    """The tracking URI: $MLFLOW_TRACKING_URI wins over the profile (cluster pods set it)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+
+
+def configure(cfg: TrackingConfig) -> None:
+    """Point MLflow's tracking and registry at the configured store."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+
+
+def experiment_name(cfg: TrackingConfig, kind: str) -> str:
+    """``synthmri-generators``, ``synthmri-segmenters``, ``synthmri-evaluation``, ``synthmri-pipeline``."""
+    return f"{cfg.experiment_prefix}-{kind}"
+
+
+def registered_model_name(cfg: TrackingConfig, model: str) -> str:
+    """Registry name of a generator, e.g. ``synthmri-ddpm``."""
+    return f"{cfg.registered_model_prefix}-{model}"
+
+
+def git_commit() -> str:
+    """The source commit: $SYNTHMRI_GIT_COMMIT (set in images), else git, else 'unknown'."""
+    if commit := os.environ.get("SYNTHMRI_GIT_COMMIT"):
+        return commit
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent)
+        return result.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+@contextlib.contextmanager
+def stage_run(
+    cfg: Config,
+    *,
+    stage: str,
+    experiment: str,
+    run_name: str,
+    datasets: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[Any]:
+    """Open an MLflow run for one stage, with the project's standard params and tags.
+
+    Args:
+        cfg: the resolved config (logged as params and as ``config.yaml``).
+        stage: CLI verb, e.g. ``train-segmenter``.
+        experiment: experiment kind (see :func:`experiment_name`).
+        run_name: readable run name, e.g. ``ddpm-unet-synthetic-aug-r0``.
+        datasets: name -> SliceStore read by this stage; each content hash becomes a tag
+            ``synthmri.data.<name>`` and a param ``data.<name>.hash``.
+        tags: more tags.
+
+    Yields:
+        The active ``mlflow.ActiveRun``.
+    """
+    import mlflow
+
+    configure(cfg.tracking)
+    mlflow.set_experiment(experiment_name(cfg.tracking, experiment))
+    all_tags = {
+        "synthmri.stage": stage,
+        "synthmri.profile": cfg.profile,
+        "synthmri.seed": str(cfg.seed),
+        "synthmri.version": __version__,
+        "synthmri.git_commit": git_commit(),
+        **(tags or {}),
+    }
+    if parent := os.environ.get(PARENT_RUN_ENV):
+        all_tags["mlflow.parentRunId"] = parent
+    params = {k: _param_value(v) for k, v in flatten(cfg).items()}
+    for name, store in (datasets or {}).items():
+        all_tags[f"synthmri.data.{name}"] = store.content_hash
+        params[f"data.{name}.hash"] = store.content_hash
+        params[f"data.{name}.slices"] = str(len(store))
+    with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
+        mlflow.log_params(params)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            dump_config(cfg, path)
+            mlflow.log_artifact(str(path))
+        log.info("MLflow run %s (%s) in experiment %s", run.info.run_id, run_name, experiment_name(cfg.tracking, experiment))
+        yield run
