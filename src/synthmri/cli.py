@@ -8,6 +8,7 @@ handlers so ``synthmri --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -129,13 +130,27 @@ def _promote(args: argparse.Namespace) -> int:
     from synthmri.promote import promote
 
     cfg = _config(args)
+    version = args.version
+    if Path(version).suffix == ".json":
+        # The registration record train-generator wrote: promote exactly the version it made.
+        record = Path(version)
+        if not record.is_file():
+            raise UsageError(f"--version {version}: registration file not found")
+        version = str(json.loads(record.read_text())["version"])
     decision = promote(
-        model=args.model, version=args.version, memorization=args.memorization,
+        model=args.model, version=version, memorization=args.memorization,
         real_evaluation=args.real_evaluation, synthetic_evaluation=args.synthetic_evaluation,
         out=args.out, cfg=cfg,
     )
     print(decision.describe())
     return 0 if decision.passed or args.exit_zero else 1
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from synthmri.summary import print_summary
+
+    cfg = _config(args)
+    return print_summary(args.root, cfg)
 
 
 def _pipeline(args: argparse.Namespace) -> int:
@@ -223,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("promote", _promote, "Gate a registered generator; passing sets the alias 'champion'.")
     p.add_argument("--model", required=True, help="registered model name, e.g. synthmri-ddpm")
-    p.add_argument("--version", default="candidate", help="version number or alias (default: candidate)")
+    p.add_argument("--version", default="candidate",
+                   help="version number, alias, or a registration.json from train-generator (default: candidate)")
     p.add_argument("--memorization", type=Path, required=True, help="evaluate-synthetic output directory")
     p.add_argument("--real-evaluation", type=Path, required=True, help="evaluate-segmenter output of real-only training")
     p.add_argument("--synthetic-evaluation", type=Path, required=True, help="evaluate-segmenter output of synthetic-only training")
@@ -237,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", type=Path, help="real slice store (reference samples)")
     p.add_argument("--synthetic", type=Path, action="append", help="synthetic slice store (repeatable)")
     p.add_argument("--promotion", type=Path, help="promotion decision JSON")
+
+    p = verb("summary", _summary, "Summarise the last local pipeline run: report, registry, scores.")
+    p.add_argument("--root", type=Path, default=Path("."), help="project directory of the run (default: .)")
 
     p = verb("pipeline", _pipeline, "Kubeflow: compile the pipelines to YAML.")
     p.add_argument("action", choices=("compile",), help="what to do")

@@ -1,0 +1,83 @@
+"""Profiles load into typed, frozen config; bad input names the key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from synthmri.config import Config, ConfigError, dump_config, flatten, load_config, parse_override, to_dict
+
+from conftest import REPO
+
+
+def test_profiles_load_and_paper_defaults_match_paper_profile():
+    paper = load_config(REPO / "configs" / "paper.yaml")
+    defaults = load_config(None)
+    # The dataclass defaults are the paper's settings: the paper profile only spells them out.
+    assert dataclasses.replace(paper, profile="x") == dataclasses.replace(defaults, profile="x")
+    assert paper.data.label_map == {1: 51, 2: 102, 4: 204}
+    assert paper.segmenter.unet.momentum == 0.99 and paper.generator.ddpm.timesteps == 4000
+
+
+def test_demo_profile_overrides_sections_partially():
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    assert demo.profile == "demo"
+    assert demo.data.size == 64 and demo.data.pad_to == 128
+    assert demo.data.intensity_threshold == 50  # untouched key keeps the paper default
+    assert isinstance(demo.generator.ddpm.channels, tuple)
+
+
+def test_config_is_frozen():
+    cfg = load_config(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.data.size = 3  # type: ignore[misc]
+
+
+def test_overrides_apply_after_profile():
+    cfg = load_config(REPO / "configs" / "demo.yaml", {"data.size": 32, "data.label_map": {1: 51, 2: 102, 3: 204}})
+    assert cfg.data.size == 32
+    assert cfg.data.label_map == {1: 51, 2: 102, 3: 204}
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"data.sizee": 3}, "sizee"),
+        ({"data.size": "big"}, "data.size"),
+        ({"segmenter.augment": "yes"}, "segmenter.augment"),
+        ({"data.size": 512}, "data.size"),  # above pad_to
+        ({"generator.ddpm.sampler": "euler"}, "sampler"),
+        ({"data.label_map": {1: 51, 2: 51}}, "label_map"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, overrides)
+
+
+def test_missing_profile_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="nosuchprofile"):
+        load_config("nosuchprofile")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    path = tmp_path / "config.yaml"
+    dump_config(cfg, path)
+    assert load_config(path) == cfg
+    assert yaml.safe_load(path.read_text()) == to_dict(cfg)
+
+
+def test_flatten_and_parse_override():
+    flat = flatten(Config())
+    assert flat["data.size"] == 256 and flat["segmenter.unet.lr"] == 2e-2
+    assert flat["data.label_map"] == {1: 51, 2: 102, 4: 204}
+    assert parse_override("data.shape=[1, 2]") == ("data.shape", [1, 2])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("data.size")
