@@ -59,6 +59,7 @@ class DDPMConfig:
     attention_levels: tuple[bool, ...] = (False, False, True, True)
     num_res_blocks: int = 2
     num_head_channels: int = 64
+    norm_num_groups: int = 32  # group norm groups; every entry of `channels` must divide by it
     timesteps: int = 4000
     beta_start: float = 1e-4
     beta_end: float = 0.02
@@ -345,6 +346,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"data.label_map values must be distinct in 1..255, got {data.label_map}")
     if config.generator.ddpm.sampler not in ("ddim", "ddpm"):
         raise ConfigError(f"generator.ddpm.sampler must be ddim or ddpm, got {config.generator.ddpm.sampler!r}")
+    ddpm = config.generator.ddpm
+    if any(c % ddpm.norm_num_groups for c in ddpm.channels):
+        raise ConfigError(f"generator.ddpm.channels {list(ddpm.channels)} must be multiples of norm_num_groups ({ddpm.norm_num_groups})")
+    if len(ddpm.attention_levels) != len(ddpm.channels):
+        raise ConfigError(f"generator.ddpm.attention_levels needs one entry per channels level ({len(ddpm.channels)})")
     if config.evaluation.eval_slices not in ("filtered", "all"):
         raise ConfigError(f"evaluation.eval_slices must be filtered or all, got {config.evaluation.eval_slices!r}")
 
