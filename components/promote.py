@@ -1,0 +1,54 @@
+"""``synthmri promote``: the gate that sets a registered generator's ``champion`` alias."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Output
+
+from components.common import IMAGE, config_args
+
+
+@dsl.container_component
+def promote(
+    memorization: Input[Artifact],
+    real_evaluation: Input[Artifact],
+    synthetic_evaluation: Input[Artifact],
+    decision: Output[Artifact],
+    model: str,
+    profile: str,
+    mlflow_tracking_uri: str,
+    version: str = "candidate",
+) -> dsl.ContainerSpec:
+    """Gate a registered generator on memorization and on relative Dice.
+
+    Passing sets the alias ``champion`` and tags the version with the evidence. A failing
+    gate is a result, not an error: the step records the decision and exits 0
+    (``--exit-zero``) so the report still shows which criterion failed and why.
+
+    Args:
+        memorization: Directory written by ``evaluate-synthetic``.
+        real_evaluation: ``evaluate-segmenter`` output of real-only training.
+        synthetic_evaluation: ``evaluate-segmenter`` output of synthetic-only training.
+        decision: Output JSON file with the decision and its evidence.
+        model: Generator family (``ddpm``; the profile's registry prefix makes it
+            ``synthmri-ddpm``) or a full registered model name.
+        profile: Config profile name or YAML path inside the image (``promotion.*``
+            thresholds).
+        mlflow_tracking_uri: MLflow tracking and registry server URI.
+        version: Version number or alias to gate.
+
+    Returns:
+        The container spec running ``synthmri promote``.
+    """
+    return dsl.ContainerSpec(
+        image=IMAGE,
+        command=["synthmri", "promote"],
+        args=[
+            *config_args(profile, mlflow_tracking_uri),
+            "--model", model,
+            "--version", version,
+            "--memorization", memorization.path,
+            "--real-evaluation", real_evaluation.path,
+            "--synthetic-evaluation", synthetic_evaluation.path,
+            "--out", decision.path,
+            "--exit-zero",
+        ],
+    )
