@@ -1,0 +1,293 @@
+"""prepare: the paper's slicing checked on hand-made volumes and tiny phantoms."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import synthmri.data.prepare as prepare_module
+from synthmri.config import Config, load_config
+from synthmri.data.phantom import write_phantom_dataset
+from synthmri.data.prepare import PrepareError, prepare, resample_slices, split_subjects
+from synthmri.data.store import SliceStore
+
+CHANNELS = ("t1", "t1ce", "t2", "flair", "seg")
+
+
+def _config(base: Config | None = None, **data) -> Config:
+    """`base` (default: paper settings with no held-out subjects) with data.* replaced."""
+    base = base or load_config(None, {"data.test_subjects": 0, "data.val_fraction": 0.0})
+    return dataclasses.replace(base, data=dataclasses.replace(base.data, **data))
+
+
+def _write_subject(root: Path, name: str, volumes: dict[str, np.ndarray]) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for channel, volume in volumes.items():
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / f"{name}_{channel}.nii.gz")
+    return folder
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory, tiny_config) -> Path:
+    root = tmp_path_factory.mktemp("prepare") / "brats"
+    write_phantom_dataset(root, dataclasses.replace(tiny_config.phantom, subjects=6))
+    return root
+
+
+def test_padding_scaling_and_labels_on_a_hand_made_volume(tmp_path):
+    rng = np.random.default_rng(0)
+    shape = (16, 12, 3)  # pad_to = 32: 8 px above/below, 10 px left/right
+    t1 = (4 * rng.integers(52, 256, size=shape)).astype(np.int16)  # scaling by 255/1020 is exact
+    t1[0, 0, :] = 1020
+    t1ce = rng.uniform(0.0, 3.7, size=shape).astype(np.float32)
+    t2 = rng.integers(0, 11, size=shape).astype(np.int16)
+    flair = rng.integers(-5, 300, size=shape).astype(np.int16)  # negatives clip to 0
+    seg = rng.choice(np.array([0, 1, 2, 4], dtype=np.uint8), size=shape)
+    _write_subject(tmp_path / "src", "BraTS2021_00042", dict(t1=t1, t1ce=t1ce, t2=t2, flair=flair, seg=seg))
+    result = prepare(tmp_path / "src", tmp_path / "out", _config(pad_to=32, size=32))
+    store = SliceStore(tmp_path / "out", verify=True)
+    assert result.slices == {"train": 3, "val": 0, "test": 0} and result.rejected == []
+    assert store.slice_id.tolist() == [f"BraTS2021_00042_z{z:03d}" for z in range(3)]
+    slices = store.read(np.arange(3))  # [z, channel, 32, 32]
+    inside = (slice(8, 24), slice(10, 22))
+    border = np.ones((32, 32), bool)
+    border[inside] = False
+    assert not slices[:, :, border].any()  # zero padding on every side
+    crop = slices[:, :, inside[0], inside[1]]
+    expected = {
+        "t1": t1 // 4,
+        "t1ce": np.rint(t1ce.astype(np.float64) / t1ce.max() * 255),
+        "t2": np.rint(t2 / t2.max() * 255),
+        "flair": np.rint(np.clip(flair, 0, None) / flair.max() * 255),
+        "seg": np.choose(np.searchsorted([0, 1, 2, 4], seg), [0, 51, 102, 204]),
+    }
+    for c, channel in enumerate(CHANNELS):
+        want = np.moveaxis(expected[channel], -1, 0)
+        diff = np.abs(crop[:, c].astype(int) - want)
+        assert diff.max() <= (1 if channel == "t1ce" else 0), channel  # float32 vs float64 rounding
+        assert crop[:, c].max() == (255 if channel != "seg" else 204)
+
+
+def _filter_volume(counts: list[int], at_threshold: int = 0) -> dict[str, np.ndarray]:
+    """16x16 slices whose T1 has `counts[z]` pixels at 255 (the max), the rest 0."""
+    shape = (16, 16, len(counts) + 1)
+    t1 = np.zeros(shape, np.int16)
+    for z, n in enumerate(counts):
+        t1[..., z].flat[:n] = 255
+    t1[..., -1].flat[:at_threshold] = 50  # exactly at the threshold: not foreground
+    bright = np.full(shape, 255, np.int16)  # T1Gd bright everywhere: the filter must test T1
+    seg = np.zeros(shape, np.uint8)
+    seg[4:12, 4:12] = 2
+    return dict(t1=t1, t1ce=bright, t2=bright, flair=bright, seg=seg)
+
+
+@pytest.mark.parametrize("size", [32, 16])
+def test_foreground_filter_keeps_the_right_slices(tmp_path, size):
+    # pad_to 32: 1024 pixels, more than 15 % is more than 153.6 pixels.
+    counts = [0, 100, 153, 154, 200, 256]
+    expected = [z for z, n in enumerate(counts) if n / 1024 > 0.15]
+    assert expected == [3, 4, 5]
+    _write_subject(tmp_path / "src", "S1", _filter_volume(counts, at_threshold=200))
+    prepare(tmp_path / "src", tmp_path / "out", _config(pad_to=32, size=size))
+    store = SliceStore(tmp_path / "out")
+    assert store.z.tolist() == expected  # decided on the padded 32x32 slice, before resampling
+    assert _rows(tmp_path / "out" / "subjects.csv") == [{"subject": "S1", "split": "train", "slices_kept": "3", "slices_total": "7"}]
+    slices = store.read(np.arange(len(store)))
+    assert slices.shape == (3, 5, size, size)
+    assert set(np.unique(slices[:, 4]).tolist()) <= {0, 102}
+
+
+def test_resampling_smooth_images_nearest_labels():
+    rng = np.random.default_rng(1)
+    slices = np.zeros((2, 5, 40, 40), np.uint8)
+    slices[:, :4] = 200
+    slices[:, 4] = rng.choice(np.array([0, 51, 102, 204], np.uint8), size=(2, 40, 40))
+    out = resample_slices(slices, 16)
+    assert out.shape == (2, 5, 16, 16) and out.dtype == np.uint8
+    assert (out[:, :4] == 200).all()  # a constant image stays constant
+    nearest = np.floor((np.arange(16) + 0.5) * 40 / 16).astype(int)
+    np.testing.assert_array_equal(out[:, 4], slices[:, 4][:, nearest][:, :, nearest])
+    ramp = np.zeros((1, 5, 40, 40), np.uint8)
+    ramp[0, 0] = np.linspace(0, 255, 40).round().astype(np.uint8)[None, :]
+    row = resample_slices(ramp, 16)[0, 0, 5].astype(int)
+    assert (np.diff(row) > 0).all()  # a ramp stays monotonic (smooth interpolation)
+
+
+def test_brats2023_label_map(tmp_path):
+    volumes = _filter_volume([256, 256])
+    volumes["seg"][2:4, 2:4] = 3  # BraTS 2023: 3 is enhancing tumour
+    _write_subject(tmp_path / "src", "BraTS-GLI-00001-000", volumes)
+    cfg = _config(pad_to=16, size=16, label_map={1: 51, 2: 102, 3: 204})
+    prepare(tmp_path / "src", tmp_path / "out", cfg)
+    store = SliceStore(tmp_path / "out")
+    assert set(np.unique(store.read(np.arange(len(store)))[:, 4]).tolist()) == {0, 102, 204}
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["label_map"] == {"1": 51, "2": 102, "3": 204}
+    # The BraTS 2021 map does not know label 3: the only subject is rejected.
+    with pytest.raises(PrepareError, match="could be prepared"):
+        prepare(tmp_path / "src", tmp_path / "out2", _config(pad_to=16, size=16))
+    (row,) = _rows(tmp_path / "out2" / "rejected.csv")
+    assert row["subject"] == "BraTS-GLI-00001-000" and row["file"].endswith("_seg.nii.gz") and "3" in row["reason"]
+
+
+def test_split_by_subject(tmp_path, phantoms, tiny_config):
+    result = prepare(phantoms, tmp_path / "out", tiny_config)
+    store = SliceStore(tmp_path / "out", verify=True)
+    n, test = 6, tiny_config.data.test_subjects
+    val = int(np.floor(tiny_config.data.val_fraction * (n - test) + 0.5))
+    assert result.subjects == {"train": n - test - val, "val": val, "test": test}
+    by_split = {s: set(store.subjects(s)) for s in ("train", "val", "test")}
+    assert {s: len(v) for s, v in by_split.items()} == result.subjects
+    assert set.union(*by_split.values()) == {f"BraTS2021_{i:05d}" for i in range(n)}
+    for subject in store.subjects():  # one split per subject
+        assert len(set(store.split[store.subject == subject].tolist())) == 1
+        z = store.z[store.subject == subject]
+        assert (np.diff(z) > 0).all()
+    assert list(store.subject) == sorted(store.subject)  # sorted subjects, ascending z
+    assert all(sid == f"{s}_z{z:03d}" for sid, s, z in zip(store.slice_id, store.subject, store.z))
+    manifest = store.manifest
+    assert manifest["subjects"] == result.subjects and manifest["split_seed"] == tiny_config.data.seed
+    assert manifest["image_size"] == tiny_config.data.size and manifest["pad_to"] == tiny_config.data.pad_to
+    table = _rows(tmp_path / "out" / "subjects.csv")
+    assert {r["subject"]: r["split"] for r in table} == {s: store.split[store.subject == s][0] for s in store.subjects()}
+    assert sum(int(r["slices_kept"]) for r in table) == len(store) == result.manifest["counts"]["slices"]
+    assert load_config(tmp_path / "out" / "config.yaml") == tiny_config
+    # The split depends only on the subjects and the seed.
+    assert split_subjects(store.subjects(), tiny_config.data) == {s: store.split[store.subject == s][0] for s in store.subjects()}
+    other = split_subjects(store.subjects(), dataclasses.replace(tiny_config.data, seed=1))
+    assert other != split_subjects(store.subjects(), tiny_config.data)
+
+
+def test_split_needs_enough_subjects(tmp_path, phantoms, tiny_config):
+    with pytest.raises(PrepareError, match=rf"{phantoms}.*test_subjects=6"):
+        prepare(phantoms, tmp_path / "out", _config(tiny_config, test_subjects=6))
+    splits = split_subjects(["a", "b", "c"], dataclasses.replace(tiny_config.data, test_subjects=0, val_fraction=0.1))
+    assert sorted(splits.values()) == ["train", "train", "val"]  # at least one val subject
+
+
+def test_same_input_same_store_and_source_hash(tmp_path, phantoms, tiny_config):
+    first = prepare(phantoms, tmp_path / "a", tiny_config).manifest
+    second = prepare(phantoms, tmp_path / "b", tiny_config, workers=2).manifest
+    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in second["shards"]]
+    assert first["content_hash"] == second["content_hash"]
+    files = sorted(phantoms.rglob("*.nii.gz"))
+    lines = "".join(f"{p.relative_to(phantoms).as_posix()}\t{hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in files)
+    assert first["source"] == {"path": str(phantoms), "content_hash": hashlib.sha256(lines.encode()).hexdigest()}
+
+
+def test_rejected_subjects_are_listed_and_the_rest_prepared(tmp_path, phantoms, tiny_config, caplog):
+    src = tmp_path / "src"
+    shutil.copytree(phantoms, src)
+    (src / "BraTS2021_00001" / "BraTS2021_00001_t1ce.nii.gz").unlink()  # missing modality
+    flair = src / "BraTS2021_00002" / "BraTS2021_00002_flair.nii.gz"
+    flair.write_bytes(flair.read_bytes()[:200])  # truncated gzip
+    t2 = src / "BraTS2021_00003" / "BraTS2021_00003_t2.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((64, 64, 20), np.int16), np.eye(4)), t2)  # shape mismatch
+    cfg = _config(tiny_config, test_subjects=1)
+    with caplog.at_level(logging.WARNING, logger="synthmri.data.prepare"):
+        result = prepare(src, tmp_path / "out", cfg)
+    rejected = {r["subject"]: r for r in _rows(tmp_path / "out" / "rejected.csv")}
+    assert sorted(rejected) == ["BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003"]
+    assert "t1ce" in rejected["BraTS2021_00001"]["reason"]
+    assert rejected["BraTS2021_00002"]["file"] == "BraTS2021_00002/BraTS2021_00002_flair.nii.gz"
+    assert rejected["BraTS2021_00003"]["file"].endswith("_t2.nii.gz") and "differs" in rejected["BraTS2021_00003"]["reason"]
+    for subject, row in rejected.items():
+        assert any(subject in m and row["file"] in m for m in caplog.messages)
+    store = SliceStore(tmp_path / "out", verify=True)
+    assert store.subjects() == ["BraTS2021_00000", "BraTS2021_00004", "BraTS2021_00005"]
+    assert sum(result.subjects.values()) == 3 and len(result.rejected) == 3
+    assert result.exit_code(strict=True) == 1 and result.exit_code(strict=False) == 0
+    assert "rejected 3" in result.summary()
+
+
+def test_nothing_prepared_names_the_source(tmp_path, phantoms):
+    src = tmp_path / "corrupt"
+    shutil.copytree(phantoms, src)
+    for path in src.rglob("*_t1.nii.gz"):
+        path.write_bytes(b"not a nifti file")
+    with pytest.raises(PrepareError, match=f"{src}.*none of 6"):
+        prepare(src, tmp_path / "out", _config())
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert len(_rows(tmp_path / "out" / "rejected.csv")) == 6
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PrepareError, match=f"{tmp_path / 'empty'}: no complete BraTS subject"):
+        prepare(tmp_path / "empty", tmp_path / "out", _config())
+    with pytest.raises(PrepareError, match="not found"):
+        prepare(tmp_path / "missing", tmp_path / "out", _config())
+
+
+def test_killed_prepare_resumes_to_identical_shards(tmp_path, phantoms, tiny_config, monkeypatch):
+    cfg = _config(tiny_config, shard_size=16)
+    clean = prepare(phantoms, tmp_path / "clean", cfg).manifest
+    assert len(clean["shards"]) > 3
+
+    class Killed(prepare_module.StoreWriter):
+        def _flush(self):
+            if len(self._done) == 2:
+                raise KeyboardInterrupt
+            super()._flush()
+
+    monkeypatch.setattr(prepare_module, "StoreWriter", Killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(phantoms, tmp_path / "resumed", cfg)
+    assert len(list((tmp_path / "resumed" / "shards").glob("shard-*.npy"))) == 2
+    monkeypatch.undo()
+    resumed = prepare(phantoms, tmp_path / "resumed", cfg).manifest
+    assert resumed["shards"] == clean["shards"] and resumed["content_hash"] == clean["content_hash"]
+
+
+def test_phantom_store_fixture(phantom_store, tiny_config):
+    store = SliceStore(phantom_store, verify=True)
+    manifest = store.manifest
+    n = tiny_config.phantom.subjects
+    test = tiny_config.data.test_subjects
+    val = int(np.floor(tiny_config.data.val_fraction * (n - test) + 0.5))
+    assert manifest["counts"]["subjects"] == n
+    assert manifest["subjects"] == {"train": n - test - val, "val": val, "test": test}
+    assert {s: len(store.subjects(s)) for s in ("train", "val", "test")} == manifest["subjects"]
+    assert manifest["counts"]["splits"] == {s: int((store.split == s).sum()) for s in ("train", "val", "test")}
+    assert manifest["image_size"] == tiny_config.data.size
+    assert len(manifest["shards"]) == -(-len(store) // tiny_config.data.shard_size)
+    slices = store.read(store.indices("test"))
+    assert set(np.unique(slices[:, 4]).tolist()) == {0, 51, 102, 204}
+
+
+def test_s3_source(tmp_path, phantoms, tiny_config, monkeypatch):
+    boto3 = pytest.importorskip("boto3")
+    files = sorted(p for p in phantoms.rglob("*") if p.is_file())
+
+    class FakeS3:
+        def get_paginator(self, name):
+            assert name == "list_objects_v2"
+            return self
+
+        def paginate(self, Bucket, Prefix):
+            assert (Bucket, Prefix) == ("bucket", "brats/")
+            keys = [{"Key": "brats/" + p.relative_to(phantoms).as_posix()} for p in files]
+            yield {"Contents": keys[:10]}
+            yield {"Contents": keys[10:] + [{"Key": "brats/README.txt"}]}
+
+        def download_file(self, bucket, key, target):
+            shutil.copyfile(phantoms / key[len("brats/"):], target)
+
+    monkeypatch.setattr(boto3, "client", lambda service: FakeS3())
+    remote = prepare("s3://bucket/brats", tmp_path / "remote", tiny_config).manifest
+    local = prepare(phantoms, tmp_path / "local", tiny_config).manifest
+    assert remote["source"]["path"] == "s3://bucket/brats"
+    assert remote["source"]["content_hash"] == local["source"]["content_hash"]
+    assert remote["shards"] == local["shards"]
+    assert not list(tmp_path.glob(".prepare-source-*"))  # the download is removed
