@@ -70,7 +70,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
         client = mlflow.MlflowClient()
         registration = json.loads((project / "models" / "generator" / "registration.json").read_text())
         version = client.get_model_version_by_alias("synthmri-ddpm", "candidate")
-        assert version.version == str(registration["version"])
+        assert str(version.version) == str(registration["version"])
         runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
         stages = {run.data.tags.get("synthmri.stage") for run in runs}
         assert {"train-generator", "train-segmenter", "evaluate-segmenter", "evaluate-synthetic"} <= stages

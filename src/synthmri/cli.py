@@ -18,6 +18,7 @@ from typing import Any, Callable
 from synthmri import __version__
 from synthmri.config import Config, ConfigError, load_config, parse_override
 from synthmri.data.store import StoreError
+from synthmri.promote import PromotionError
 
 log = logging.getLogger("synthmri")
 
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"synthmri {args.verb}: error: {exc}", file=sys.stderr)
         return 2
-    except (StoreError, FileNotFoundError) as exc:
+    except (StoreError, FileNotFoundError, PromotionError) as exc:
         print(f"synthmri {args.verb}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

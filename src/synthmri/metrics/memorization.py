@@ -1,0 +1,306 @@
+"""Memorization: each query image's highest Pearson correlation against a reference set.
+
+For every synthetic slice we want the training slice it resembles most (DESIGN.md,
+'Memorization'); the same statistic for held-out real test slices is the baseline that
+says what "resembles" means for two different patients. Pearson r of two flattened
+images x, y is the dot product of their centred, L2-normalised versions, so all pairs
+of a query block against a reference block are one matrix product:
+
+    r = (Q - mean(Q)) / |Q - mean(Q)|  @  ((R - mean(R)) / |R - mean(R)|).T
+
+Both sides are processed in chunks (rows of Q by rows of R) with a running max/argmax,
+so memory stays bounded by ``chunk_size x reference_chunk_size`` similarities plus two
+prepared chunks (and a reference cache of at most ``cache_bytes``), whatever the number
+of images. Matrix products run in float32 with
+IEEE precision (TF32 is switched off for the call) and accumulate over blocks of 2048
+columns, so no float32 running sum gets long. The result agrees with a float64
+``np.corrcoef`` to a few 1e-6.
+
+Zero-variance images (e.g. an all-black slice) have no defined Pearson r; here their
+correlation with anything is 0, so they can never look like a copy and a constant
+reference never wins over a positively correlated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+
+from synthmri.data.store import CHANNELS, SliceStore
+
+#: What the functions accept as a set of images: an array [n, C, H, W] (or [n, d] already
+#: flattened), a whole SliceStore, or ``(store, positions)`` for some of its rows.
+Images = Union[np.ndarray, SliceStore, tuple[SliceStore, Sequence[int]]]
+
+# A centred vector whose norm is below this fraction of the raw vector's norm is treated as
+# constant: float32 rounding of the mean leaves residue ~eps*|x|, far below this, while the
+# smallest real variation of a uint8 image (one pixel off by 1) is far above it.
+_ZERO_VARIANCE_RTOL = 1e-6
+# Prepared (normalised float32) references are kept across query chunks up to this size, so a
+# query set larger than one chunk does not re-read and re-normalise the references each pass.
+DEFAULT_CACHE_BYTES = 1 << 30
+# Columns per partial matrix product (see _similarities).
+_K_BLOCK = 2048
+
+
+class _Rows:
+    """Uniform chunked access to an array or to rows of a SliceStore."""
+
+    def __init__(self, source: Images, what: str) -> None:
+        self.store: SliceStore | None = None
+        self.array: np.ndarray | None = None
+        if isinstance(source, SliceStore):
+            self.store, self.positions = source, np.arange(len(source))
+        elif isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], SliceStore):
+            self.store, self.positions = source[0], np.asarray(source[1], dtype=np.int64)
+        else:
+            self.array = np.asarray(source)
+            if self.array.ndim < 2:
+                raise ValueError(f"{what}: expected images [n, C, H, W] or vectors [n, d], got shape {list(self.array.shape)}")
+            if self.array.dtype.kind not in "uif":
+                raise ValueError(f"{what}: expected a numeric array, got dtype {self.array.dtype}")
+        self.what = what
+
+    def __len__(self) -> int:
+        return len(self.positions) if self.store is not None else len(self.array)
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        if self.store is not None:
+            size = self.store.image_size
+            return (len(CHANNELS), size, size)
+        return tuple(self.array.shape[1:])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self.store is not None:
+            return self.store.read(self.positions[start:stop])
+        return np.asarray(self.array[start:stop])
+
+
+def resolve_channels(channels: Sequence[int | str] | None, n_channels: int) -> list[int]:
+    """Channel indices from names (``"t1"``, ``"seg"``...) or indices; None means all.
+
+    Raises:
+        ValueError: an unknown name or an index outside ``0..n_channels-1``.
+    """
+    if channels is None:
+        return list(range(n_channels))
+    indices = []
+    for channel in channels:
+        if isinstance(channel, str):
+            if channel not in CHANNELS:
+                raise ValueError(f"unknown channel {channel!r}; known: {list(CHANNELS)}")
+            channel = CHANNELS.index(channel)
+        channel = int(channel)
+        if not 0 <= channel < n_channels:
+            raise ValueError(f"channel index {channel} out of range for {n_channels} channels")
+        indices.append(channel)
+    if not indices:
+        raise ValueError("channels selects no channel")
+    return indices
+
+
+def _row_norms(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each row [n, 1] via torch's cascaded sum, a few rows at a time.
+
+    Not ``torch.linalg.vector_norm``: on CPU it accumulates float32 sequentially, which on
+    MR slices (a large constant background after centring) is off by ~1e-5 relative at
+    64x64x5, while the cascaded sum stays at ~1e-7. Row blocks bound the squared temporary.
+    """
+    out = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    step = max(1, (1 << 24) // max(x.shape[1], 1))  # ~64 MB of float32 squares at a time
+    for start in range(0, x.shape[0], step):
+        out[start : start + step] = x[start : start + step].square().sum(dim=1, keepdim=True)
+    return out.sqrt_()
+
+
+def _similarities(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``q @ r.T``, accumulated over column blocks of `_K_BLOCK`.
+
+    A GEMM kernel that runs down the whole vector in one float32 register (cuBLAS tiles,
+    MKL's small-matrix path) drifts ~1e-5 at 64x64x5 and more on full-size slices; adding
+    block products of 2048 columns keeps every running sum short (~2e-6), and ``addmm_``
+    adds into the result in place, so large blocks cost about what one product does.
+    """
+    total = torch.mm(q[:, :_K_BLOCK], r[:, :_K_BLOCK].t())
+    for start in range(_K_BLOCK, q.shape[1], _K_BLOCK):
+        total.addmm_(q[:, start : start + _K_BLOCK], r[:, start : start + _K_BLOCK].t())
+    return total
+
+
+def _prepare(chunk: np.ndarray, channels: list[int] | None, device: torch.device, what: str,
+             buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """Select channels, flatten, centre and L2-normalise each row (float32 on `device`).
+
+    With `buffer` (float32 [>= n, d] on `device`) the result is written into its first rows:
+    reusing one buffer per side saves the page faults of a fresh allocation per chunk, which
+    on CPU cost as much as all the arithmetic of the preparation.
+    """
+    if channels is not None:
+        chunk = chunk[:, channels]
+    # Move the raw (often uint8) bytes first: 4x less traffic to a GPU than float32.
+    chunk = np.ascontiguousarray(chunk).reshape(len(chunk), -1)
+    if not chunk.flags.writeable:  # a read-only memmap view: torch wants writable memory
+        chunk = chunk.copy()
+    raw = torch.from_numpy(chunk).to(device)
+    if buffer is not None and buffer.shape[0] >= raw.shape[0] and buffer.shape[1] == raw.shape[1]:
+        x = buffer[: raw.shape[0]]
+        x.copy_(raw)
+    else:
+        x = raw.to(torch.float32)
+    if raw.dtype.is_floating_point and not torch.isfinite(x).all():
+        raise ValueError(f"{what}: images contain NaN or infinite values")
+    mean = x.mean(dim=1, keepdim=True)
+    x -= mean
+    norm = _row_norms(x)
+    # |raw|^2 = d*mean^2 + |centred|^2: the raw norm for the zero-variance test without another pass.
+    size = torch.sqrt(x.shape[1] * mean.square() + norm.square())
+    constant = norm <= _ZERO_VARIANCE_RTOL * size
+    # One pass scales the rows and zeroes the constant ones (r = 0 against everything).
+    x *= torch.where(constant, torch.zeros_like(norm), 1.0 / norm)
+    return x
+
+
+@contextlib.contextmanager
+def _ieee_float32() -> Iterator[None]:
+    """Run float32 matmuls at full precision (a caller may have enabled TF32 globally)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def _max_correlation_one(
+    queries: _Rows,
+    references: _Rows,
+    channels: list[int] | None,
+    chunk_size: int,
+    reference_chunk_size: int,
+    device: torch.device,
+    cache_bytes: int,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    n_queries, n_refs = len(queries), len(references)
+    best_all = np.empty(n_queries, dtype=np.float64)
+    index_all = np.empty(n_queries, dtype=np.int64)
+    d = int(np.prod(references.item_shape[1:])) * len(channels) if channels is not None else int(np.prod(references.item_shape))
+    use_cache = n_queries > chunk_size and n_refs * d * 4 <= cache_bytes
+    cache: dict[int, torch.Tensor] = {}
+    q_buffer = torch.empty((min(chunk_size, n_queries), d), dtype=torch.float32, device=device)
+    r_buffer = None if use_cache else torch.empty((min(reference_chunk_size, n_refs), d), dtype=torch.float32, device=device)
+    for q_start in range(0, n_queries, chunk_size):
+        q_stop = min(q_start + chunk_size, n_queries)
+        q = _prepare(queries.read(q_start, q_stop), channels, device, queries.what, q_buffer)
+        best = torch.full((q_stop - q_start,), -torch.inf, dtype=torch.float64, device=device)
+        index = torch.zeros(q_stop - q_start, dtype=torch.int64, device=device)
+        for r_start in range(0, n_refs, reference_chunk_size):
+            r = cache.get(r_start)
+            if r is None:
+                r_stop = min(r_start + reference_chunk_size, n_refs)
+                r = _prepare(references.read(r_start, r_stop), channels, device, references.what, r_buffer)
+                if use_cache:
+                    cache[r_start] = r
+            block_max, block_arg = _similarities(q, r).max(dim=1)
+            block_max = block_max.double()  # best is float64: exact to compare and to return
+            # Strictly greater: on ties the earlier reference keeps the argmax, like np.argmax.
+            better = block_max > best
+            best = torch.where(better, block_max, best)
+            index = torch.where(better, block_arg + r_start, index)
+        best_all[q_start:q_stop] = best.clamp_(-1.0, 1.0).cpu().numpy()
+        index_all[q_start:q_stop] = index.cpu().numpy()
+        if progress is not None:
+            progress(q_stop, n_queries)
+    return best_all, index_all
+
+
+def max_correlation(
+    queries: Images,
+    references: Images,
+    chunk_size: int = 4096,
+    *,
+    reference_chunk_size: int | None = None,
+    channels: Sequence[int | str] | None = None,
+    per_channel: bool = False,
+    device: str | torch.device | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Highest Pearson correlation of each query image against all reference images.
+
+    Args:
+        queries: images to score: array [n, C, H, W] (any numeric dtype; uint8 from a
+            store) or [n, d], a SliceStore, or ``(store, positions)``.
+        references: the images searched (e.g. the training slices), same forms.
+        chunk_size: query rows per matrix product.
+        reference_chunk_size: reference rows per matrix product (default: chunk_size).
+            Peak memory is about ``(chunk_size + reference_chunk_size) * d * 4`` bytes plus
+            ``chunk_size * reference_chunk_size * 4`` for the similarity block.
+        channels: channels that enter the flattened vector, by index or name
+            (``["t1", "t1ce", "t2", "flair"]`` leaves the annotation out); default all.
+        per_channel: score each selected channel on its own instead of jointly.
+        device: torch device for the products (``"cuda"`` for a GPU); default CPU.
+        cache_bytes: keep the prepared references in memory across query chunks when they
+            fit in this many bytes (only matters when queries span several chunks).
+        progress: called as ``progress(queries_done, n_queries)`` after each query chunk
+            (with ``per_channel``, per channel pass).
+
+    Returns:
+        ``(max_corr, argmax)``: float64 [n] and int64 [n], the highest correlation and the
+        position of that reference within `references` (the first on exact ties; two
+        references within float32 rounding, ~1e-6, of each other may swap). With
+        ``per_channel`` both are [n, len(channels)]. A zero-variance image correlates 0
+        with everything (see the module docstring).
+
+    Raises:
+        ValueError: empty inputs, mismatched image shapes, bad chunk sizes or channels,
+            non-finite pixels.
+    """
+    q_rows, r_rows = _Rows(queries, "queries"), _Rows(references, "references")
+    if len(r_rows) == 0:
+        raise ValueError("references: no images to compare against")
+    if q_rows.item_shape != r_rows.item_shape:
+        raise ValueError(f"queries have shape {list(q_rows.item_shape)} per image, references {list(r_rows.item_shape)}")
+    reference_chunk_size = reference_chunk_size or chunk_size
+    if chunk_size < 1 or reference_chunk_size < 1:
+        raise ValueError(f"chunk sizes must be positive, got {chunk_size} and {reference_chunk_size}")
+    flat = len(q_rows.item_shape) == 1
+    if flat and channels is not None:
+        raise ValueError("channels needs images [n, C, H, W], got flattened vectors [n, d]")
+    selected = None if flat else resolve_channels(channels, q_rows.item_shape[0])
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    # All channels in order need no selection (which would copy every chunk).
+    joint = None if selected is None or selected == list(range(q_rows.item_shape[0])) else selected
+    passes = [[c] for c in selected] if per_channel and selected is not None else [joint]
+    results = []
+    with torch.inference_mode(), _ieee_float32():
+        for channel_set in passes:
+            results.append(_max_correlation_one(q_rows, r_rows, channel_set, chunk_size, reference_chunk_size,
+                                                device, cache_bytes, progress))
+    if per_channel and selected is not None:
+        return np.stack([r[0] for r in results], axis=1), np.stack([r[1] for r in results], axis=1)
+    return results[0]
+
+
+def summarize(values: np.ndarray, threshold: float) -> dict[str, float | int]:
+    """Distribution summary of max correlations: mean, median, p99, max, share above threshold, n.
+
+    ``share_above_threshold`` counts values strictly above `threshold`. An empty input gives
+    NaN statistics and n = 0.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        nan = float("nan")
+        return {"mean": nan, "median": nan, "p99": nan, "max": nan, "share_above_threshold": nan, "n": 0}
+    return {
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "p99": float(np.percentile(values, 99)),
+        "max": float(values.max()),
+        "share_above_threshold": float(np.mean(values > threshold)),
+        "n": int(values.size),
+    }

@@ -1,0 +1,113 @@
+"""evaluate_synthetic on small handmade stores: CSVs, summary.json, histogram, MLflow run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthmri.data.store import SliceRow, StoreError, StoreWriter
+from synthmri.metrics.evaluate_synthetic import evaluate_synthetic
+
+SIZE = 16
+COPIED = {0: 3, 5: 10, 7: 19}  # synthetic position -> position among the real train slices
+
+
+@pytest.fixture
+def registry(mlflow_uri: str, monkeypatch: pytest.MonkeyPatch):
+    """mlflow_uri plus the registry: tracking.configure -> mlflow.set_registry_uri exports
+    MLFLOW_REGISTRY_URI, which must not outlive this test's database."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", mlflow_uri)
+    yield mlflow_uri
+    mlflow.set_registry_uri(None)
+
+
+def random_slices(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(0, 256, (n, 5, SIZE, SIZE), dtype=np.uint8)
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    rng = np.random.default_rng(3)
+    real = random_slices(rng, 40)
+    splits = ["test" if i % 4 == 0 else ("val" if i % 4 == 1 else "train") for i in range(len(real))]
+    rows = [SliceRow(f"real-{i:03d}", f"subj{i // 4}", i % 4, split) for i, split in enumerate(splits)]
+    with StoreWriter(tmp_path / "real", image_size=SIZE, source={"path": "handmade"}, shard_size=16) as writer:
+        writer.add(real, rows)
+    train = real[[i for i, s in enumerate(splits) if s == "train"]]
+    synthetic = random_slices(rng, 12)
+    for syn_pos, train_pos in COPIED.items():
+        synthetic[syn_pos] = train[train_pos]
+    syn_rows = [SliceRow(f"syn-{i:03d}", "ddpm", -1, "train") for i in range(len(synthetic))]
+    with StoreWriter(tmp_path / "syn", image_size=SIZE, source={"path": "models:/synthmri-ddpm/1"}, shard_size=5,
+                     generator={"name": "ddpm", "version": "1"}) as writer:
+        writer.add(synthetic, syn_rows)
+    train_ids = np.asarray([r.slice_id for r in rows if r.split == "train"])
+    return tmp_path / "real", tmp_path / "syn", train_ids
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_evaluate_synthetic_outputs(stores, tmp_path, tiny_config, registry):
+    real, syn, train_ids = stores
+    out = tmp_path / "mem"
+    flat = evaluate_synthetic(real, syn, out, tiny_config)
+
+    rows = read_csv(out / "memorization.csv")
+    assert list(rows[0]) == ["slice_id", "max_corr", "train_slice_id"]
+    assert [r["slice_id"] for r in rows] == [f"syn-{i:03d}" for i in range(12)]
+    for syn_pos, train_pos in COPIED.items():
+        assert float(rows[syn_pos]["max_corr"]) == pytest.approx(1.0, abs=1e-5)
+        assert rows[syn_pos]["train_slice_id"] == train_ids[train_pos]
+    others = [float(r["max_corr"]) for i, r in enumerate(rows) if i not in COPIED]
+    assert max(others) < 0.5  # independent noise images
+    baseline = read_csv(out / "memorization_baseline.csv")
+    assert [r["slice_id"] for r in baseline] == [f"real-{i:03d}" for i in range(0, 40, 4)]
+    assert all(r["train_slice_id"] in set(train_ids) for r in baseline)
+
+    summary = json.loads((out / "summary.json").read_text())
+    threshold = tiny_config.memorization.threshold
+    assert summary["threshold"] == threshold
+    assert summary["generator"] == {"name": "ddpm", "version": "1"}
+    assert len(summary["real_hash"]) == 64 and len(summary["synthetic_hash"]) == 64
+    corr = np.asarray([float(r["max_corr"]) for r in rows])
+    assert summary["synthetic"]["n"] == 12 and summary["baseline"]["n"] == 10
+    assert summary["synthetic"]["share_above_threshold"] == pytest.approx(3 / 12)
+    assert summary["baseline"]["share_above_threshold"] == 0.0
+    assert summary["synthetic"]["mean"] == pytest.approx(corr.mean(), abs=1e-7)
+    assert summary["synthetic"]["p99"] == pytest.approx(np.percentile(corr, 99), abs=1e-7)
+    assert set(summary["synthetic"]) == {"mean", "median", "p99", "max", "share_above_threshold", "n"}
+    assert summary["nearest"][0]["max_corr"] == pytest.approx(1.0, abs=1e-5)
+    assert (out / "memorization_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert flat["synthetic_share_above_threshold"] == pytest.approx(0.25)
+    assert flat["baseline_n"] == 10 and flat["threshold"] == threshold
+    assert all(isinstance(v, (int, float)) for v in flat.values())
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.run_name == "ddpm-memorization"
+    assert run.data.metrics["memorization_share_above"] == pytest.approx(0.25)
+    assert "baseline_p99" in run.data.metrics and "memorization_p99" in run.data.metrics
+    assert run.data.tags["synthmri.data.synthetic"] == summary["synthetic_hash"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"memorization.csv", "memorization_baseline.csv", "memorization_hist.png"} <= artifacts
+
+
+def test_store_without_test_split_is_refused(stores, tmp_path, tiny_config, registry):
+    _, syn, _ = stores
+    rng = np.random.default_rng(0)
+    with StoreWriter(tmp_path / "train_only", image_size=SIZE, source={}, shard_size=8) as writer:
+        writer.add(random_slices(rng, 4), [SliceRow(f"r{i}", "s", i, "train") for i in range(4)])
+    with pytest.raises(StoreError, match="'test' split"):
+        evaluate_synthetic(tmp_path / "train_only", syn, tmp_path / "o", tiny_config)

@@ -1,0 +1,164 @@
+"""The promotion gate against a private sqlite MLflow registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from synthmri.promote import PromotionError, promote
+
+MODEL = "synthmri-ddpm"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def registry(mlflow_uri: str, monkeypatch: pytest.MonkeyPatch):
+    """mlflow_uri plus the registry: mlflow.set_registry_uri also exports MLFLOW_REGISTRY_URI,
+    which would otherwise keep pointing at an earlier test's database."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    yield mlflow_uri
+    mlflow.set_registry_uri(None)  # back to "follow the tracking URI"
+
+
+def register_version(tmp_path: Path) -> str:
+    """Register a version of MODEL from a run artifact and alias it 'candidate'."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    mlflow.set_experiment("synthmri-generators")
+    with mlflow.start_run() as run:
+        weights = tmp_path / "weights.txt"
+        weights.write_text("tiny generator")
+        mlflow.log_artifact(str(weights), artifact_path="model")
+    try:
+        client.create_registered_model(MODEL)
+    except mlflow.exceptions.MlflowException:
+        pass  # already there from an earlier call in this test
+    version = client.create_model_version(MODEL, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(MODEL, "candidate", version.version)
+    return str(version.version)
+
+
+def write_evidence(root: Path, syn_share: float, base_share: float, real_dice: float, syn_dice: float,
+                   real_train: str = "real", version: str = "1") -> dict[str, Path]:
+    memo = root / "memorization"
+    memo.mkdir(parents=True)
+    stats = {"mean": 0.5, "median": 0.5, "p99": 0.9, "max": 0.97, "n": 400}
+    (memo / "summary.json").write_text(json.dumps({
+        "synthetic": {**stats, "share_above_threshold": syn_share},
+        "baseline": {**stats, "share_above_threshold": base_share, "n": 100},
+        "threshold": 0.95, "generator": {"name": "ddpm", "version": version},
+        "real_hash": "r" * 64, "synthetic_hash": "s" * 64, "mlflow_run_id": "abc123",
+    }))
+    paths = {"memorization": memo}
+    for role, train, dice in (("real", real_train, real_dice), ("synthetic", "synthetic", syn_dice)):
+        directory = root / f"eval-{role}"
+        directory.mkdir()
+        (directory / "summary.json").write_text(json.dumps({
+            "model": {"arch": "unet", "train": train, "augment": True, "seed": 0,
+                      "synthetic": [] if role == "real" else ["synthetic/ddpm"], "name": f"unet-{role}-aug-s0"},
+            "data_hash": "d" * 64, "eval_slices": "filtered", "subjects": 2,
+            "dice": {"ET": dice, "ED": dice, "NCR": dice}, "hausdorff": {"ET": 5.0, "ED": 6.0, "NCR": 7.0},
+            "mean_dice": dice,
+        }))
+        paths[role] = directory
+    return paths
+
+
+def run_gate(paths: dict[str, Path], cfg, version: str = "candidate", out: Path | None = None, model: str = MODEL):
+    return promote(model=model, version=version, memorization=paths["memorization"],
+                   real_evaluation=paths["real"], synthetic_evaluation=paths["synthetic"], out=out, cfg=cfg)
+
+
+def test_passing_gate_sets_champion_and_tags(tmp_path, tiny_config, registry):
+    from mlflow import MlflowClient
+
+    version = register_version(tmp_path)
+    paths = write_evidence(tmp_path / "ev", syn_share=0.01, base_share=0.005, real_dice=0.8, syn_dice=0.6, version=version)
+    decision = run_gate(paths, tiny_config, out=tmp_path / "decision.json")
+    assert decision.passed and decision.version == version and decision.model == MODEL
+    assert [c.name for c in decision.criteria] == ["memorization", "relative_dice"]
+    assert decision.criteria[1].value == pytest.approx(0.75)
+    assert decision.criteria[0].value == pytest.approx(0.005)
+
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == version
+    tags = client.get_model_version(MODEL, version).tags
+    assert tags["synthmri.gate.passed"] == "true"
+    assert float(tags["synthmri.gate.relative_dice"]) == pytest.approx(0.75)
+    assert float(tags["synthmri.gate.memorized_excess"]) == pytest.approx(0.005)
+    assert tags["synthmri.gate.evaluation_data_hash"] == "d" * 64
+    assert tags["synthmri.gate.memorization_run_id"] == "abc123"
+    assert tags["synthmri.gate.synthetic_hash"] == "s" * 64
+
+    written = json.loads((tmp_path / "decision.json").read_text())
+    assert written["passed"] is True and written["version"] == version
+    assert written["criteria"][1]["threshold"] == tiny_config.promotion.min_relative_dice
+    assert "PASSED" in decision.describe()
+
+    # A version number and the generator family name resolve to the same version.
+    again = run_gate(paths, tiny_config, version=version, model="ddpm")
+    assert again.passed and again.model == MODEL and again.version == version
+
+
+def test_failing_gate_names_criterion_and_sets_no_champion(tmp_path, tiny_config, registry):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    register_version(tmp_path)
+    # 5% of synthetic slices above r=0.95 against 1% of test slices: excess 4% > 1%.
+    paths = write_evidence(tmp_path / "ev", syn_share=0.05, base_share=0.01, real_dice=0.8, syn_dice=0.6)
+    decision = run_gate(paths, tiny_config)
+    assert not decision.passed
+    assert [c.name for c in decision.failed] == ["memorization"]
+    text = decision.describe()
+    assert "FAILED" in text and "[FAIL] memorization: 0.0400 <= 0.0100" in text
+    assert "5.00%" in text and "1.00%" in text
+    client = MlflowClient()
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(MODEL, "champion")
+    tags = client.get_model_version(MODEL, "1").tags
+    assert tags["synthmri.gate.passed"] == "false" and tags["synthmri.gate.failed"] == "memorization"
+
+    # Low relative Dice: 0.3 / 0.8 = 0.375 < min_relative_dice.
+    low = write_evidence(tmp_path / "low", syn_share=0.0, base_share=0.0, real_dice=0.8, syn_dice=0.3)
+    decision = run_gate(low, tiny_config)
+    assert [c.name for c in decision.failed] == ["relative_dice"]
+    assert f"[FAIL] relative_dice: 0.3750 >= {tiny_config.promotion.min_relative_dice:.4f}" in decision.describe()
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(MODEL, "champion")
+
+    # The CLI exits 1 on a failing gate (0 with --exit-zero) and writes the decision.
+    from synthmri.cli import main
+
+    args = ["promote", "--profile", str(REPO / "configs" / "demo.yaml"), "--model", MODEL,
+            "--memorization", str(paths["memorization"]), "--real-evaluation", str(paths["real"]),
+            "--synthetic-evaluation", str(paths["synthetic"]), "--out", str(tmp_path / "d.json")]
+    assert main(args) == 1
+    assert main(args + ["--exit-zero"]) == 0
+    assert json.loads((tmp_path / "d.json").read_text())["passed"] is False
+
+
+def test_wrong_or_missing_inputs_give_clear_errors(tmp_path, tiny_config, registry):
+    register_version(tmp_path)
+    wrong = write_evidence(tmp_path / "wrong", 0.0, 0.0, 0.8, 0.6, real_train="mixed")
+    with pytest.raises(PromotionError, match=r"eval-real/summary.json.*trained on 'real'.*'mixed'"):
+        run_gate(wrong, tiny_config)
+    good = write_evidence(tmp_path / "good", 0.0, 0.0, 0.8, 0.6)
+    with pytest.raises(PromotionError, match="no alias 'nightly'"):
+        run_gate(good, tiny_config, version="nightly")
+    with pytest.raises(PromotionError, match="no version '7'"):
+        run_gate(good, tiny_config, version="7")
+    with pytest.raises(PromotionError, match="'synthmri-stylegan' not found"):
+        run_gate(good, tiny_config, model="synthmri-stylegan")
+    with pytest.raises(FileNotFoundError, match="memorization summary"):
+        run_gate({**good, "memorization": tmp_path / "nowhere"}, tiny_config)
+    other = write_evidence(tmp_path / "other", 0.0, 0.0, 0.8, 0.6, version="2")
+    with pytest.raises(PromotionError, match="samples of version 2, not 1"):
+        run_gate(other, tiny_config)
