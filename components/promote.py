@@ -1,13 +1,14 @@
 """``synthmri promote``: the gate that sets a registered generator's ``champion`` alias."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Output
+from kfp.dsl import Artifact, Input, Model, Output
 
 from components.common import IMAGE, config_args
 
 
 @dsl.container_component
 def promote(
+    generator: Input[Model],
     memorization: Input[Artifact],
     real_evaluation: Input[Artifact],
     synthetic_evaluation: Input[Artifact],
@@ -15,7 +16,6 @@ def promote(
     model: str,
     profile: str,
     mlflow_tracking_uri: str,
-    version: str = "candidate",
 ) -> dsl.ContainerSpec:
     """Gate a registered generator on memorization and on relative Dice.
 
@@ -24,6 +24,9 @@ def promote(
     (``--exit-zero``) so the report still shows which criterion failed and why.
 
     Args:
+        generator: Checkpoint directory written by ``train-generator``; its
+            ``registration.json`` names the registry version this run made, so the gate
+            judges exactly that version even when other runs register newer ones.
         memorization: Directory written by ``evaluate-synthetic``.
         real_evaluation: ``evaluate-segmenter`` output of real-only training.
         synthetic_evaluation: ``evaluate-segmenter`` output of synthetic-only training.
@@ -33,7 +36,6 @@ def promote(
         profile: Config profile name or YAML path inside the image (``promotion.*``
             thresholds).
         mlflow_tracking_uri: MLflow tracking and registry server URI.
-        version: Version number or alias to gate.
 
     Returns:
         The container spec running ``synthmri promote``.
@@ -44,7 +46,7 @@ def promote(
         args=[
             *config_args(profile, mlflow_tracking_uri),
             "--model", model,
-            "--version", version,
+            "--version", dsl.ConcatPlaceholder([generator.path, "/registration.json"]),
             "--memorization", memorization.path,
             "--real-evaluation", real_evaluation.path,
             "--synthetic-evaluation", synthetic_evaluation.path,

@@ -90,6 +90,7 @@ def quick(
 
     promote_task = apply_resources(
         promote(
+            generator=generator_task.outputs["generator"],
             memorization=memorization_task.outputs["memorization"],
             real_evaluation=evaluations["real"],
             synthetic_evaluation=evaluations["synthetic"],
