@@ -45,5 +45,7 @@ def train_generator(
             "--out", generator.path,
             "--seed", seed,
             optional_flag("iterations", "--iterations", iterations),
+            # A retried pod continues from its last checkpoint; a first run starts at step 0.
+            "--resume",
         ],
     )

@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"synthmri {args.verb}: error: {exc}", file=sys.stderr)
         return 2
-    except (StoreError, FileNotFoundError, PromotionError) as exc:
+    except (StoreError, FileNotFoundError, PromotionError, ValueError) as exc:
         print(f"synthmri {args.verb}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

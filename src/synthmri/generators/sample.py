@@ -1,0 +1,227 @@
+"""Sampling: a trained generator -> a synthetic slice store, and sample-grid PNGs.
+
+``generate`` accepts a checkpoint path or an MLflow URI, samples in batches straight into
+a :class:`~synthmri.data.store.StoreWriter`, and records which generator made the store.
+Batch ``b`` is seeded from ``(seed, b)`` alone, so the same seed, count and batch size give
+the same bytes on the CPU, and a killed run resumes by skipping the batches whose shards
+are already complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+
+from synthmri.config import Config, ConfigError
+from synthmri.data.store import CHANNELS, SliceRow, StoreWriter
+from synthmri.generators.checkpoint import LoadedGenerator, load_generator
+from synthmri.io import atomic_write_bytes, atomic_write_json
+from synthmri.monitoring import StageMonitor
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "generator.pt"
+REGISTRATION_NAME = "registration.json"
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+# Annotation value -> overlay colour: NCR/NET red, ED green, ET yellow (the usual BraTS colours).
+_OVERLAY = {51: (255, 0, 0), 102: (0, 255, 0), 204: (255, 255, 0)}
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """A 64-bit seed for batch `batch` of a run seeded `seed`, independent of other batches."""
+    state = np.random.SeedSequence([int(seed), int(batch)]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+def sample_batch(generator: LoadedGenerator, count: int, seed: int, batch: int,
+                 options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Batch number `batch` (`count` images) of a run seeded `seed`: uint8 [count, 5, H, W]."""
+    rng = torch.Generator().manual_seed(batch_seed(seed, batch))
+    options = generator.sampling if options is None else options
+    return generator.family.sample(generator.network, generator.model_args, count, rng, options)
+
+
+def sample_batches(generator: LoadedGenerator, n: int, seed: int, batch_size: int,
+                   options: Mapping[str, Any] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, images)`` for consecutive batches of up to `batch_size` images until `n`.
+
+    Raises:
+        ValueError: `n` negative or `batch_size` below 1.
+    """
+    if n < 0 or batch_size < 1:
+        raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    for batch, start in enumerate(range(0, n, batch_size)):
+        yield start, sample_batch(generator, min(batch_size, n - start), seed, batch, options)
+
+
+def sample_images(generator: LoadedGenerator, n: int, seed: int, batch_size: int | None = None,
+                  options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """`n` images as one uint8 [n, 5, H, W] array (same bytes as ``generate`` with these settings)."""
+    size = generator.image_size
+    out = np.empty((n, len(CHANNELS), size, size), dtype=np.uint8)
+    for start, images in sample_batches(generator, n, seed, batch_size or generator.sample_batch_size, options):
+        out[start : start + len(images)] = images
+    return out
+
+
+def grid_image(images: np.ndarray, min_tile: int = 96) -> Image.Image:
+    """One row per image: T1, T1Gd, T2, FLAIR as grey tiles, then FLAIR with the annotation in colour.
+
+    Args:
+        images: uint8 [n, 5, H, W].
+        min_tile: tiles smaller than this are enlarged (nearest neighbour) to stay legible.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != len(CHANNELS) or images.dtype != np.uint8:
+        raise ValueError(f"grid needs uint8 [n, {len(CHANNELS)}, H, W], got {images.dtype} {list(images.shape)}")
+    n, _, size, _ = images.shape
+    scale = max(1, -(-min_tile // size))
+    tile, gap = size * scale, 2
+    columns = len(CHANNELS)
+    canvas = Image.new("RGB", (columns * tile + (columns - 1) * gap, n * tile + (n - 1) * gap), (255, 255, 255))
+    for row, image in enumerate(images):
+        tiles = [np.repeat(image[c][..., None], 3, axis=-1) for c in range(4)]
+        overlay = tiles[3].astype(np.float32)
+        for value, colour in _OVERLAY.items():
+            mask = image[4] == value
+            overlay[mask] = 0.5 * overlay[mask] + 0.5 * np.asarray(colour, dtype=np.float32)
+        tiles.append(np.rint(overlay).astype(np.uint8))
+        for column, pixels in enumerate(tiles):
+            picture = Image.fromarray(pixels, "RGB").resize((tile, tile), Image.NEAREST)
+            canvas.paste(picture, (column * (tile + gap), row * (tile + gap)))
+    return canvas
+
+
+def save_grid(images: np.ndarray, path: Path) -> Path:
+    """Write :func:`grid_image` of `images` as a PNG, atomically; returns `path`."""
+    buffer = io.BytesIO()
+    grid_image(images).save(buffer, format="PNG")
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def _registry_version(uri: str) -> int | None:
+    """The model-registry version a ``models:/`` URI names, if it names one."""
+    from mlflow import MlflowClient
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))/?", uri)
+    if not match:
+        return None
+    name, alias, number = match.groups()
+    if number:
+        return int(number)
+    return int(MlflowClient().get_model_version_by_alias(name, alias).version)
+
+
+@contextlib.contextmanager
+def resolve_generator(generator: str, cfg: Config) -> Iterator[tuple[Path, int | None]]:
+    """The local ``generator.pt`` that `generator` names, and its registry version if known.
+
+    A path may be the checkpoint file or the training output directory (version from its
+    ``registration.json``). An MLflow URI (``models:/name@alias``, ``models:/name/3``,
+    ``runs:/...``) is downloaded to a temporary directory that lives while the context does.
+
+    Raises:
+        FileNotFoundError: the path, or a ``generator.pt`` among the downloaded artifacts,
+            does not exist.
+    """
+    if not _URI.match(generator):
+        path = Path(generator)
+        if path.is_dir():
+            path = path / CHECKPOINT_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"generator checkpoint not found: {path}")
+        version = None
+        record = path.parent / REGISTRATION_NAME
+        if record.is_file():
+            version = json.loads(record.read_text()).get("version")
+        yield path, None if version is None else int(version)
+        return
+
+    import mlflow
+
+    from synthmri.tracking import configure
+
+    configure(cfg.tracking)
+    version = _registry_version(generator)
+    with tempfile.TemporaryDirectory(prefix="synthmri-generator-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=generator, dst_path=tmp))
+        found = [local] if local.is_file() else sorted(local.rglob(CHECKPOINT_NAME))
+        if not found:
+            raise FileNotFoundError(f"{generator}: no {CHECKPOINT_NAME} among the downloaded artifacts")
+        yield found[0], version
+
+
+def generate(generator: str, out: Path, cfg: Config) -> dict[str, Any]:
+    """Sample ``cfg.generator.n_synthetic`` slices into a synthetic slice store.
+
+    Args:
+        generator: a ``generator.pt`` path (or the directory holding it) or an MLflow URI
+            such as ``models:/synthmri-ddpm@candidate``.
+        out: store directory.
+        cfg: resolved config; uses ``seed``, ``generator.n_synthetic``,
+            ``generator.sample_batch_size``, ``data.shard_size`` and the family's sampler
+            settings (e.g. ``generator.ddpm.sampler``/``sample_steps``).
+
+    Returns:
+        The store manifest.
+
+    Raises:
+        FileNotFoundError: the generator cannot be found.
+        ConfigError: non-positive counts (a ValueError).
+        ValueError: an unusable checkpoint.
+    """
+    n, batch_size = int(cfg.generator.n_synthetic), int(cfg.generator.sample_batch_size)
+    if n < 1 or batch_size < 1:
+        raise ConfigError(f"generator.n_synthetic ({n}) and generator.sample_batch_size ({batch_size}) must be positive")
+    with resolve_generator(generator, cfg) as (path, version):
+        loaded = load_generator(path)
+    options = loaded.family.sampling_options(cfg)
+    settings = {"seed": int(cfg.seed), "n": n, "batch_size": batch_size, "options": options,
+                "checkpoint_sha256": loaded.sha256}
+    out = Path(out)
+    # Resume only a run with identical settings: the store checks slice ids, not pixels.
+    marker = out / ".partial" / "generate.json"
+    resume = marker.is_file() and json.loads(marker.read_text()) == settings
+    writer = StoreWriter(
+        out,
+        image_size=loaded.image_size,
+        source={"path": generator, "content_hash": loaded.data_hash},
+        shard_size=cfg.data.shard_size,
+        generator={"name": loaded.name, "version": version, "uri": generator, "checkpoint_sha256": loaded.sha256},
+        extra={"sampling": {k: v for k, v in settings.items() if k != "checkpoint_sha256"}},
+        resume=resume,
+    )
+    atomic_write_json(marker, settings)
+    skip = writer.resumed_slices
+    if skip:
+        log.info("resuming %s: %d of %d slices already stored", out, skip, n)
+    size = loaded.image_size
+    with StageMonitor("generate", unit="images", total=n) as monitor:
+        for batch, start in enumerate(range(0, n, batch_size)):
+            count = min(batch_size, n - start)
+            if start + count <= skip:
+                # Already in complete shards: the writer only checks these slice ids, so
+                # zeros stand in for pixels it will not write again.
+                images = np.zeros((count, len(CHANNELS), size, size), dtype=np.uint8)
+            else:
+                images = sample_batch(loaded, count, cfg.seed, batch, options)
+            writer.add(images, _rows(loaded.name, start, start + count))
+            monitor.progress(start + count)
+        manifest = writer.close()
+    log.info("wrote %d synthetic slices from %s to %s", n, generator, out)
+    return manifest
+
+
+def _rows(model: str, start: int, stop: int) -> list[SliceRow]:
+    return [SliceRow(slice_id=f"{model}-{i:06d}", subject=model, z=-1, split="train") for i in range(start, stop)]
