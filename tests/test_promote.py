@@ -157,7 +157,7 @@ def test_wrong_or_missing_inputs_give_clear_errors(tmp_path, tiny_config, regist
         run_gate(good, tiny_config, version="7")
     with pytest.raises(PromotionError, match="'synthmri-stylegan' not found"):
         run_gate(good, tiny_config, model="synthmri-stylegan")
-    with pytest.raises(FileNotFoundError, match="memorization summary"):
+    with pytest.raises(FileNotFoundError, match="evaluate-synthetic summary not found"):
         run_gate({**good, "memorization": tmp_path / "nowhere"}, tiny_config)
     other = write_evidence(tmp_path / "other", 0.0, 0.0, 0.8, 0.6, version="2")
     with pytest.raises(PromotionError, match="samples of version 2, not 1"):

@@ -70,3 +70,40 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with non-finite floats replaced by None, recursively (strict JSON has no NaN)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def read_stage_summary(path: Path, *, stage: str, required: tuple[str, ...]) -> dict[str, Any]:
+    """Read a stage's ``summary.json`` (given the file or its directory) and check its keys.
+
+    Args:
+        path: the summary file or the stage's output directory.
+        stage: the verb that writes it, for messages (``evaluate-segmenter``).
+        required: top-level keys that must be present.
+
+    Raises:
+        FileNotFoundError: no summary there (names the file and the stage to run).
+        ValueError: not valid JSON, or a required key is missing (named).
+    """
+    path = Path(path)
+    file = path if path.suffix == ".json" else path / "summary.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: {stage} summary not found (run {stage} first)")
+    try:
+        summary = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc})") from None
+    missing = [key for key in required if key not in summary]
+    if missing or not isinstance(summary, dict):
+        raise ValueError(f"{file}: not an {stage} summary (missing {missing})")
+    return summary

@@ -16,7 +16,6 @@ also points ``champion`` at it. Registry stages are deprecated in MLflow and nev
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from synthmri.config import Config
-from synthmri.io import atomic_write_json
+from synthmri.io import atomic_write_json, jsonable, read_stage_summary
 from synthmri.metrics.evaluate_synthetic import load_summary as load_memorization_summary
 
 log = logging.getLogger(__name__)
@@ -82,16 +81,7 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view (NaN values become null)."""
-        def clean(value: Any) -> Any:
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, list):
-                return [clean(v) for v in value]
-            return value
-
-        return clean({
+        return jsonable({
             "passed": self.passed, "model": self.model, "version": self.version, "requested": self.requested,
             "criteria": [asdict(c) for c in self.criteria], "evidence": self.evidence, "notes": self.notes,
         })
@@ -104,14 +94,11 @@ def load_evaluation(path: Path, expected_train: str, role: str) -> dict[str, Any
         FileNotFoundError: no summary.json at `path`.
         PromotionError: not valid JSON, fields missing, or trained on another data source.
     """
-    path = Path(path)
-    file = path if path.suffix == ".json" else path / "summary.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: {role} evaluation summary not found (run evaluate-segmenter first)")
     try:
-        summary = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise PromotionError(f"{file}: not valid JSON ({exc})") from None
+        summary = read_stage_summary(path, stage="evaluate-segmenter", required=("model", "mean_dice"))
+    except ValueError as exc:
+        raise PromotionError(str(exc)) from None
+    file = Path(path) if Path(path).suffix == ".json" else Path(path) / "summary.json"
     model = summary.get("model")
     if not isinstance(model, dict) or "train" not in model or "mean_dice" not in summary:
         raise PromotionError(f"{file}: not an evaluate-segmenter summary (needs model.train and mean_dice)")

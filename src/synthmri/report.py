@@ -25,7 +25,7 @@ import numpy as np
 from synthmri.config import Config
 from synthmri.data.labels import values_to_classes
 from synthmri.data.store import IMAGE_CHANNELS, SliceStore
-from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable, read_stage_summary
 
 LABELS = ("ET", "ED", "NCR")
 TRAIN_ORDER = {"real": 0, "synthetic": 1, "mixed": 2}
@@ -41,17 +41,10 @@ Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | (
 
 def load_evaluation(path: Path) -> dict[str, Any]:
     """An evaluate-segmenter summary.json (directory or file), with its path under ``_path``."""
-    path = Path(path)
-    file = path if path.suffix == ".json" else path / "summary.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: evaluation summary not found (run evaluate-segmenter first)")
-    try:
-        summary = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}: not valid JSON ({exc})") from None
-    missing = [k for k in ("model", "dice", "hausdorff", "mean_dice") if k not in summary]
-    if missing or not isinstance(summary["model"], dict) or "train" not in summary["model"]:
-        raise ValueError(f"{file}: not an evaluate-segmenter summary (missing {missing or ['model.train']})")
+    summary = read_stage_summary(path, stage="evaluate-segmenter", required=("model", "dice", "hausdorff", "mean_dice"))
+    if not isinstance(summary["model"], dict) or "train" not in summary["model"]:
+        raise ValueError(f"{path}: not an evaluate-segmenter summary (missing model.train)")
+    file = Path(path) if Path(path).suffix == ".json" else Path(path) / "summary.json"
     summary["_path"] = str(file)
     return summary
 
@@ -295,16 +288,6 @@ def render_html(blocks: list[Block], title: str) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def write_report(out: Path, evaluations: list[Path], memorization: Path | None, real: Path | None,
                  synthetic: list[Path] | None, promotion: Path | None, cfg: Config) -> Path:
     """Write report.md, report.html (self-contained) and report.json; log them to MLflow.
@@ -357,7 +340,7 @@ def write_report(out: Path, evaluations: list[Path], memorization: Path | None, 
     atomic_write_text(out / "report.md", render_markdown(blocks))
     html_path = out / "report.html"
     atomic_write_text(html_path, render_html(blocks, "synthmri report"))
-    atomic_write_json(out / "report.json", _jsonable({"segmentation": rows}))
+    atomic_write_json(out / "report.json", jsonable({"segmentation": rows}))
 
     datasets = {("real" if title == "real" else f"synthetic_{i}"): store for i, (title, store) in enumerate(stores)}
     with stage_run(cfg, stage="report", experiment="pipeline", run_name="report", datasets=datasets):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +26,7 @@ import numpy as np
 
 from synthmri.config import Config
 from synthmri.data.store import SliceStore, StoreError
-from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_stage_summary
 from synthmri.monitoring import StageMonitor
 
 log = logging.getLogger(__name__)
@@ -209,15 +208,4 @@ def load_summary(path: Path) -> dict[str, Any]:
         FileNotFoundError: no summary.json there.
         ValueError: not valid JSON or missing the 'synthetic'/'baseline' sections.
     """
-    path = Path(path)
-    file = path if path.suffix == ".json" else path / "summary.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: memorization summary not found (run evaluate-synthetic first)")
-    try:
-        summary = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}: not valid JSON ({exc})") from None
-    missing = [key for key in ("synthetic", "baseline", "threshold") if key not in summary]
-    if missing:
-        raise ValueError(f"{file}: not an evaluate-synthetic summary (missing {missing})")
-    return summary
+    return read_stage_summary(path, stage="evaluate-synthetic", required=("synthetic", "baseline", "threshold"))
