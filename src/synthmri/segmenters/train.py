@@ -1,0 +1,265 @@
+"""Train a segmenter on real, synthetic or mixed 2D slices (the ``train-segmenter`` stage).
+
+One plain loop: sample a batch (:mod:`synthmri.segmenters.data`), augment, z-score, one
+optimiser step of the architecture's recipe, and every ``val_every_samples`` a validation
+pass on the real store's ``val`` slices. The checkpoint with the best validation mean Dice
+(NCR, ED, ET) is kept as ``out/model.pt``; ``out/history.csv`` records each validation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import mlflow
+import numpy as np
+import torch
+from torch import nn
+
+from synthmri.config import Config, ConfigError, dump_config, to_dict
+from synthmri.data.store import SliceStore
+from synthmri.io import atomic_write_text
+from synthmri.monitoring import StageMonitor
+from synthmri.segmenters import get_architecture
+from synthmri.segmenters.data import TRAIN_SOURCES, Augmenter, BatchSampler, prepare_batch, validation_batches
+from synthmri.tracking import stage_run
+
+log = logging.getLogger(__name__)
+
+TUMOUR_CLASSES = (1, 2, 3)  # NCR/NET, ED, ET as class indices
+GRAD_CLIP = 12.0  # nnU-Net clips the gradient norm at 12; with momentum 0.99 early steps can spike
+HISTORY_COLUMNS = ("step", "samples", "loss", "val_dice", "lr", "seconds")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced."""
+
+    out: Path
+    checkpoint: Path
+    name: str
+    arch: str
+    train: str
+    augment: bool
+    seed: int
+    steps: int
+    samples: int
+    best_val_dice: float | None
+    best_step: int
+    seconds: float  # the whole run: training steps, validations, checkpoints
+    step_seconds: float  # the training steps alone (sampling, augmentation, forward, backward)
+    run_id: str
+
+    def summary(self) -> str:
+        """One line for the command line."""
+        best = "no validation" if self.best_val_dice is None else f"best val Dice {self.best_val_dice:.4f} at step {self.best_step}"
+        rate = self.samples / max(self.step_seconds, 1e-9)
+        return (f"{self.name}: {self.steps} steps ({self.samples} samples, {rate:.1f}/s, {self.seconds:.0f} s in all), "
+                f"{best}; checkpoint {self.checkpoint}")
+
+
+def generator_names(stores: Sequence[SliceStore]) -> list[str]:
+    """Each synthetic store's generator name from its manifest (the directory name if absent)."""
+    names = []
+    for store in stores:
+        generator = store.manifest.get("generator") or {}
+        names.append(str(generator.get("name") or store.path.name))
+    return names
+
+
+def device() -> torch.device:
+    """The GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def validation_dice(model: nn.Module, real: SliceStore, batch_size: int, dev: torch.device) -> float:
+    """Mean over NCR, ED and ET of the Dice on all ``val`` slices pooled (2D predictions).
+
+    Overlaps are summed over the whole split before dividing, so slices without a label
+    weigh by their false positives only; a label absent from both prediction and reference
+    on the whole split scores 1.
+    """
+    was_training = model.training
+    model.eval()
+    hits = np.zeros(len(TUMOUR_CLASSES))
+    sizes = np.zeros(len(TUMOUR_CLASSES))
+    for slices in validation_batches(real, batch_size):
+        images, target = prepare_batch(slices, None, dev)
+        pred = model(images).argmax(dim=1, keepdim=True)
+        for i, label in enumerate(TUMOUR_CLASSES):
+            p, t = pred == label, target == label
+            hits[i] += 2 * (p & t).sum().item()
+            sizes[i] += p.sum().item() + t.sum().item()
+    model.train(was_training)
+    scores = np.where(sizes > 0, hits / np.maximum(sizes, 1), 1.0)
+    return float(scores.mean())
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save to a temporary file beside `path`, then rename (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: Path, cfg: Config,
+                    name: str | None = None) -> TrainResult:
+    """Train one segmenter and keep its best checkpoint.
+
+    Args:
+        train: ``real`` (the real store's train split), ``synthetic`` (all slices of the
+            synthetic stores, pooled) or ``mixed`` (each element real or synthetic with
+            probability 1/2).
+        real: the real slice store; its ``val`` split validates every run, so without it a
+            run cannot validate and keeps its last weights.
+        synthetic: synthetic slice stores (an ensemble when several); ignored for ``real``.
+        out: output directory: ``model.pt``, ``history.csv``, ``config.yaml``.
+        cfg: the resolved config (``segmenter``, ``seed``, ``tracking``).
+        name: MLflow run name; default ``<arch>-<train>-<aug|orig>-s<seed>``.
+
+    Returns:
+        The TrainResult.
+
+    Raises:
+        ValueError: unknown `train`, or a store it needs is missing.
+        ConfigError: unknown architecture, or a budget smaller than one batch.
+        StoreError: a store is missing, incomplete or has nothing to sample.
+        RuntimeError: the loss became NaN or infinite (diverged).
+    """
+    if train not in TRAIN_SOURCES:
+        raise ValueError(f"train must be one of {TRAIN_SOURCES}, got {train!r}")
+    arch = get_architecture(cfg.segmenter.arch)
+    section = arch.settings(cfg.segmenter)
+    steps = section.train_samples // section.batch_size
+    if steps < 1:
+        raise ConfigError(f"segmenter.{arch.name}.train_samples ({section.train_samples}) is less than one batch "
+                          f"({section.batch_size})")
+    val_every = max(1, section.val_every_samples // section.batch_size)
+    augment, seed = cfg.segmenter.augment, cfg.seed
+    name = name or f"{arch.name}-{train}-{'aug' if augment else 'orig'}-s{seed}"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    real_store = SliceStore(real) if real is not None else None
+    if train == "real" and synthetic:
+        log.warning("train=real: ignoring %d synthetic store(s)", len(synthetic))
+    synthetic_stores = [SliceStore(p) for p in synthetic] if train != "real" else []
+    validates = real_store is not None and len(real_store.indices("val")) > 0
+    if not validates:
+        log.warning("no real 'val' slices to validate on: keeping the last weights instead of the best")
+
+    # One seed drives three independent streams: batch sampling, augmentation, weights.
+    sample_seed, augment_seed, torch_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(3))
+    torch.manual_seed(torch_seed)
+    dev = device()
+    sampler = BatchSampler(train, real_store, synthetic_stores, section.batch_size, sample_seed)
+    augmenter = Augmenter(augment_seed, enabled=augment)
+    model_args = arch.model_args(section)
+    model = arch.build(**model_args).to(dev)
+    optimiser, schedule = arch.optimizer(model, section, steps)
+    loss_fn = arch.loss(section).to(dev)
+    dump_config(cfg, out / "config.yaml")
+
+    names = generator_names(synthetic_stores)
+    checkpoint_path = out / "model.pt"
+    base = {"arch": arch.name, "model_args": model_args, "config": to_dict(cfg), "train": train,
+            "synthetic": names, "seed": seed, "name": name}
+    datasets = {"real": real_store} if real_store is not None else {}
+    datasets.update({f"synthetic-{i}": s for i, s in enumerate(synthetic_stores)})
+    tags = {"synthmri.train": train, "synthmri.arch": arch.name, "synthmri.augment": str(augment).lower(),
+            "synthmri.synthetic": ",".join(names)}
+    total = steps * section.batch_size
+    log_every = max(1, min(50, val_every // 4))
+    history: list[dict[str, Any]] = []
+    best_dice, best_step = -math.inf, 0
+    window: list[float] = []  # losses since the last validation
+    log_window: list[float] = []  # losses since the last MLflow log
+    start = step_seconds = 0.0  # wall clock of the run; of the training steps alone (throughput)
+
+    def checkpoint(step: int, val_dice: float | None) -> None:
+        save_checkpoint(checkpoint_path, {**base, "state_dict": model.state_dict(), "best_val_dice": val_dice,
+                                          "step": step})
+
+    def evaluate(step: int) -> None:
+        nonlocal best_dice, best_step, window
+        val_dice = validation_dice(model, real_store, cfg.evaluation.batch_size, dev) if validates else float("nan")
+        mean_loss = float(np.mean(window)) if window else float("nan")
+        history.append({"step": step, "samples": step * section.batch_size, "loss": f"{mean_loss:.6g}",
+                        "val_dice": f"{val_dice:.6g}", "lr": f"{schedule.get_last_lr()[0]:.6g}",
+                        "seconds": f"{time.monotonic() - start:.1f}"})
+        window = []
+        _write_history(out / "history.csv", history)
+        if validates:
+            mlflow.log_metric("val_dice", val_dice, step=step)
+            if val_dice > best_dice:
+                best_dice, best_step = val_dice, step
+                checkpoint(step, val_dice)
+        log.info("%s: step %d/%d loss %.4f val Dice %.4f", name, step, steps, mean_loss, val_dice)
+
+    with stage_run(cfg, stage="train-segmenter", experiment="segmenters", run_name=name, datasets=datasets,
+                   tags=tags) as run, StageMonitor("train-segmenter", unit="samples", total=total, instance=name) as monitor:
+        mlflow.log_params({"train.steps": steps, "train.val_every_steps": val_every, "train.device": str(dev)})
+        start = time.monotonic()
+        evaluate(0)  # the untrained baseline: every later validation is compared with it
+        model.train()
+        for step in range(1, steps + 1):
+            tick = time.monotonic()
+            images, target = prepare_batch(sampler.sample().slices, augmenter, dev)
+            loss = loss_fn(model(images), target)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            optimiser.step()
+            schedule.step()
+            value = float(loss.detach())
+            step_seconds += time.monotonic() - tick
+            if not math.isfinite(value):
+                raise RuntimeError(f"{name}: training diverged at step {step} (loss {value}); "
+                                   f"lower segmenter.{arch.name}.lr ({section.lr})")
+            window.append(value)
+            log_window.append(value)
+            monitor.progress(step * section.batch_size)
+            monitor.loss("train", value)
+            if step % log_every == 0:
+                mlflow.log_metrics({"loss": float(np.mean(log_window)), "lr": schedule.get_last_lr()[0]}, step=step)
+                log_window = []
+            if step % val_every == 0 or step == steps:
+                evaluate(step)
+        if not validates:
+            checkpoint(steps, None)
+            best_step = steps
+        seconds = time.monotonic() - start
+        best = best_dice if validates else None
+        if best is not None:
+            mlflow.log_metric("best_val_dice", best)
+        mlflow.log_metric("samples_per_second", total / max(step_seconds, 1e-9))
+        mlflow.set_tags({"synthmri.checkpoint": str(checkpoint_path.resolve()), "synthmri.best_step": str(best_step)})
+        mlflow.log_artifact(str(out / "history.csv"))
+        run_id = run.info.run_id
+
+    result = TrainResult(out=out, checkpoint=checkpoint_path, name=name, arch=arch.name, train=train, augment=augment,
+                         seed=seed, steps=steps, samples=total, best_val_dice=best, best_step=best_step,
+                         seconds=seconds, step_seconds=step_seconds, run_id=run_id)
+    log.info(result.summary())
+    return result
