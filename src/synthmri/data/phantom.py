@@ -175,8 +175,8 @@ class _Subject:
         side = rng.choice([-1.0, 1.0])
         t_norm = np.array([side * rng.uniform(0.2, 0.5), rng.uniform(-0.45, 0.45), rng.uniform(-0.2, 0.4)])
         self.t_centre = self.centre + t_norm * self.semi
-        self.radius = rng.uniform(12, 24)  # outer edge of the enhancing rim (mm)
-        self.core = self.radius * rng.uniform(0.5, 0.7)  # necrotic core
+        self.radius = rng.uniform(15, 30)  # outer edge of the enhancing rim (mm), glioblastoma-sized
+        self.core = self.radius * rng.uniform(0.55, 0.75)  # necrotic core: wide enough to see at 64 px
         self.oedema = self.radius + rng.uniform(10, 32)
         self.mass = rng.uniform(0.15, 0.4)  # how far the tumour pushes the anatomy aside
         self.tumour_lobes = _lobes(rng, 4, (1.0, 3.0), 0.06)
