@@ -50,7 +50,7 @@ def test_registered_version_has_alias_candidate_and_data_tag(registered):
     version = client.get_model_version_by_alias("synthmri-ddpm", "candidate")
     assert result.registered_name == "synthmri-ddpm" and str(version.version) == str(result.version)
     assert version.run_id == result.run_id
-    assert version.tags["synthmri.data.train"] == real.content_hash
+    assert version.tags["synthmri.data.real"] == real.content_hash
     record = json.loads((result.checkpoint.parent / "registration.json").read_text())
     assert record == {"name": "synthmri-ddpm", "version": result.version, "run_id": result.run_id,
                       "model_uri": f"models:/synthmri-ddpm/{result.version}"}

@@ -62,7 +62,7 @@ def test_training_writes_checkpoint_grid_generator_and_record(smoke, store):
     assert "40 iterations" in result.summary() and "not registered" in result.summary()
     run = MlflowClient().get_run(result.run_id)
     assert run.data.tags["synthmri.stage"] == "train-generator" and run.info.run_name == "ddpm-s0"
-    assert run.data.tags["synthmri.data.train"] == SliceStore(store).content_hash
+    assert run.data.tags["synthmri.data.real"] == SliceStore(store).content_hash
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "samples")}
     assert artifacts == {"samples/step-0000020.png", "samples/step-0000040.png"}
 

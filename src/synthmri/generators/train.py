@@ -212,7 +212,7 @@ def train_generator(data: Path, out: Path, cfg: Config, resume: bool = False, re
         tags.update({"synthmri.resumed_from_run": previous_run, "synthmri.resumed_from_step": str(step)})
     run_name = f"{family.name}-s{cfg.seed}"
     with stage_run(cfg, stage="train-generator", experiment="generators", run_name=run_name,
-                   datasets={"train": store}, tags=tags) as run, \
+                   datasets={"real": store}, tags=tags) as run, \
             StageMonitor("train-generator", unit="iterations", total=settings.iterations) as monitor, \
             _sigterm_flag() as stop:
         run_id = run.info.run_id
@@ -305,7 +305,7 @@ def _register(cfg: Config, model: str, generator_path: Path, image_size: int, da
     version = mlflow.register_model(info.model_uri, name)
     client = MlflowClient()
     client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
-    for key, value in {"synthmri.data.train": data_hash, "synthmri.run_id": run_id,
+    for key, value in {"synthmri.data.real": data_hash, "synthmri.run_id": run_id,
                        "synthmri.profile": cfg.profile, "synthmri.seed": str(cfg.seed)}.items():
         client.set_model_version_tag(name, version.version, key, value)
     log.info("registered %s version %s with alias %s", name, version.version, CANDIDATE_ALIAS)

@@ -223,7 +223,7 @@ def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> Evalu
     tags = {"synthmri.train": str(model_info["train"]), "synthmri.arch": model_info["arch"],
             "synthmri.augment": str(model_info["augment"]).lower(), "synthmri.model": name}
     with stage_run(cfg, stage="evaluate-segmenter", experiment="evaluation", run_name=f"{name}-eval",
-                   datasets={"test": store}, tags=tags) as run, \
+                   datasets={"real": store}, tags=tags) as run, \
             StageMonitor("evaluate-segmenter", unit="subjects", total=len(subjects), instance=name) as monitor:
         for number, subject in enumerate(subjects, start=1):
             positions = test[store.subject[test] == subject]
