@@ -11,6 +11,21 @@ from kfp.dsl import Dataset, Input, Output
 from components.common import IMAGE, config_args
 
 
+def _prepare_spec(source, out, image_size, seed, profile, mlflow_tracking_uri) -> dsl.ContainerSpec:
+    """The one ``synthmri prepare`` call behind both components (they differ only in the source's type)."""
+    return dsl.ContainerSpec(
+        image=IMAGE,
+        command=["synthmri", "prepare"],
+        args=[
+            *config_args(profile, mlflow_tracking_uri),
+            "--source", source,
+            "--out", out,
+            "--size", image_size,
+            "--seed", seed,
+        ],
+    )
+
+
 @dsl.container_component
 def prepare(
     source: Input[Dataset],
@@ -33,17 +48,7 @@ def prepare(
     Returns:
         The container spec running ``synthmri prepare``.
     """
-    return dsl.ContainerSpec(
-        image=IMAGE,
-        command=["synthmri", "prepare"],
-        args=[
-            *config_args(profile, mlflow_tracking_uri),
-            "--source", source.path,
-            "--out", slices.path,
-            "--size", image_size,
-            "--seed", seed,
-        ],
-    )
+    return _prepare_spec(source.path, slices.path, image_size, seed, profile, mlflow_tracking_uri)
 
 
 @dsl.container_component
@@ -69,14 +74,4 @@ def prepare_from_uri(
     Returns:
         The container spec running ``synthmri prepare``.
     """
-    return dsl.ContainerSpec(
-        image=IMAGE,
-        command=["synthmri", "prepare"],
-        args=[
-            *config_args(profile, mlflow_tracking_uri),
-            "--source", source_uri,
-            "--out", slices.path,
-            "--size", image_size,
-            "--seed", seed,
-        ],
-    )
+    return _prepare_spec(source_uri, slices.path, image_size, seed, profile, mlflow_tracking_uri)
