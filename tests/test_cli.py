@@ -51,3 +51,11 @@ def test_train_segmenter_needs_synthetic_for_synthetic(tmp_path, capsys):
     code = main(["train-segmenter", "--train", "synthetic", "--real", str(tmp_path), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "--synthetic" in capsys.readouterr().err
+
+
+def test_promote_with_missing_registration_file_names_it(tmp_path, capsys):
+    missing = tmp_path / "registration.json"
+    code = main(["promote", "--model", "synthmri-ddpm", "--version", str(missing), "--memorization", str(tmp_path),
+                 "--real-evaluation", str(tmp_path), "--synthetic-evaluation", str(tmp_path)])
+    assert code == 2
+    assert "registration.json" in capsys.readouterr().err
