@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from synthmri import __version__
-from synthmri.config import Config, ConfigError, load_config, parse_override
+from synthmri.config import GENERATOR_MODELS, Config, ConfigError, load_config, parse_override
 from synthmri.data.store import StoreError
 from synthmri.promote import PromotionError
 
@@ -63,9 +63,17 @@ def _prepare(args: argparse.Namespace) -> int:
 def _train_generator(args: argparse.Namespace) -> int:
     from synthmri.generators.train import train_generator
 
-    overrides = {"generator.model": args.model, "seed": args.seed}
+    model = args.model or _config(args).generator.model
+    overrides: dict[str, Any] = {"generator.model": model, "seed": args.seed}
     if args.iterations is not None:
-        overrides[f"generator.{args.model}.iterations"] = args.iterations
+        if model != "ddpm":
+            raise UsageError(f"--iterations sets the diffusion model's steps; {model} trains for --kimg "
+                             "thousand images")
+        overrides["generator.ddpm.iterations"] = args.iterations
+    if args.kimg is not None:
+        if model == "ddpm":
+            raise UsageError("--kimg sets a GAN's training length; the diffusion model takes --iterations")
+        overrides[f"generator.{model}.kimg"] = args.kimg
     cfg = _config(args, **overrides)
     result = train_generator(args.data, args.out, cfg, resume=args.resume, register=not args.no_register)
     print(result.summary())
@@ -202,10 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit non-zero if any subject was rejected")
 
     p = verb("train-generator", _train_generator, "Train a generator on the training slices and register it in MLflow.")
-    p.add_argument("--model", default="ddpm", help="generator family (ddpm)")
+    p.add_argument("--model", choices=GENERATOR_MODELS,
+                   help="generator family (default: the profile's generator.model)")
     p.add_argument("--data", type=Path, required=True, help="real slice store")
     p.add_argument("--out", type=Path, required=True, help="directory for checkpoints and samples")
-    p.add_argument("--iterations", type=int, help="override the profile's training iterations")
+    p.add_argument("--iterations", type=int, help="ddpm: training iterations (overrides the profile)")
+    p.add_argument("--kimg", type=float, help="GANs: thousands of real images to train on (overrides the profile)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--no-register", action="store_true", help="do not register the model in MLflow")

@@ -69,9 +69,111 @@ class DDPMConfig:
     ema_decay: float = 0.9999
     sampler: str = "ddim"  # ddim | ddpm
     sample_steps: int = 100  # steps for DDIM sampling (DDPM always uses all timesteps)
+    mixed_precision: bool = True  # bfloat16 autocast on CUDA; ignored on the CPU
     checkpoint_every: int = 5000
     sample_grid_every: int = 5000
     log_every: int = 100
+
+
+@dataclass(frozen=True)
+class AdversarialConfig:
+    """What every GAN family shares: the training length in kimg, Adam, EMA, augmentation.
+
+    Lengths follow the StyleGAN convention: ``kimg`` thousands of real images shown to the
+    discriminator; ``batch_size`` is the global batch (split across DDP processes).
+    """
+
+    batch_size: int = 32
+    kimg: float = 25_000.0
+    lr: float = 2.5e-3  # generator Adam learning rate
+    discriminator_lr: float = 2.5e-3
+    beta1: float = 0.0
+    beta2: float = 0.99
+    z_dim: int = 512
+    channel_base: int = 16384  # feature maps at resolution r: min(channel_base // r, channel_max)
+    channel_max: int = 512
+    ema_decay: float = 0.998  # generator EMA; StyleGAN's 10 kimg half-life at batch 32
+    augment_p: float = 0.0  # probability of each discriminator augmentation (flip, shift, intensity)
+    truncation_psi: float = 1.0  # sampling: 1 = no truncation (StyleGANs only)
+    mixed_precision: bool = True  # bfloat16 autocast on CUDA; ignored on the CPU
+    checkpoint_every: int = 5000  # iterations
+    sample_grid_every: int = 5000
+    log_every: int = 100
+
+    @property
+    def iterations(self) -> int:
+        """Optimisation steps for ``kimg`` thousand images at ``batch_size`` (at least 1)."""
+        return max(1, -(-int(round(self.kimg * 1000)) // max(1, self.batch_size)))
+
+
+@dataclass(frozen=True)
+class ProGANConfig(AdversarialConfig):
+    """Progressive GAN: growing with fade-in, pixel norm, minibatch stddev, WGAN-GP."""
+
+    batch_size: int = 16  # ProGAN's minibatch at 256x256
+    kimg: float = 12_000.0
+    lr: float = 1e-3
+    discriminator_lr: float = 1e-3
+    channel_base: int = 8192
+    ema_decay: float = 0.999
+    fade_kimg: float = 600.0  # images to fade in each new resolution
+    stable_kimg: float = 600.0  # images to train each resolution once faded in
+    gp_lambda: float = 10.0  # WGAN-GP gradient penalty weight
+    drift: float = 1e-3  # epsilon_drift: keeps critic outputs near zero
+
+
+@dataclass(frozen=True)
+class StyleGANConfig(AdversarialConfig):
+    """What the StyleGANs share: the mapping network, the R1 penalty and style mixing."""
+
+    w_dim: int = 512
+    mapping_layers: int = 8
+    mapping_lr_mul: float = 0.01
+    r1_gamma: float = 8.2  # paper Table 9: 8.2 for StyleGAN 2 and 3, 10 for StyleGAN 1
+    r1_interval: int = 16  # lazy regularisation: R1 every 16 discriminator steps
+    style_mixing: float = 0.9  # probability of mixing two latents during training
+
+
+@dataclass(frozen=True)
+class StyleGAN1Config(StyleGANConfig):
+    """StyleGAN: mapping network, AdaIN, noise inputs, progressive growing, NS loss + R1."""
+
+    lr: float = 1.5e-3
+    discriminator_lr: float = 1.5e-3
+    channel_base: int = 8192
+    r1_gamma: float = 10.0  # paper Table 9
+    r1_interval: int = 1  # StyleGAN 1 regularised every step
+    fade_kimg: float = 600.0
+    stable_kimg: float = 600.0
+
+
+@dataclass(frozen=True)
+class StyleGAN2Config(StyleGANConfig):
+    """StyleGAN2: demodulated convolutions, skip G, residual D, lazy R1, path length."""
+
+    pl_weight: float = 2.0  # path-length regularisation; 0 turns it off
+    pl_interval: int = 4
+
+
+@dataclass(frozen=True)
+class StyleGAN3Config(StyleGANConfig):
+    """StyleGAN3-T: alias-free generator with Fourier-feature input and filtered non-linearities."""
+
+    discriminator_lr: float = 2e-3
+    channel_base: int = 32768
+    mapping_layers: int = 2
+    style_mixing: float = 0.0
+    num_layers: int = 14  # synthesis layers between the input and the output
+    margin_size: int = 10  # extra pixels computed around each layer's canvas
+    first_cutoff: float = 2.0  # cutoff frequency of the first layer
+    first_stopband: float = 2 ** 2.1
+    last_stopband_rel: float = 2 ** 0.3  # last layer's stopband relative to its cutoff
+    filter_size: int = 6  # low-pass filter taps per up/down-sampling factor
+    lrelu_upsampling: int = 2  # oversampling of the filtered leaky ReLU
+
+
+#: Generator families, each with its section below (the networks: ``synthmri.generators.FAMILIES``).
+GENERATOR_MODELS = ("ddpm", "progan", "stylegan1", "stylegan2", "stylegan3")
 
 
 @dataclass(frozen=True)
@@ -82,6 +184,10 @@ class GeneratorConfig:
     n_synthetic: int = 100_000
     sample_batch_size: int = 64
     ddpm: DDPMConfig = field(default_factory=DDPMConfig)
+    progan: ProGANConfig = field(default_factory=ProGANConfig)
+    stylegan1: StyleGAN1Config = field(default_factory=StyleGAN1Config)
+    stylegan2: StyleGAN2Config = field(default_factory=StyleGAN2Config)
+    stylegan3: StyleGAN3Config = field(default_factory=StyleGAN3Config)
 
 
 @dataclass(frozen=True)
@@ -344,6 +450,8 @@ def _validate(config: Config) -> None:
     values = sorted(data.label_map.values())
     if len(set(values)) != len(values) or any(not 0 < v <= 255 for v in values):
         raise ConfigError(f"data.label_map values must be distinct in 1..255, got {data.label_map}")
+    if config.generator.model not in GENERATOR_MODELS:
+        raise ConfigError(f"generator.model must be one of {', '.join(GENERATOR_MODELS)}, got {config.generator.model!r}")
     if config.generator.ddpm.sampler not in ("ddim", "ddpm"):
         raise ConfigError(f"generator.ddpm.sampler must be ddim or ddpm, got {config.generator.ddpm.sampler!r}")
     ddpm = config.generator.ddpm

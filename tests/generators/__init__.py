@@ -99,3 +99,9 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def grow(level: int, alpha: float, *networks: object) -> None:
+    """Set the growth state of progressive networks (ProGAN, StyleGAN 1)."""
+    for network in networks:
+        network.set_growth(level, alpha)

@@ -5,8 +5,9 @@ explicit registry (no import strings). A family is anything that satisfies
 :class:`GeneratorFamily`; the training loop (:mod:`synthmri.generators.train`), sampling
 (:mod:`synthmri.generators.sample`) and the MLflow pyfunc (:mod:`synthmri.generators.pyfunc`)
 only talk to that interface. To add a GAN family (``progan``, ``stylegan2``...), write
-``generators/<name>.py`` with an object providing the methods below, add its config
-section to ``config.GeneratorConfig``, and add one line to :data:`FAMILIES`.
+``generators/<name>.py`` with an object providing the methods below (a GAN needs only its
+networks and an objective: see :class:`synthmri.generators.adversarial.AdversarialFamily`),
+add its config section to ``config.GeneratorConfig``, and add one line to :data:`FAMILIES`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 from synthmri.config import ConfigError
-from synthmri.generators import ddpm
+from synthmri.generators import ddpm, progan, stylegan1, stylegan2, stylegan3
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
     from synthmri.config import Config
+    from synthmri.generators.distributed import Runtime
 
 #: Channels every generator produces jointly: T1, T1Gd, T2, FLAIR and the annotation.
 CHANNELS = 5
@@ -30,7 +32,8 @@ class Trainer(Protocol):
     """One family's optimisation state around a network (optimisers, a discriminator...)."""
 
     def step(self, batch: "torch.Tensor", generator: "torch.Generator") -> dict[str, float]:
-        """One update on `batch` (uint8 [B, 5, H, W]); returns named losses."""
+        """One update on this process's share of a batch (uint8 [B, 5, H, W], on the CPU);
+        returns named losses."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything beyond the network that a resumed run needs (optimiser state...)."""
@@ -59,8 +62,10 @@ class GeneratorFamily(Protocol):
     def build(self, model_args: Mapping[str, Any]) -> "torch.nn.Module":
         """A freshly initialised network from :meth:`model_args` output."""
 
-    def trainer(self, network: "torch.nn.Module", model_args: Mapping[str, Any], cfg: "Config") -> Trainer:
-        """The optimisation state that trains `network` (built from `model_args`)."""
+    def trainer(self, network: "torch.nn.Module", model_args: Mapping[str, Any], cfg: "Config",
+                runtime: "Runtime | None" = None) -> Trainer:
+        """The optimisation state that trains `network` (built from `model_args`, already on
+        ``runtime.device``); it averages gradients across processes through `runtime`."""
 
     def sampling_options(self, cfg: "Config") -> dict[str, Any]:
         """JSON-able sampler settings from the config (e.g. sampler kind, steps)."""
@@ -73,6 +78,10 @@ class GeneratorFamily(Protocol):
 #: Model name -> family. The one place that says which generators exist.
 FAMILIES: dict[str, GeneratorFamily] = {
     "ddpm": ddpm.FAMILY,
+    "progan": progan.FAMILY,
+    "stylegan1": stylegan1.FAMILY,
+    "stylegan2": stylegan2.FAMILY,
+    "stylegan3": stylegan3.FAMILY,
 }
 
 

@@ -21,31 +21,16 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from synthmri.config import ConfigError
-from synthmri.data.labels import snap_labels
+from synthmri.generators.distributed import Runtime, device_of
+from synthmri.generators.layers import gaussian
+from synthmri.generators.pixels import to_uint8, to_unit_range
 
 if TYPE_CHECKING:
     from synthmri.config import Config, DDPMConfig
 
-ANNOTATION = 4  # index of the annotation channel
 SAMPLERS = ("ddim", "ddpm")
 _UNET_KEYS = ("spatial_dims", "in_channels", "out_channels", "channels", "attention_levels",
               "num_res_blocks", "num_head_channels", "norm_num_groups")
-
-
-def to_unit_range(batch: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 0..255 -> float32 in [-1, 1]."""
-    if isinstance(batch, np.ndarray):
-        batch = torch.from_numpy(batch)
-    return batch.to(torch.float32) / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Float [-1, 1] -> uint8 [n, 5, H, W]; the annotation channel snapped to the label values."""
-    scaled = ((x.detach().to(torch.float32).clamp(-1.0, 1.0) + 1.0) * 127.5).cpu().numpy()
-    out = np.rint(scaled).astype(np.uint8)
-    # Snap from the unrounded values so the nearest label is chosen on the model's own scale.
-    out[:, ANNOTATION] = snap_labels(scaled[:, ANNOTATION])
-    return out
 
 
 def model_args_from(section: "DDPMConfig", image_size: int, channels: int) -> dict[str, Any]:
@@ -130,21 +115,27 @@ class DDPMTrainer:
         lr: AdamW learning rate.
     """
 
-    def __init__(self, network: torch.nn.Module, model_args: Mapping[str, Any], lr: float) -> None:
+    def __init__(self, network: torch.nn.Module, model_args: Mapping[str, Any], lr: float,
+                 runtime: Runtime | None = None) -> None:
         self.network = network
+        self.runtime = runtime or Runtime()
         self.scheduler = noise_scheduler(model_args)
         self.timesteps = int(model_args["timesteps"])
         self.optimizer = torch.optim.AdamW(network.parameters(), lr=lr)
 
     def step(self, batch: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
         """Noise a uint8 batch at random timesteps and regress the noise; one AdamW step."""
-        x0 = to_unit_range(batch)
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, self.timesteps, (len(x0),), generator=generator)
+        run = self.runtime
+        x0 = to_unit_range(batch.to(run.device, non_blocking=True))
+        noise = gaussian(tuple(x0.shape), generator, run.device)
+        t = torch.randint(0, self.timesteps, (len(x0),), generator=generator).to(run.device)
         noisy = self.scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
-        loss = F.mse_loss(self.network(noisy, t), noise)
+        with run.autocast():
+            predicted = self.network(noisy, t)
+        loss = F.mse_loss(predicted.float(), noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        run.average_gradients(self.network)
         self.optimizer.step()
         return {"loss": float(loss.detach())}
 
@@ -182,10 +173,11 @@ def sample(network: torch.nn.Module, model_args: Mapping[str, Any], n: int,
     else:
         scheduler = noise_scheduler(model_args)
     size = int(model_args["image_size"])
-    x = torch.randn((n, int(model_args["in_channels"]), size, size), generator=generator)
+    device = device_of(network)
+    x = gaussian((n, int(model_args["in_channels"]), size, size), generator, device)
     network.eval()
     for t in scheduler.timesteps:
-        eps = network(x, torch.full((n,), int(t), dtype=torch.long))
+        eps = network(x, torch.full((n,), int(t), dtype=torch.long, device=device))
         if kind == "ddim":
             x, _ = scheduler.step(eps, int(t), x)  # eta = 0: deterministic given the start noise
         else:
@@ -208,8 +200,9 @@ class DDPMFamily:
     def build(self, model_args: Mapping[str, Any]) -> torch.nn.Module:
         return build_network(model_args)
 
-    def trainer(self, network: torch.nn.Module, model_args: Mapping[str, Any], cfg: "Config") -> DDPMTrainer:
-        return DDPMTrainer(network, model_args, cfg.generator.ddpm.lr)
+    def trainer(self, network: torch.nn.Module, model_args: Mapping[str, Any], cfg: "Config",
+                runtime: Runtime | None = None) -> DDPMTrainer:
+        return DDPMTrainer(network, model_args, cfg.generator.ddpm.lr, runtime)
 
     def sampling_options(self, cfg: "Config") -> dict[str, Any]:
         section = cfg.generator.ddpm

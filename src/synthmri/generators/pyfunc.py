@@ -7,7 +7,8 @@ generator loads in any such process with
 ``mlflow.pyfunc.load_model("models:/synthmri-ddpm@candidate")``.
 
 ``predict`` takes a DataFrame (or a dict / list of dicts) with columns ``n`` and ``seed``
-and optionally ``steps`` (DDIM steps); each row is one request and the rows' images are
+and optionally a sampler option the model has: ``steps`` (DDIM steps, diffusion) or
+``truncation_psi`` (StyleGANs); each row is one request and the rows' images are
 concatenated into one uint8 array [sum(n), 5, H, W]. A request gives the same bytes as
 ``synthmri generate`` with that seed and count and the batch size recorded at training.
 """
@@ -30,8 +31,12 @@ ARTIFACT_KEY = "checkpoint"
 MAX_REQUEST = 100_000  # images per row; a guard against a typo exhausting memory
 
 
-def parse_requests(model_input: Any) -> list[tuple[int, int, int | None]]:
-    """``(n, seed, steps or None)`` per request row.
+#: Optional request columns -> (sampler option, type); a model accepts those in its sampling options.
+OPTION_COLUMNS = {"steps": int, "truncation_psi": float}
+
+
+def parse_requests(model_input: Any) -> list[tuple[int, int, dict[str, Any]]]:
+    """``(n, seed, sampler option overrides)`` per request row.
 
     Raises:
         ValueError: a missing column or an out-of-range value; the message names it.
@@ -44,17 +49,23 @@ def parse_requests(model_input: Any) -> list[tuple[int, int, int | None]]:
         raise ValueError(f"generator input must be a DataFrame or dict with columns n, seed; got {type(model_input).__name__}")
     missing = [c for c in ("n", "seed") if c not in model_input.columns]
     if missing:
-        raise ValueError(f"generator input lacks column(s) {missing}; needs n and seed (optional: steps)")
+        raise ValueError(f"generator input lacks column(s) {missing}; needs n and seed "
+                         f"(optional: {', '.join(OPTION_COLUMNS)})")
     requests = []
     for row in model_input.to_dict("records"):
         n, seed = int(row["n"]), int(row["seed"])
-        steps = row.get("steps")
-        steps = None if steps is None or pd.isna(steps) else int(steps)
         if not 1 <= n <= MAX_REQUEST:
             raise ValueError(f"generator input n must be in 1..{MAX_REQUEST}, got {n}")
-        if steps is not None and steps < 1:
-            raise ValueError(f"generator input steps must be positive, got {steps}")
-        requests.append((n, seed, steps))
+        options = {}
+        for column, kind in OPTION_COLUMNS.items():
+            value = row.get(column)
+            if value is not None and not pd.isna(value):
+                options[column] = kind(value)
+        if options.get("steps", 1) < 1:
+            raise ValueError(f"generator input steps must be positive, got {options['steps']}")
+        if not 0.0 <= options.get("truncation_psi", 1.0) <= 2.0:
+            raise ValueError(f"generator input truncation_psi must be in [0, 2], got {options['truncation_psi']}")
+        requests.append((n, seed, options))
     return requests
 
 
@@ -67,19 +78,28 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
     # A DataFrame hint: MLflow validates against the signature instead of inferring from hints.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
-        """uint8 [sum(n), 5, H, W] for the requested rows (see :func:`parse_requests`)."""
+        """uint8 [sum(n), 5, H, W] for the requested rows (see :func:`parse_requests`).
+
+        Raises:
+            ValueError: a row sets an option this model does not have (``steps`` for a GAN,
+                ``truncation_psi`` for the diffusion model).
+        """
         outputs = []
-        for n, seed, steps in parse_requests(model_input):
+        for n, seed, overrides in parse_requests(model_input):
             options = dict(self._generator.sampling)
-            if steps is not None:
-                options["steps"] = steps
+            foreign = sorted(set(overrides) - set(options))
+            if foreign:
+                raise ValueError(f"generator input column(s) {foreign} do not apply to a {self._generator.name} "
+                                 f"model (its options: {sorted(options) or 'none'})")
+            options.update(overrides)
             outputs.append(sample_images(self._generator, n, seed, options=options))
         return np.concatenate(outputs)
 
 
 def signature(image_size: int, channels: int = 5) -> ModelSignature:
-    """Columns n, seed (long) and optional steps in; uint8 [-1, 5, H, W] out."""
-    inputs = Schema([ColSpec("long", "n"), ColSpec("long", "seed"), ColSpec("long", "steps", required=False)])
+    """Columns n, seed (long) and optional steps / truncation_psi in; uint8 [-1, 5, H, W] out."""
+    inputs = Schema([ColSpec("long", "n"), ColSpec("long", "seed"), ColSpec("long", "steps", required=False),
+                     ColSpec("double", "truncation_psi", required=False)])
     outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, channels, image_size, image_size))])
     return ModelSignature(inputs=inputs, outputs=outputs)
 

@@ -29,9 +29,10 @@ import torch
 
 from synthmri.config import Config, ConfigError, to_dict
 from synthmri.data.store import SliceStore, StoreError
-from synthmri.generators import get_family
+from synthmri.generators import GeneratorFamily, get_family
 from synthmri.generators.checkpoint import GENERATOR_FORMAT, load_checkpoint, save_checkpoint
-from synthmri.generators.sample import CHECKPOINT_NAME, REGISTRATION_NAME, save_grid
+from synthmri.generators.distributed import Runtime, runtime
+from synthmri.generators.sample import CHECKPOINT_NAME, REGISTRATION_NAME, batch_seed, save_grid
 from synthmri.io import atomic_write_json
 from synthmri.monitoring import StageMonitor
 from synthmri.tracking import registered_model_name, stage_run
@@ -68,7 +69,8 @@ class TrainResult:
         run_id: MLflow run id.
         registered_name: registry name, or None when not registered.
         version: registry version, or None when not registered.
-        final_loss: mean loss of the last logging window.
+        final_losses: mean of each loss over the last logging window (``loss`` for the
+            DDPM; ``loss_g``, ``loss_d`` and the regularisers for GANs).
         seconds: wall time of this invocation.
     """
 
@@ -80,7 +82,7 @@ class TrainResult:
     run_id: str
     registered_name: str | None
     version: int | None
-    final_loss: float | None
+    final_losses: dict[str, float]
     seconds: float
 
     @property
@@ -89,7 +91,8 @@ class TrainResult:
 
     def summary(self) -> str:
         """One line for the CLI."""
-        loss = f", loss {self.final_loss:.4f}" if self.final_loss is not None else ""
+        loss = "".join(f", {name} {value:.4f}" for name, value in self.final_losses.items()
+                       if name.startswith("loss"))
         if not self.completed:
             return (f"{self.model}: stopped at iteration {self.step}/{self.iterations}{loss}; "
                     f"checkpoint {self.checkpoint} (continue with --resume); MLflow run {self.run_id}")
@@ -136,7 +139,7 @@ def _check_settings(settings: Any, model: str) -> None:
 
 
 def _restore(path: Path, model: str, model_args: Mapping[str, Any], data_hash: str, network: torch.nn.Module,
-             ema: torch.nn.Module, trainer: Any, rng: torch.Generator) -> tuple[int, str | None]:
+             ema: torch.nn.Module, trainer: Any, rng: torch.Generator, run: Runtime) -> tuple[int, str | None]:
     """Load `path` into the training state; returns (step, MLflow run id that wrote it)."""
     state = load_checkpoint(path)
     if state["model"] != model:
@@ -150,12 +153,26 @@ def _restore(path: Path, model: str, model_args: Mapping[str, Any], data_hash: s
     network.load_state_dict(state["state_dict"])
     ema.load_state_dict(state["ema_state_dict"])
     trainer.load_state_dict(state["trainer"])
-    rng.set_state(state["rng_state"]["torch"])
+    ranks = state["rng_state"].get("ranks")
+    if ranks is not None and len(ranks) == run.world_size:
+        rng.set_state(ranks[run.rank])
+    elif run.world_size == 1:
+        rng.set_state(state["rng_state"]["torch"])
+    else:
+        # Another process count than the run that wrote it: fresh, distinct batch streams.
+        rng.manual_seed(batch_seed(int(state["step"]), run.rank))
+        log.warning("%s was written by %s process(es), resuming with %d: batch order reseeded",
+                    path, len(ranks) if ranks else 1, run.world_size)
     return int(state["step"]), state.get("mlflow_run_id")
 
 
 def train_generator(data: Path, out: Path, cfg: Config, resume: bool = False, register: bool = True) -> TrainResult:
     """Train ``cfg.generator.model`` on the 'train' split of the store at `data`.
+
+    Runs on the GPU when there is one (bfloat16 autocast if the family's
+    ``mixed_precision`` is on) and data-parallel under ``torchrun``: ``batch_size`` is the
+    global batch, split evenly across processes; rank 0 alone logs, checkpoints, samples
+    grids and registers.
 
     Args:
         data: real slice store.
@@ -167,7 +184,7 @@ def train_generator(data: Path, out: Path, cfg: Config, resume: bool = False, re
             ``candidate``.
 
     Returns:
-        The :class:`TrainResult`.
+        The :class:`TrainResult` (on every process; only rank 0's names a run and files).
 
     Raises:
         ConfigError: unknown model, bad settings, or a checkpoint trained with other
@@ -175,34 +192,46 @@ def train_generator(data: Path, out: Path, cfg: Config, resume: bool = False, re
         StoreError: an empty train split, or a checkpoint trained on other data.
         TrainingInterrupted: SIGTERM arrived; the state was checkpointed first.
     """
-    import mlflow
-
-    started = time.monotonic()
     family = get_family(cfg.generator.model)
     settings = family.settings(cfg)
     _check_settings(settings, family.name)
-    data, out = Path(data), Path(out)
+    with runtime(getattr(settings, "mixed_precision", False)) as run:
+        if settings.batch_size % run.world_size:
+            raise ConfigError(f"generator.{family.name}.batch_size ({settings.batch_size}) must divide evenly "
+                              f"across {run.world_size} processes")
+        return _train(family, settings, Path(data), Path(out), cfg, resume, register, run)
+
+
+def _train(family: GeneratorFamily, settings: Any, data: Path, out: Path, cfg: Config, resume: bool,
+           register: bool, run: Runtime) -> TrainResult:
+    import mlflow
+
+    started = time.monotonic()
     store = SliceStore(data)
     train_positions = store.indices("train")
     if len(train_positions) == 0:
         raise StoreError(f"{data}: no slices in the 'train' split")
-    out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_NAME
-    # Final products of an earlier run must not pass for this run's while it trains or if it fails.
-    stale = [CHECKPOINT_NAME, REGISTRATION_NAME, GRID_NAME] + ([] if resume else [STATE_NAME])
-    for name in stale:
-        (out / name).unlink(missing_ok=True)
+    if run.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        # Final products of an earlier run must not pass for this run's while it trains or if it fails.
+        stale = [CHECKPOINT_NAME, REGISTRATION_NAME, GRID_NAME] + ([] if resume else [STATE_NAME])
+        for name in stale:
+            (out / name).unlink(missing_ok=True)
 
     # Network, EMA copy, optimiser state and the one RNG that drives batches and noise.
     model_args = family.model_args(cfg, store.image_size)
     torch.manual_seed(cfg.seed)
-    network = family.build(model_args)
+    network = family.build(model_args).to(run.device)
+    run.broadcast_module(network)
     ema = copy.deepcopy(network).requires_grad_(False)
-    trainer = family.trainer(network, model_args, cfg)
-    rng = torch.Generator().manual_seed(cfg.seed)
+    trainer = family.trainer(network, model_args, cfg, run)
+    rng = torch.Generator().manual_seed(cfg.seed if run.rank == 0 else batch_seed(cfg.seed, run.rank))
+    local_batch = settings.batch_size // run.world_size
     step, previous_run = 0, None
     if resume and state_path.is_file():
-        step, previous_run = _restore(state_path, family.name, model_args, store.content_hash, network, ema, trainer, rng)
+        step, previous_run = _restore(state_path, family.name, model_args, store.content_hash, network, ema,
+                                      trainer, rng, run)
         log.info("resuming %s from iteration %d of %d", state_path, step, settings.iterations)
     elif resume:
         log.warning("--resume: no checkpoint at %s, starting from iteration 0", state_path)
@@ -211,22 +240,31 @@ def train_generator(data: Path, out: Path, cfg: Config, resume: bool = False, re
     if previous_run:
         tags.update({"synthmri.resumed_from_run": previous_run, "synthmri.resumed_from_step": str(step)})
     run_name = f"{family.name}-s{cfg.seed}"
-    with stage_run(cfg, stage="train-generator", experiment="generators", run_name=run_name,
-                   datasets={"real": store}, tags=tags) as run, \
-            StageMonitor("train-generator", unit="iterations", total=settings.iterations) as monitor, \
-            _sigterm_flag() as stop:
-        run_id = run.info.run_id
-        mlflow.log_param("model.parameters", sum(p.numel() for p in network.parameters()))
+    # Only rank 0 talks to MLflow and Prometheus; the others train and all-reduce.
+    tracked = (stage_run(cfg, stage="train-generator", experiment="generators", run_name=run_name,
+                         datasets={"real": store}, tags=tags) if run.is_main else contextlib.nullcontext(None))
+    monitored = StageMonitor("train-generator", unit="iterations", total=settings.iterations) if run.is_main else None
+    with tracked as mlflow_run, (monitored or contextlib.nullcontext()), _sigterm_flag() as stop:
+        run_id = mlflow_run.info.run_id if mlflow_run is not None else ""
+        if run.is_main:
+            mlflow.log_params({"model.parameters": sum(p.numel() for p in network.parameters()),
+                               "distributed.world_size": run.world_size, "device": run.device.type,
+                               "mixed_precision": run.mixed_precision})
 
         def checkpoint() -> None:
+            rng_states = run.gather_objects(rng.get_state())  # collective: every rank calls it
+            if not run.is_main:
+                return
             save_checkpoint(state_path, {
                 "model": family.name, "model_args": model_args, "state_dict": network.state_dict(),
                 "ema_state_dict": ema.state_dict(), "trainer": trainer.state_dict(), "step": step,
                 "config": to_dict(cfg), "image_size": store.image_size, "data_hash": store.content_hash,
-                "rng_state": {"torch": rng.get_state()}, "mlflow_run_id": run_id,
+                "rng_state": {"torch": rng_states[0], "ranks": rng_states}, "mlflow_run_id": run_id,
             })
 
         def sample_grid() -> None:
+            if not run.is_main:
+                return
             # The same noise every time, so grids show the model changing, not the seed.
             images = family.sample(ema, model_args, GRID_IMAGES, torch.Generator().manual_seed(cfg.seed),
                                    family.sampling_options(cfg))
@@ -235,59 +273,64 @@ def train_generator(data: Path, out: Path, cfg: Config, resume: bool = False, re
                 mlflow.log_artifact(str(save_grid(images, Path(tmp) / f"step-{step:07d}.png")), artifact_path="samples")
 
         window: dict[str, list[float]] = {}
-        final_loss, window_start = None, time.monotonic()
+        window_steps, final_losses, window_start = 0, {}, time.monotonic()
         network.train()
         while step < settings.iterations:
-            picks = torch.randint(len(train_positions), (settings.batch_size,), generator=rng).numpy()
+            picks = torch.randint(len(train_positions), (local_batch,), generator=rng).numpy()
             batch = torch.from_numpy(store.read(train_positions[picks]))
             losses = trainer.step(batch, rng)
             step += 1
+            window_steps += 1
             update_ema(ema, network, ema_decay(settings.ema_decay, step))
             for name, value in losses.items():
                 if not np.isfinite(value):
                     raise FloatingPointError(f"{family.name}: {name} is {value} at iteration {step}; lower the learning rate")
                 window.setdefault(name, []).append(value)
-            monitor.progress(step)
-            if step % settings.log_every == 0 or step == settings.iterations:
+            if monitored is not None:
+                monitored.progress(step)
+            if run.is_main and (step % settings.log_every == 0 or step == settings.iterations):
+                seconds = max(time.monotonic() - window_start, 1e-9)
                 means = {name: float(np.mean(values)) for name, values in window.items()}
-                means["iterations_per_second"] = len(window["loss"]) / max(time.monotonic() - window_start, 1e-9)
-                mlflow.log_metrics(means, step=step)
+                throughput = {"iterations_per_second": window_steps / seconds,
+                              "kimg_per_second": window_steps * settings.batch_size / seconds / 1000.0}
+                mlflow.log_metrics({**means, **throughput}, step=step)
                 for name, value in means.items():
-                    if name != "iterations_per_second":
-                        monitor.loss(name, value)
-                final_loss, window, window_start = means["loss"], {}, time.monotonic()
+                    monitored.loss(name, value)
+                final_losses, window, window_steps, window_start = means, {}, 0, time.monotonic()
             if step % settings.checkpoint_every == 0:
                 checkpoint()
             if step % settings.sample_grid_every == 0:
                 sample_grid()
-            if stop.is_set():
+            if run.any(stop.is_set()):
                 checkpoint()
                 result = TrainResult(family.name, step, settings.iterations, state_path, None, run_id, None, None,
-                                     final_loss, time.monotonic() - started)
+                                     final_losses, time.monotonic() - started)
                 log.warning("SIGTERM: checkpointed iteration %d to %s", step, state_path)
-                mlflow.end_run(status="KILLED")
+                if run.is_main:
+                    mlflow.end_run(status="KILLED")
                 raise TrainingInterrupted(result)
 
         # Final state, grid, the generator file and (optionally) the registry entry.
         if step % settings.checkpoint_every or not state_path.is_file():
             checkpoint()
-        if step % settings.sample_grid_every or not (out / GRID_NAME).is_file():
-            sample_grid()
-        mlflow.log_artifact(str(out / GRID_NAME))
         generator_path = out / CHECKPOINT_NAME
-        save_checkpoint(generator_path, {
-            "format": GENERATOR_FORMAT, "model": family.name, "model_args": model_args,
-            "state_dict": ema.state_dict(), "config": to_dict(cfg), "image_size": store.image_size,
-            "data_hash": store.content_hash, "step": step, "sampling": family.sampling_options(cfg),
-            "sample_batch_size": int(cfg.generator.sample_batch_size),
-        })
         record: dict[str, Any] = {"name": None, "version": None, "run_id": run_id, "model_uri": None}
-        if register:
-            record = _register(cfg, family.name, generator_path, store.image_size, store.content_hash, run_id)
-        atomic_write_json(out / REGISTRATION_NAME, record)
+        if run.is_main:
+            if step % settings.sample_grid_every or not (out / GRID_NAME).is_file():
+                sample_grid()
+            mlflow.log_artifact(str(out / GRID_NAME))
+            save_checkpoint(generator_path, {
+                "format": GENERATOR_FORMAT, "model": family.name, "model_args": model_args,
+                "state_dict": {k: v.cpu() for k, v in ema.state_dict().items()}, "config": to_dict(cfg),
+                "image_size": store.image_size, "data_hash": store.content_hash, "step": step,
+                "sampling": family.sampling_options(cfg), "sample_batch_size": int(cfg.generator.sample_batch_size),
+            })
+            if register:
+                record = _register(cfg, family.name, generator_path, store.image_size, store.content_hash, run_id)
+            atomic_write_json(out / REGISTRATION_NAME, record)
 
-    result = TrainResult(family.name, step, settings.iterations, state_path, generator_path, run_id,
-                         record["name"], record["version"], final_loss, time.monotonic() - started)
+    result = TrainResult(family.name, step, settings.iterations, state_path, generator_path if run.is_main else None,
+                         run_id, record["name"], record["version"], final_losses, time.monotonic() - started)
     log.info("%s", result.summary())
     return result
 
