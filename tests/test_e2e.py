@@ -58,9 +58,10 @@ def test_demo_pipeline_end_to_end(tmp_path):
     from synthmri.data.store import SliceStore
 
     real = SliceStore(project / "data" / "slices", verify=True)
-    synthetic = SliceStore(project / "data" / "synthetic", verify=True)
     assert set(real.split.tolist()) == {"train", "val", "test"}
-    assert len(synthetic) == 32
+    for model in ("ddpm", "stylegan2"):  # params.yaml: both trained and sampled
+        synthetic = SliceStore(project / "data" / f"synthetic-{model}", verify=True)
+        assert len(synthetic) == 32 and synthetic.manifest["generator"]["name"] == model
 
     # MLflow: runs of every stage with metrics; the generator registered with alias candidate.
     import mlflow
@@ -68,9 +69,10 @@ def test_demo_pipeline_end_to_end(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     try:
         client = mlflow.MlflowClient()
-        registration = json.loads((project / "models" / "generator" / "registration.json").read_text())
-        version = client.get_model_version_by_alias("synthmri-ddpm", "candidate")
-        assert str(version.version) == str(registration["version"])
+        for model in ("ddpm", "stylegan2"):
+            registration = json.loads((project / "models" / f"generator-{model}" / "registration.json").read_text())
+            version = client.get_model_version_by_alias(f"synthmri-{model}", "candidate")
+            assert str(version.version) == str(registration["version"])
         runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
         stages = {run.data.tags.get("synthmri.stage") for run in runs}
         assert {"train-generator", "train-segmenter", "evaluate-segmenter", "evaluate-synthetic"} <= stages
@@ -86,4 +88,5 @@ def test_demo_pipeline_end_to_end(tmp_path):
     report = (project / "outputs" / "report" / "report.html").read_text()
     assert "Dice" in report and "data:image/png;base64," in report
     summary = _run(["synthmri", "summary", "--profile", "tiny"], project, env).stdout
-    assert "report.html" in summary and "synthmri-ddpm version" in summary and "candidate" in summary
+    assert "report.html" in summary and "candidate" in summary
+    assert "synthmri-ddpm version" in summary and "synthmri-stylegan2 version" in summary

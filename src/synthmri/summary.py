@@ -10,7 +10,8 @@ from synthmri.tracking import configure, tracking_uri
 
 #: Where dvc.yaml puts each stage's output, relative to the project root.
 LAYOUT = {
-    "registration": "models/generator/registration.json",
+    "registrations": "models/generator-*/registration.json",  # one per entry of params.yaml's generators
+    "memorization": "outputs/memorization-{model}/summary.json",
     "promotion": "outputs/promotion.json",
     "report": "outputs/report/report.html",
     "evaluations": {source: f"outputs/evaluation-{source}/summary.json" for source in ("real", "synthetic", "mixed")},
@@ -43,17 +44,26 @@ def print_summary(root: Path, cfg: Config) -> int:
         dice = "  ".join(f"{label} {summary['dice'][label]:.3f}" for label in ("ET", "ED", "NCR"))
         print(f"  U-Net trained on {source:<9} 3D Dice  {dice}  (mean {summary['mean_dice']:.3f}, {summary['subjects']} test subjects)")
 
-    registration = _read_json(root / LAYOUT["registration"])
-    if registration is None:
-        missing.append(LAYOUT["registration"])
-    else:
+    registrations = sorted(root.glob(LAYOUT["registrations"]))
+    if not registrations:
+        missing.append(LAYOUT["registrations"])
+    if registrations:
         import mlflow
 
         configure(cfg.tracking)
         client = mlflow.MlflowClient()
+    for path in registrations:
+        registration = json.loads(path.read_text())
         version = client.get_model_version(registration["name"], str(registration["version"]))
         aliases = ", ".join(sorted(version.aliases)) or "none"
-        print(f"  generator: {registration['name']} version {registration['version']} (aliases: {aliases})")
+        model = path.parent.name.removeprefix("generator-")
+        memorization = _read_json(root / LAYOUT["memorization"].format(model=model))
+        copies = ""
+        if memorization is not None:
+            copies = (f"; {memorization['synthetic']['share_above_threshold']:.1%} of its slices above "
+                      f"r = {memorization['threshold']} (real test slices: "
+                      f"{memorization['baseline']['share_above_threshold']:.1%})")
+        print(f"  generator: {registration['name']} version {registration['version']} (aliases: {aliases}){copies}")
 
     decision = _read_json(root / LAYOUT["promotion"])
     if decision is None:
