@@ -3,7 +3,7 @@
 All numbers come from one run on one machine; read the ratios, not the absolute times.
 
 - ``images_per_second``: every family at the profile's settings and image size, sampled in
-  the profile's batch size after one warm-up batch. Throughput does not depend on the
+  the profile's batch size after a small warm-up batch. Throughput does not depend on the
   weights, so the GANs are timed at initialisation.
 - ``ddpm``: one trained diffusion model sampled with DDIM in ``--ddim-steps`` steps and
   with the ancestral DDPM chain over all training timesteps, on the same number of
@@ -48,9 +48,9 @@ def sync(device: torch.device) -> None:
 
 def time_sampling(family: Any, network: torch.nn.Module, model_args: dict, options: dict, n: int, batch: int,
                   device: torch.device) -> tuple[float, np.ndarray]:
-    """(seconds, images) to draw `n` images in batches of `batch`, after one warm-up batch."""
+    """(seconds, images) to draw `n` images in batches of `batch`, after a two-image warm-up."""
     rng = torch.Generator().manual_seed(0)
-    family.sample(network, model_args, min(batch, n), rng, options)
+    family.sample(network, model_args, 2, rng, options)  # allocator and kernel warm-up
     sync(device)
     chunks, start = [], time.perf_counter()
     for first in range(0, n, batch):

@@ -17,6 +17,7 @@ def train_generator(
     profile: str,
     mlflow_tracking_uri: str,
     iterations: Optional[int] = None,
+    kimg: Optional[float] = None,
 ) -> dsl.ContainerSpec:
     """Train a generator on the training split and register it in the MLflow registry.
 
@@ -26,11 +27,12 @@ def train_generator(
     Args:
         slices: Real slice store; only its train split is used.
         generator: Output directory with checkpoints and sample grids; ``generate`` reads it.
-        model: Generator family, e.g. ``ddpm``.
+        model: Generator family: ``progan``, ``stylegan1``, ``stylegan2``, ``stylegan3`` or ``ddpm``.
         seed: Random seed.
         profile: Config profile name or YAML path inside the image.
         mlflow_tracking_uri: MLflow tracking and registry server URI.
-        iterations: Training iterations; when omitted the profile decides.
+        iterations: ``ddpm`` only: training iterations; when omitted the profile decides.
+        kimg: GANs only: thousands of real images to train on; when omitted the profile decides.
 
     Returns:
         The container spec running ``synthmri train-generator``.
@@ -45,6 +47,7 @@ def train_generator(
             "--out", generator.path,
             "--seed", seed,
             optional_flag("iterations", "--iterations", iterations),
+            optional_flag("kimg", "--kimg", kimg),
             # A retried pod continues from its last checkpoint; a first run starts at step 0.
             "--resume",
         ],

@@ -67,6 +67,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{project / 'mlflow.db'}")
     try:
         client = mlflow.MlflowClient()
         for model in ("ddpm", "stylegan2"):
@@ -81,6 +82,8 @@ def test_demo_pipeline_end_to_end(tmp_path):
         assert all(r.data.tags.get("synthmri.data.real") == real.content_hash for r in eval_runs)
     finally:
         mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)  # set_registry_uri exports it
 
     # The gate decided, and the report and summary say what it decided.
     decision = json.loads((project / "outputs" / "promotion.json").read_text())

@@ -78,13 +78,17 @@ def private_mlflow(root: Path) -> Iterator[str]:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        # Registering calls mlflow.set_registry_uri, which exports MLFLOW_REGISTRY_URI; set it
+        # here so the patch removes it again and no later test talks to this store's registry.
+        patch.setenv("MLFLOW_REGISTRY_URI", uri)
         patch.chdir(root)  # the default artifact root lands in root/mlruns
         mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
         try:
             yield uri
         finally:
             mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
 
 
 @contextlib.contextmanager
