@@ -59,3 +59,12 @@ def test_promote_with_missing_registration_file_names_it(tmp_path, capsys):
                  "--real-evaluation", str(tmp_path), "--synthetic-evaluation", str(tmp_path)])
     assert code == 2
     assert "registration.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model", "stylegan2", "--iterations", "5"], "stylegan2 trains for --kimg"),
+    (["--model", "ddpm", "--kimg", "1.0"], "the diffusion model takes --iterations"),
+])
+def test_train_generator_length_flag_must_fit_the_family(argv, message, tmp_path, capsys):
+    code = main(["train-generator", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *argv])
+    assert code == 2 and message in capsys.readouterr().err

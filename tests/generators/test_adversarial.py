@@ -125,3 +125,33 @@ def test_every_configured_model_is_registered():
         from synthmri.config import load_config
 
         load_config(None, {"generator.model": "stylegan9"})
+
+
+@pytest.mark.parametrize(("key", "value"), [("lr", 0.0), ("discriminator_lr", -1.0), ("augment_p", 1.5)])
+def test_bad_gan_settings_name_the_key(key, value):
+    from synthmri.config import load_config
+    from synthmri.generators import get_family
+
+    family = get_family("stylegan2")
+    cfg = load_config(None, {"data.size": 16, "generator.stylegan2.channel_base": 64,
+                             "generator.stylegan2.channel_max": 8, f"generator.stylegan2.{key}": value})
+    args = family.model_args(cfg, 16)
+    with pytest.raises(ConfigError, match=rf"generator\.stylegan2\.{key}"):
+        family.trainer(family.build(args), args, cfg)
+
+
+def test_growth_without_phases_starts_at_full_resolution():
+    assert GrowthSchedule(max_level=4, fade_kimg=0.0, stable_kimg=0.0).at(0) == (4, 1.0)
+
+
+@pytest.mark.parametrize(("request_row", "message"), [
+    ({"n": 1, "seed": 0, "truncation_psi": 3.0}, r"truncation_psi must be in \[0, 2\], got 3.0"),
+    ({"n": 1, "seed": 0, "steps": 0}, r"steps must be positive, got 0"),
+    ({"n": 0, "seed": 0}, r"n must be in 1\.\.100000, got 0"),
+    ({"seed": 0}, r"lacks column\(s\) \['n'\]"),
+])
+def test_pyfunc_requests_reject_bad_values_by_name(request_row, message):
+    from synthmri.generators.pyfunc import parse_requests
+
+    with pytest.raises(ValueError, match=message):
+        parse_requests(request_row)

@@ -100,19 +100,20 @@ class GrowthSchedule:
         """``(level, alpha)`` after `images_seen` real images."""
         kimg = images_seen / 1000.0
         phase = self.fade_kimg + self.stable_kimg
-        if kimg < self.stable_kimg or phase <= 0:
-            return (0, 1.0) if phase > 0 else (self.max_level, 1.0)
+        if phase <= 0:  # no growing configured: start at full resolution
+            return self.max_level, 1.0
+        if kimg < self.stable_kimg:
+            return 0, 1.0
         grown, into = divmod(kimg - self.stable_kimg, phase)
         level = int(grown) + 1
         if level > self.max_level:
             return self.max_level, 1.0
-        alpha = min(1.0, into / self.fade_kimg) if self.fade_kimg > 0 else 1.0
-        return level, alpha
+        return level, min(1.0, into / self.fade_kimg) if self.fade_kimg > 0 else 1.0
 
     @property
     def full_kimg(self) -> float:
         """Images (thousands) until the full resolution is faded in."""
-        return self.stable_kimg + self.max_level * (self.fade_kimg + self.stable_kimg) - self.stable_kimg
+        return self.max_level * (self.fade_kimg + self.stable_kimg)
 
 
 def augment(images: torch.Tensor, p: float, rng: torch.Generator) -> torch.Tensor:
