@@ -1,4 +1,4 @@
-"""``synthmri train-segmenter``: train a segmentation network on real, synthetic or mixed slices."""
+"""``synthmri train-segmenter``: train a segmentation network on real, synthetic, mixed or ratio-mixed slices."""
 
 from typing import Optional
 
@@ -19,6 +19,7 @@ def train_segmenter(
     synthetic: Input[Dataset] = None,
     arch: Optional[str] = None,
     augment: Optional[bool] = None,
+    real_share: Optional[float] = None,
 ) -> dsl.ContainerSpec:
     """Train one segmenter (one repeat of one cell of the paper's grid).
 
@@ -27,7 +28,7 @@ def train_segmenter(
     Args:
         real: Real slice store (training data for ``real``/``mixed``, validation always).
         segmenter: Output directory with the best checkpoint and the training history.
-        train: Training source: ``real``, ``synthetic`` or ``mixed``.
+        train: Training source: ``real``, ``synthetic``, ``mixed`` or ``ratio``.
         seed: Random seed of this repeat.
         profile: Config profile name or YAML path inside the image.
         mlflow_tracking_uri: MLflow tracking server URI.
@@ -35,6 +36,7 @@ def train_segmenter(
             left out for ``real`` so real-only training does not wait for a generator.
         arch: Segmentation architecture (``unet``); when omitted the profile decides.
         augment: Paper augmentation on or off; when omitted the profile decides.
+        real_share: ``ratio`` only: share of real slices in the fixed pool (paper Fig. 4).
 
     Returns:
         The container spec running ``synthmri train-segmenter``.
@@ -49,7 +51,9 @@ def train_segmenter(
             dsl.IfPresentPlaceholder(input_name="synthetic", then=["--synthetic", synthetic.path]),
             "--out", segmenter.path,
             "--seed", seed,
+            "--repeats", "1",  # the pipeline fans repeats out as separate tasks
             optional_flag("arch", "--arch", arch),
+            optional_flag("real_share", "--real-share", real_share),
             # --aug/--no-aug cannot be chosen from a runtime boolean; the config key can.
             optional_override("augment", "segmenter.augment", augment),
         ],

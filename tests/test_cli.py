@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,35 @@ def test_promote_with_missing_registration_file_names_it(tmp_path, capsys):
 def test_train_generator_length_flag_must_fit_the_family(argv, message, tmp_path, capsys):
     code = main(["train-generator", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *argv])
     assert code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--train", "real", "--real-share", "0.5"], "--real-share goes with --train ratio"),
+    (["--train", "ratio", "--real-share", "1.5"], "--real-share must be in [0, 1], got 1.5"),
+    (["--train", "ratio", "--real-share", "0.5"], "needs at least one --synthetic store"),
+    (["--train", "real", "--repeats", "0"], "segmenter.repeats must be at least 1, got 0"),
+    (["--train", "real", "--arch", "vnet"], "invalid choice: 'vnet'"),
+])
+def test_train_segmenter_rejects_bad_mixes(argv, message, tmp_path, capsys):
+    try:
+        code = main(["train-segmenter", "--real", str(tmp_path), "--out", str(tmp_path / "o"), *argv])
+    except SystemExit as exit_info:  # argparse rejects unknown choices itself
+        code = exit_info.code
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_train_segmenter_ratio_sweeps_the_configured_shares(phantom_store, mlflow_uri, tmp_path, capsys):
+    from tests.segmenters import write_blob_store
+
+    synthetic = write_blob_store(tmp_path / "syn", {"train": 2}, size=32, depth=6, generator="ddpm")
+    settings = ["segmenter.ratio_shares=[0.0, 1.0]", "segmenter.ratio_total=12", "segmenter.unet.train_samples=16",
+                "segmenter.unet.batch_size=8", "segmenter.unet.val_every_samples=16", "segmenter.repeats=1",
+                "data.size=32", "data.pad_to=64", "segmenter.unet.filters=[8, 16, 32]",
+                "segmenter.unet.deep_supervision_heads=1"]
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # mlflow_uri changes directory
+    code = main(["train-segmenter", "--profile", str(demo), "--train", "ratio", "--real", str(phantom_store),
+                 "--synthetic", str(synthetic), "--out", str(tmp_path / "sweep"),
+                 *(arg for s in settings for arg in ("--set", s))])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["share-000", "share-100"]
+    assert "unet-ratio0-aug-s0" in capsys.readouterr().out

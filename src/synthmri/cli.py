@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from synthmri import __version__
-from synthmri.config import GENERATOR_MODELS, Config, ConfigError, load_config, parse_override
+from synthmri.config import GENERATOR_MODELS, SEGMENTER_ARCHS, Config, ConfigError, load_config, parse_override
 from synthmri.data.store import StoreError
 from synthmri.promote import PromotionError
 
@@ -99,18 +99,27 @@ def _evaluate_synthetic(args: argparse.Namespace) -> int:
 
 
 def _train_segmenter(args: argparse.Namespace) -> int:
-    from synthmri.segmenters.train import train_segmenter
+    from synthmri.segmenters.train import train_repeats
 
-    cfg = _config(args, **{"segmenter.arch": args.arch, "segmenter.augment": args.aug, "seed": args.seed})
+    cfg = _config(args, **{"segmenter.arch": args.arch, "segmenter.augment": args.aug, "seed": args.seed,
+                           "segmenter.repeats": args.repeats})
     if args.train in ("synthetic", "mixed") and not args.synthetic:
         raise UsageError(f"--train {args.train} needs at least one --synthetic store")
-    if args.train in ("real", "mixed") and not args.real:
+    if args.train in ("real", "mixed", "ratio") and not args.real:
         raise UsageError(f"--train {args.train} needs --real")
-    result = train_segmenter(
-        train=args.train, real=args.real, synthetic=args.synthetic or [], out=args.out, cfg=cfg,
-        name=args.name,
-    )
-    print(result.summary())
+    if args.real_share is not None and args.train != "ratio":
+        raise UsageError("--real-share goes with --train ratio")
+    if args.real_share is not None and not 0.0 <= args.real_share <= 1.0:
+        raise UsageError(f"--real-share must be in [0, 1], got {args.real_share}")
+    # --train ratio without --real-share: the whole sweep of segmenter.ratio_shares, one folder per share.
+    runs = [(None, args.out)] if args.train != "ratio" else [(args.real_share, args.out)] if args.real_share is not None \
+        else [(share, args.out / f"share-{round(share * 100):03d}") for share in cfg.segmenter.ratio_shares]
+    if args.train == "ratio" and any(share < 1.0 for share, _ in runs) and not args.synthetic:
+        raise UsageError("--train ratio below a real share of 1 needs at least one --synthetic store")
+    for share, out in runs:
+        for result in train_repeats(train=args.train, real=args.real, synthetic=args.synthetic or [], out=out, cfg=cfg,
+                                    name=args.name, real_share=share):
+            print(result.summary())
     return 0
 
 
@@ -231,18 +240,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=Path, required=True, help="synthetic slice store")
     p.add_argument("--out", type=Path, required=True, help="output directory (memorization.csv, summary.json)")
 
-    p = verb("train-segmenter", _train_segmenter, "Train a segmentation network on real, synthetic or mixed slices.")
-    p.add_argument("--arch", default=None, help="segmentation architecture (unet)")
-    p.add_argument("--train", choices=("real", "synthetic", "mixed"), required=True, help="training data source")
+    p = verb("train-segmenter", _train_segmenter, "Train segmentation networks on real, synthetic or mixed slices.")
+    p.add_argument("--arch", choices=SEGMENTER_ARCHS, help="segmentation architecture (profile: segmenter.arch)")
+    p.add_argument("--train", choices=("real", "synthetic", "mixed", "ratio"), required=True,
+                   help="training data: the real train split, the synthetic stores pooled, both sampled equally "
+                        "often, or a fixed pool with a share of real slices (--real-share)")
+    p.add_argument("--real-share", type=float, help="--train ratio: share of real slices in the pool, 0 to 1 "
+                   "(pool size: segmenter.ratio_total); without it every share of segmenter.ratio_shares, "
+                   "into OUT/share-PPP")
     p.add_argument("--real", type=Path, help="real slice store (validation always comes from its val split)")
     p.add_argument("--synthetic", type=Path, action="append", help="synthetic slice store (repeatable: an ensemble)")
     p.add_argument("--out", type=Path, required=True, help="directory for the checkpoint and history")
     p.add_argument("--aug", action=argparse.BooleanOptionalAction, default=None, help="paper augmentation on/off")
-    p.add_argument("--seed", type=int, help="random seed (one repeat)")
-    p.add_argument("--name", help="run name (default: <arch>-<train>-<aug>-s<seed>)")
+    p.add_argument("--seed", type=int, help="random seed of the first repeat")
+    p.add_argument("--repeats", type=int, help="runs with seeds seed, seed+1, ... (profile: segmenter.repeats); "
+                   "several go to OUT/repeat-NN")
+    p.add_argument("--name", help="run name (default: <arch>-<train>-<aug|orig>-s<seed>)")
 
-    p = verb("evaluate-segmenter", _evaluate_segmenter, "3D Dice and Hausdorff per label on the test subjects.")
-    p.add_argument("--model", type=Path, required=True, help="segmenter output directory or checkpoint")
+    p = verb("evaluate-segmenter", _evaluate_segmenter,
+             "3D Dice and Hausdorff (max, 95th percentile, mm) per label and region on the test subjects.")
+    p.add_argument("--model", type=Path, required=True,
+                   help="train-segmenter output directory (every repeat is scored) or a model.pt")
     p.add_argument("--data", type=Path, required=True, help="real slice store (its test split is scored)")
     p.add_argument("--out", type=Path, required=True, help="output directory (per_subject.csv, summary.json)")
     p.add_argument("--eval-slices", choices=("filtered", "all"), help="restack filtered slices (paper) or all")

@@ -174,6 +174,7 @@ class StyleGAN3Config(StyleGANConfig):
 
 #: Generator families, each with its section below (the networks: ``synthmri.generators.FAMILIES``).
 GENERATOR_MODELS = ("ddpm", "progan", "stylegan1", "stylegan2", "stylegan3")
+SEGMENTER_ARCHS = ("unet", "swin")  # synthmri.segmenters.ARCHITECTURES; a test keeps them equal
 
 
 @dataclass(frozen=True)
@@ -207,13 +208,37 @@ class UNetConfig:
 
 
 @dataclass(frozen=True)
+class SwinConfig:
+    """MONAI SwinUNETR in 2D with the paper's Swin recipe (AdamW, warm-up, linear decay)."""
+
+    feature_size: int = 48  # embedding width of the first stage (divisible by 12)
+    depths: tuple[int, ...] = (2, 2, 2, 2)  # Swin blocks per stage
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    drop_path: float = 0.1  # stochastic depth rate of the Swin blocks
+    batch_size: int = 8
+    # 160k iterations x batch 8: the mmsegmentation Swin schedule the paper's optimiser
+    # settings come from (the paper does not state the length).
+    train_samples: int = 1_280_000
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 1500  # linear warm-up from 0, then linear decay to 0
+    val_every_samples: int = 50_000
+
+
+@dataclass(frozen=True)
 class SegmenterConfig:
     """Segmentation training: architecture, data mix, augmentation, repeats."""
 
     arch: str = "unet"
     augment: bool = True
     repeats: int = 10
+    # Ratio experiment (paper Fig. 4): a fixed pool of `ratio_total` slices (0: as many as
+    # the real train split holds) with a share of real ones; the rest are synthetic.
+    ratio_total: int = 0
+    ratio_shares: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     unet: UNetConfig = field(default_factory=UNetConfig)
+    swin: SwinConfig = field(default_factory=SwinConfig)
 
 
 @dataclass(frozen=True)
@@ -459,6 +484,21 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"generator.ddpm.channels {list(ddpm.channels)} must be multiples of norm_num_groups ({ddpm.norm_num_groups})")
     if len(ddpm.attention_levels) != len(ddpm.channels):
         raise ConfigError(f"generator.ddpm.attention_levels needs one entry per channels level ({len(ddpm.channels)})")
+    seg = config.segmenter
+    if seg.arch not in SEGMENTER_ARCHS:
+        raise ConfigError(f"segmenter.arch must be one of {', '.join(SEGMENTER_ARCHS)}, got {seg.arch!r}")
+    if seg.repeats < 1:
+        raise ConfigError(f"segmenter.repeats must be at least 1, got {seg.repeats}")
+    if seg.ratio_total < 0:
+        raise ConfigError(f"segmenter.ratio_total must be 0 (the real train split's size) or positive, got {seg.ratio_total}")
+    if not seg.ratio_shares or any(not 0.0 <= s <= 1.0 for s in seg.ratio_shares):
+        raise ConfigError(f"segmenter.ratio_shares must be shares in [0, 1], got {list(seg.ratio_shares)}")
+    swin = seg.swin
+    if swin.feature_size % 12:
+        raise ConfigError(f"segmenter.swin.feature_size must be a multiple of 12, got {swin.feature_size}")
+    if len(swin.depths) != len(swin.num_heads):
+        raise ConfigError(f"segmenter.swin.depths {list(swin.depths)} and num_heads {list(swin.num_heads)} "
+                          "need one entry per stage")
     if config.evaluation.eval_slices not in ("filtered", "all"):
         raise ConfigError(f"evaluation.eval_slices must be filtered or all, got {config.evaluation.eval_slices!r}")
 

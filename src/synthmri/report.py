@@ -1,8 +1,9 @@
 """``synthmri report``: the paper's tables and figures as Markdown and a self-contained HTML page.
 
-Sections: segmentation results (3D Dice and Hausdorff per label, mean ± sd over repeats,
-per architecture × training source × augmentation × synthetic stores; relative Dice
-against real-only training with augmentation), memorization (synthetic vs held-out real
+Sections: segmentation results (3D Dice, Hausdorff maximum and 95th percentile per label
+and region, mean ± sd over repeats, per architecture × training source × augmentation ×
+synthetic stores; relative Dice against real-only training with augmentation; the
+ranking of generators by synthetic-only Dice; the real-share experiment), memorization (synthetic vs held-out real
 baseline, histogram, nearest pairs), sample slices (real vs synthetic) and the promotion
 decision. The numbers also go to ``report.json`` at full precision.
 
@@ -23,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from synthmri.config import Config
-from synthmri.data.labels import values_to_classes
+from synthmri.data.labels import STRUCTURES, values_to_classes
 from synthmri.data.store import IMAGE_CHANNELS, SliceStore
 from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable, read_stage_summary
 
-LABELS = ("ET", "ED", "NCR")
-TRAIN_ORDER = {"real": 0, "synthetic": 1, "mixed": 2}
+SCORES = ("dice", "hausdorff", "hausdorff95")
+TRAIN_ORDER = {"real": 0, "synthetic": 1, "mixed": 2, "ratio": 3}
 # Overlay colours by class index (1 NCR/NET, 2 ED, 3 ET): green, blue, red as in the paper's figures.
 OVERLAY = {1: (0.0, 0.8, 0.0), 2: (0.1, 0.3, 1.0), 3: (1.0, 0.0, 0.0)}
 SAMPLES_PER_STORE = 4
@@ -39,14 +40,25 @@ Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | (
 # ---------------------------------------------------------------------------- data
 
 
-def load_evaluation(path: Path) -> dict[str, Any]:
-    """An evaluate-segmenter summary.json (directory or file), with its path under ``_path``."""
-    summary = read_stage_summary(path, stage="evaluate-segmenter", required=("model", "dice", "hausdorff", "mean_dice"))
+def load_evaluations(path: Path) -> list[dict[str, Any]]:
+    """The evaluate-segmenter summaries at `path` (directory or summary.json), one per repeat.
+
+    An aggregate of several repeats lists their summaries under ``runs``; those are read
+    instead, so the report computes mean and sd itself. Each carries its path under ``_path``.
+
+    Raises:
+        FileNotFoundError: a summary is missing.
+        ValueError: a file is not an evaluate-segmenter summary.
+    """
+    required = ("model", "dice", "hausdorff", "hausdorff95", "mean_dice")
+    summary = read_stage_summary(path, stage="evaluate-segmenter", required=required)
     if not isinstance(summary["model"], dict) or "train" not in summary["model"]:
         raise ValueError(f"{path}: not an evaluate-segmenter summary (missing model.train)")
     file = Path(path) if Path(path).suffix == ".json" else Path(path) / "summary.json"
+    if summary.get("runs"):
+        return [run for rel in summary["runs"] for run in load_evaluations(file.parent / rel)]
     summary["_path"] = str(file)
-    return summary
+    return [summary]
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -56,7 +68,7 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 
 def aggregate(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (arch, train, augment, synthetic stores): mean/sd over the repeats.
+    """One row per (arch, train, real share, augment, synthetic stores): mean/sd over the repeats.
 
     Relative Dice divides a row's mean Dice by that of real-only training with augmentation
     of the same architecture (real-only without augmentation if no such run exists).
@@ -64,20 +76,21 @@ def aggregate(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for ev in evaluations:
         model = ev["model"]
-        key = (str(model.get("arch", "")), str(model["train"]), bool(model.get("augment", False)),
-               tuple(str(s) for s in model.get("synthetic") or []))
+        key = (str(model.get("arch", "")), str(model["train"]), model.get("real_share"),
+               bool(model.get("augment", False)), tuple(str(s) for s in model.get("synthetic") or []))
         groups.setdefault(key, []).append(ev)
     rows = []
-    for (arch, train, augment, synthetic), members in groups.items():
+    for (arch, train, share, augment, synthetic), members in groups.items():
+        structures = [k for k in STRUCTURES if all(k in m["dice"] for m in members)]
         rows.append({
-            "arch": arch, "train": train, "augment": augment, "synthetic": list(synthetic), "n": len(members),
-            "runs": [m["model"].get("name") or m["_path"] for m in members],
+            "arch": arch, "train": train, "real_share": share, "augment": augment, "synthetic": list(synthetic),
+            "n": len(members), "runs": [m["model"].get("name") or m["_path"] for m in members],
             "sources": [m["_path"] for m in members],
-            "dice": {label: _stats([m["dice"][label] for m in members]) for label in LABELS},
-            "hausdorff": {label: _stats([m["hausdorff"][label] for m in members]) for label in LABELS},
+            **{score: {k: _stats([m[score][k] for m in members]) for k in structures} for score in SCORES},
             "mean_dice": _stats([m["mean_dice"] for m in members]),
         })
-    rows.sort(key=lambda r: (r["arch"], TRAIN_ORDER.get(r["train"], 9), r["synthetic"], not r["augment"]))
+    rows.sort(key=lambda r: (r["arch"], TRAIN_ORDER.get(r["train"], 9), r["real_share"] or 0, r["synthetic"],
+                             not r["augment"]))
     for row in rows:
         refs = [r for r in rows if r["arch"] == row["arch"] and r["train"] == "real"]
         ref = next((r for r in refs if r["augment"]), refs[0] if refs else None)
@@ -89,7 +102,27 @@ def aggregate(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(stats: dict[str, Any], digits: int) -> str:
+def generator_ranking(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Synthetic-only rows of one generator each, ranked by mean Dice within (arch, setting).
+
+    Returns:
+        Dicts with arch, setting, rank (1 = best), generator, mean_dice (stats) and relative_dice.
+    """
+    ranked = []
+    single = [r for r in rows if r["train"] == "synthetic" and len(r["synthetic"]) == 1]
+    for arch, augment in sorted({(r["arch"], r["augment"]) for r in single}, key=lambda k: (k[0], not k[1])):
+        group = sorted((r for r in single if r["arch"] == arch and r["augment"] == augment),
+                       key=lambda r: -r["mean_dice"]["mean"])
+        for rank, row in enumerate(group, start=1):
+            ranked.append({"arch": arch, "setting": "aug" if augment else "orig", "rank": rank,
+                           "generator": Path(row["synthetic"][0]).name or row["synthetic"][0],
+                           "mean_dice": row["mean_dice"], "relative_dice": row["relative_dice"]})
+    return ranked
+
+
+def _fmt(stats: dict[str, Any] | None, digits: int) -> str:
+    if stats is None:
+        return "–"
     mean, sd = stats["mean"], stats["sd"]
     if math.isnan(sd):
         return f"{mean:.{digits}f} ± –"
@@ -98,19 +131,34 @@ def _fmt(stats: dict[str, Any], digits: int) -> str:
 
 def _source_name(row: dict[str, Any]) -> str:
     names = ", ".join(Path(s).name or s for s in row["synthetic"])
-    return f"{row['train']} ({names})" if names and row["train"] != "real" else row["train"]
+    train = row["train"]
+    if train == "ratio":
+        train = f"ratio ({100 * row['real_share']:.0f}% real)"
+    if len(row["synthetic"]) > 1 and row["train"] != "real":
+        names = f"ensemble: {names}"
+    return f"{train} ({names})" if names and row["train"] != "real" else train
+
+
+def _relative(row: dict[str, Any]) -> str:
+    return "–" if row["relative_dice"] is None else f"{row['relative_dice']:.4f} (vs {row['relative_to']})"
 
 
 def results_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted cells of the Dice/Hausdorff table (4 decimals Dice, 2 HD)."""
-    headers = ["arch", "training", "setting", "n", *(f"Dice {l}" for l in LABELS), "mean Dice",
-               *(f"HD {l}" for l in LABELS), "relative Dice"]
-    cells = []
-    for row in rows:
-        rel = "–" if row["relative_dice"] is None else f"{row['relative_dice']:.4f} (vs {row['relative_to']})"
-        cells.append([row["arch"], _source_name(row), "aug" if row["augment"] else "orig", str(row["n"]),
-                      *(_fmt(row["dice"][l], 4) for l in LABELS), _fmt(row["mean_dice"], 4),
-                      *(_fmt(row["hausdorff"][l], 2) for l in LABELS), rel])
+    """Headers and cells of the Dice table: per label and region, mean Dice and relative Dice (4 decimals)."""
+    headers = ["arch", "training", "setting", "n", *(f"Dice {k}" for k in STRUCTURES), "mean Dice", "relative Dice"]
+    cells = [[row["arch"], _source_name(row), "aug" if row["augment"] else "orig", str(row["n"]),
+              *(_fmt(row["dice"].get(k), 4) for k in STRUCTURES), _fmt(row["mean_dice"], 4), _relative(row)]
+             for row in rows]
+    return headers, cells
+
+
+def hausdorff_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the Hausdorff table: maximum and 95th percentile in mm (2 decimals)."""
+    headers = ["arch", "training", "setting", *(f"HD {k}" for k in STRUCTURES), *(f"HD95 {k}" for k in STRUCTURES)]
+    cells = [[row["arch"], _source_name(row), "aug" if row["augment"] else "orig",
+              *(_fmt(row["hausdorff"].get(k), 2) for k in STRUCTURES),
+              *(_fmt(row["hausdorff95"].get(k), 2) for k in STRUCTURES)]
+             for row in rows]
     return headers, cells
 
 
@@ -184,12 +232,34 @@ def sample_grid(stores: list[tuple[str, SliceStore]], k: int, seed: int) -> byte
 
 
 def _results_blocks(rows: list[dict[str, Any]]) -> list[Block]:
-    headers, cells = results_table(rows)
-    return [("h", 2, "Segmentation of the test subjects"),
-            ("p", "3D Dice and Hausdorff distance (mm, maximum) per label on the real test subjects, "
-                  "mean ± sd over repeats; relative Dice = mean Dice / mean Dice of real-only training "
-                  "with augmentation (paper, Table 3)."),
-            ("table", headers, cells)]
+    blocks: list[Block] = [
+        ("h", 2, "Segmentation of the test subjects"),
+        ("p", "3D Dice per label (ET, ED, NCR/NET) and BraTS region (WT, TC; the ET region is the ET label) on the "
+              "real test subjects, mean ± sd over repeats; mean Dice is over the three labels; relative Dice = "
+              "mean Dice / mean Dice of real-only training with augmentation (paper, Table 3)."),
+        ("table", *results_table(rows)),
+        ("h", 3, "Hausdorff distance"),
+        ("p", "Symmetric Hausdorff distance in mm (voxel spacing of the source volumes): maximum (the paper's) "
+              "and 95th percentile (the BraTS challenge's); a structure missing from exactly one of prediction "
+              "and reference scores the volume's diagonal."),
+        ("table", *hausdorff_table(rows)),
+    ]
+    ranking = generator_ranking(rows)
+    if ranking:
+        blocks += [("h", 3, "Ranking of generators"),
+                   ("p", "Generators ranked by the mean Dice of segmenters trained on their synthetic slices alone."),
+                   ("table", ["arch", "setting", "rank", "generator", "mean Dice", "relative Dice"],
+                    [[r["arch"], r["setting"], str(r["rank"]), r["generator"], _fmt(r["mean_dice"], 4),
+                      "–" if r["relative_dice"] is None else f"{r['relative_dice']:.4f}"] for r in ranking])]
+    ratio = [r for r in rows if r["train"] == "ratio"]
+    if ratio:
+        blocks += [("h", 3, "Share of real images (paper Fig. 4)"),
+                   ("p", "A fixed pool of training slices with a growing share of real ones; the rest synthetic."),
+                   ("table", ["arch", "setting", "real share", "synthetic", "n", "mean Dice", "relative Dice"],
+                    [[r["arch"], "aug" if r["augment"] else "orig", f"{100 * r['real_share']:.0f}%",
+                      ", ".join(Path(s).name or s for s in r["synthetic"]), str(r["n"]), _fmt(r["mean_dice"], 4),
+                      _relative(r)] for r in ratio])]
+    return blocks
 
 
 def _memorization_blocks(path: Path) -> list[Block]:
@@ -315,7 +385,7 @@ def write_report(out: Path, evaluations: list[Path], memorization: Path | None, 
     if not evaluations:
         raise ValueError("report: at least one --evaluation is required")
     out = Path(out)
-    rows = aggregate([load_evaluation(Path(p)) for p in evaluations])
+    rows = aggregate([ev for p in evaluations for ev in load_evaluations(Path(p))])
     blocks: list[Block] = [("h", 1, "synthmri report"),
                            ("p", f"Profile {cfg.profile}, seed {cfg.seed}; {sum(r['n'] for r in rows)} evaluations.")]
     blocks += _results_blocks(rows)
@@ -340,7 +410,7 @@ def write_report(out: Path, evaluations: list[Path], memorization: Path | None, 
     atomic_write_text(out / "report.md", render_markdown(blocks))
     html_path = out / "report.html"
     atomic_write_text(html_path, render_html(blocks, "synthmri report"))
-    atomic_write_json(out / "report.json", jsonable({"segmentation": rows}))
+    atomic_write_json(out / "report.json", jsonable({"segmentation": rows, "generator_ranking": generator_ranking(rows)}))
 
     datasets = {("real" if title == "real" else f"synthetic_{i}"): store for i, (title, store) in enumerate(stores)}
     with stage_run(cfg, stage="report", experiment="pipeline", run_name="report", datasets=datasets):

@@ -42,7 +42,9 @@ def print_summary(root: Path, cfg: Config) -> int:
             missing.append(rel)
             continue
         dice = "  ".join(f"{label} {summary['dice'][label]:.3f}" for label in ("ET", "ED", "NCR"))
-        print(f"  U-Net trained on {source:<9} 3D Dice  {dice}  (mean {summary['mean_dice']:.3f}, {summary['subjects']} test subjects)")
+        arch = {"unet": "U-Net", "swin": "Swin UNETR"}.get(summary["model"].get("arch"), summary["model"].get("arch"))
+        print(f"  {arch} trained on {source:<9} 3D Dice  {dice}  (mean {summary['mean_dice']:.3f}, "
+              f"{summary['subjects']} test subjects)")
 
     registrations = sorted(root.glob(LAYOUT["registrations"]))
     if not registrations:

@@ -29,11 +29,11 @@ def _config(base: Config | None = None, **data) -> Config:
     return dataclasses.replace(base, data=dataclasses.replace(base.data, **data))
 
 
-def _write_subject(root: Path, name: str, volumes: dict[str, np.ndarray]) -> Path:
+def _write_subject(root: Path, name: str, volumes: dict[str, np.ndarray], spacing=(1.0, 1.0, 1.0)) -> Path:
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     for channel, volume in volumes.items():
-        nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / f"{name}_{channel}.nii.gz")
+        nib.save(nib.Nifti1Image(volume, np.diag([*spacing, 1.0])), folder / f"{name}_{channel}.nii.gz")
     return folder
 
 
@@ -106,7 +106,8 @@ def test_foreground_filter_keeps_the_right_slices(tmp_path, size):
     prepare(tmp_path / "src", tmp_path / "out", _config(pad_to=32, size=size))
     store = SliceStore(tmp_path / "out")
     assert store.z.tolist() == expected  # decided on the padded 32x32 slice, before resampling
-    assert _rows(tmp_path / "out" / "subjects.csv") == [{"subject": "S1", "split": "train", "slices_kept": "3", "slices_total": "7"}]
+    assert _rows(tmp_path / "out" / "subjects.csv") == [{"subject": "S1", "split": "train", "slices_kept": "3", "slices_total": "7",
+                                                         "spacing_x": "1", "spacing_y": "1", "spacing_z": "1"}]
     slices = store.read(np.arange(len(store)))
     assert slices.shape == (3, 5, size, size)
     assert set(np.unique(slices[:, 4]).tolist()) <= {0, 102}
@@ -170,6 +171,24 @@ def test_split_by_subject(tmp_path, phantoms, tiny_config):
     assert split_subjects(store.subjects(), tiny_config.data) == {s: store.split[store.subject == s][0] for s in store.subjects()}
     other = split_subjects(store.subjects(), dataclasses.replace(tiny_config.data, seed=1))
     assert other != split_subjects(store.subjects(), tiny_config.data)
+
+
+def test_voxel_spacing_is_recorded_per_subject_and_in_the_manifest(tmp_path):
+    rng = np.random.default_rng(0)
+    volumes = {c: rng.integers(60, 200, size=(8, 8, 3)).astype(np.int16) for c in CHANNELS[:4]}
+    volumes["seg"] = np.zeros((8, 8, 3), dtype=np.uint8)
+    _write_subject(tmp_path / "one", "S1", volumes, spacing=(0.9, 0.8, 3.0))
+    _write_subject(tmp_path / "one", "S2", volumes, spacing=(0.9, 0.8, 3.0))
+    result = prepare(tmp_path / "one", tmp_path / "out1", _config(pad_to=8, size=8, min_foreground_fraction=0.0))
+    table = _rows(tmp_path / "out1" / "subjects.csv")
+    assert [(r["spacing_x"], r["spacing_y"], r["spacing_z"]) for r in table] == [("0.9", "0.8", "3")] * 2
+    assert result.manifest["spacing"] == pytest.approx([0.9, 0.8, 3.0])
+    # Subjects that disagree: the manifest records none, subjects.csv each one's own.
+    _write_subject(tmp_path / "two", "S1", volumes, spacing=(1.0, 1.0, 1.0))
+    _write_subject(tmp_path / "two", "S2", volumes, spacing=(1.0, 1.0, 2.5))
+    result = prepare(tmp_path / "two", tmp_path / "out2", _config(pad_to=8, size=8, min_foreground_fraction=0.0))
+    assert result.manifest["spacing"] is None
+    assert [r["spacing_z"] for r in _rows(tmp_path / "out2" / "subjects.csv")] == ["1", "2.5"]
 
 
 def test_split_needs_enough_subjects(tmp_path, phantoms, tiny_config):

@@ -67,6 +67,21 @@ def test_hausdorff_matches_scipy(label, spacing):
     assert hausdorff(pred, target, label, spacing=spacing) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (3.0, 0.7, 1.2)])
+@pytest.mark.parametrize("label", [204, REGIONS["WT"], REGIONS["TC"]])
+def test_hausdorff95_matches_numpy_percentiles(label, spacing):
+    """HD95: the larger of the two directed 95th percentiles of surface-to-surface distances."""
+    from scipy.spatial import cKDTree
+
+    pred, target = _random_volumes(5)
+    values = (label,) if isinstance(label, int) else label
+    a = _surface_points(np.isin(pred, values), spacing)
+    b = _surface_points(np.isin(target, values), spacing)
+    expected = max(np.percentile(cKDTree(b).query(a)[0], 95), np.percentile(cKDTree(a).query(b)[0], 95))
+    assert expected > 0
+    assert hausdorff(pred, target, label, percentile=95, spacing=spacing) == pytest.approx(expected, rel=1e-5)
+
+
 def test_hausdorff_percentile_is_at_most_the_maximum():
     pred, target = _random_volumes(4)
     full = hausdorff(pred, target, REGIONS["WT"], spacing=(1.0, 2.0, 1.0))

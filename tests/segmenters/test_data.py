@@ -9,7 +9,8 @@ import torch
 from synthmri.data.labels import values_to_classes
 from synthmri.data.store import SliceStore, StoreError
 from synthmri.segmenters.data import (
-    REAL, SYNTHETIC, Augmenter, BatchSampler, prepare_batch, to_tensors, validation_batches, zscore,
+    REAL, SYNTHETIC, Augmenter, BatchSampler, prepare_batch, ratio_pool, ratio_schedule, to_tensors,
+    validation_batches, zscore,
 )
 
 from . import write_blob_store
@@ -65,6 +66,55 @@ def test_mixed_draws_real_and_synthetic_equally_often(stores):
     assert set(store[source == SYNTHETIC]) == {1} and set(store[source == REAL]) == {0}
 
 
+def test_ratio_schedule_splits_a_fixed_total():
+    assert ratio_schedule(10, [0.5, 0.0, 1.0, 0.25]) == [(0.0, 0, 10), (0.25, 3, 7), (0.5, 5, 5), (1.0, 10, 0)]
+    assert all(sum(ratio_pool(37, share)) == 37 for share in np.linspace(0, 1, 11))
+    with pytest.raises(ValueError, match="real_share must be in \\[0, 1\\], got 1.5"):
+        ratio_pool(10, 1.5)
+    with pytest.raises(ValueError, match="pool size must be positive, got 0"):
+        ratio_pool(0, 0.5)
+
+
+def _ratio_draws(stores, share: float, pool_size: int = 16, seed: int = 4):
+    real, small, large = stores
+    sampler = BatchSampler("ratio", real, [small, large], batch_size=16, seed=seed, real_share=share,
+                           pool_size=pool_size)
+    source, store, positions, _ = _draw(sampler, 150)  # 2400 draws: every pooled slice is hit
+    pooled_real = set(positions[source == REAL].tolist())
+    pooled_synthetic = set(zip(store[source == SYNTHETIC].tolist(), positions[source == SYNTHETIC].tolist()))
+    return sampler, source, pooled_real, pooled_synthetic
+
+
+def test_ratio_pool_holds_the_share_and_grows_nested(stores):
+    real = stores[0]
+    previous_real, previous_synthetic = set(), None
+    for share in (0.0, 0.25, 0.5, 1.0):
+        sampler, source, pooled_real, pooled_synthetic = _ratio_draws(stores, share)
+        n_real, n_synthetic = ratio_pool(16, share)
+        assert sampler.pool_counts == (n_real, n_synthetic)
+        assert len(pooled_real) == n_real and len(pooled_synthetic) == n_synthetic
+        assert pooled_real <= set(real.indices("train").tolist())
+        # Each pooled slice equally likely: the real share of draws is the pool's.
+        n, p = len(source), n_real / 16
+        assert abs((source == REAL).sum() - n * p) <= 4 * np.sqrt(n * p * (1 - p)) + 1e-9
+        # A larger real share keeps every real slice of a smaller one; the synthetic pool shrinks inside itself.
+        assert previous_real <= pooled_real
+        assert previous_synthetic is None or pooled_synthetic <= previous_synthetic
+        previous_real, previous_synthetic = pooled_real, pooled_synthetic
+
+
+def test_ratio_pool_defaults_to_the_real_split_and_names_a_shortage(stores):
+    real, small, large = stores
+    sampler = BatchSampler("ratio", real, [], 4, 0, real_share=1.0)  # no synthetic needed at 100 % real
+    assert sampler.pool_counts == (len(real.indices("train")), 0)
+    with pytest.raises(StoreError, match="needs 30 real train slices, only 24 exist; lower segmenter.ratio_total"):
+        BatchSampler("ratio", real, [small, large], 4, 0, real_share=1.0, pool_size=30)
+    with pytest.raises(StoreError, match="needs 45 synthetic slices, only 38 exist"):
+        BatchSampler("ratio", real, [small, large], 4, 0, real_share=0.1, pool_size=50)
+    with pytest.raises(ValueError, match="real_share is set for train='ratio' and only for it"):
+        BatchSampler("ratio", real, [small], 4, 0)
+
+
 def test_sampling_is_seeded(stores):
     real, small, large = stores
     first = _draw(BatchSampler("mixed", real, [small, large], 8, seed=5), 5)
@@ -116,36 +166,3 @@ def test_disabled_augmentation_is_identity_before_the_zscore(stores):
     images, classes = prepare_batch(slices, Augmenter(seed=0, enabled=False))
     raw_images, raw_classes = to_tensors(slices)
     assert torch.equal(images, zscore(raw_images)) and torch.equal(classes, raw_classes)
-
-
-def test_augmentation_is_seeded_and_keeps_labels_in_range(stores):
-    slices = stores[0].read(np.arange(len(stores[0])))[:24]
-    a, b, c = Augmenter(seed=7), Augmenter(seed=7), Augmenter(seed=8)
-    first = [prepare_batch(slices, a) for _ in range(2)]
-    again = [prepare_batch(slices, b) for _ in range(2)]
-    other = prepare_batch(slices, c)
-    for (x1, y1), (x2, y2) in zip(first, again):
-        assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    assert not torch.equal(first[0][0], other[0])
-    assert not torch.equal(first[0][0], first[1][0])  # a fresh draw per call
-    plain, plain_classes = prepare_batch(slices, None)
-    assert not torch.equal(first[0][0], plain)
-    for x, y in first + [other]:
-        assert x.shape == plain.shape and y.shape == plain_classes.shape and y.dtype == torch.int64
-        assert set(torch.unique(y).tolist()) <= {0, 1, 2, 3}
-        assert torch.isfinite(x).all()
-
-
-def test_spatial_augmentation_moves_labels_with_the_image():
-    # Channel 0 paints the tumour classes, so after rotation/scaling it must still cover them.
-    classes = torch.zeros(32, 1, 32, 32, dtype=torch.int64)
-    classes[:, :, 8:20, 10:26] = 2
-    classes[:, :, 11:15, 14:20] = 3
-    images = torch.zeros(32, 4, 32, 32)
-    images[:, 0] = (classes[:, 0] > 0).float()
-    moved_images, moved_classes = Augmenter(seed=1)._spatial(images, classes)
-    changed = (moved_classes != classes).flatten(1).any(dim=1)
-    assert changed.float().mean() > 0.5  # most slices rotated and/or scaled (p = 0.75 each)
-    agreement = ((moved_images[:, 0] > 0.5) == (moved_classes[:, 0] > 0)).float().mean()
-    assert agreement > 0.97
-    assert set(torch.unique(moved_classes).tolist()) <= {0, 2, 3}

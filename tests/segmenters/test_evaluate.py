@@ -1,4 +1,4 @@
-"""3D evaluation: restacking by z, voxel spacing, summary.json schema, MLflow run."""
+"""3D evaluation: restacking by z, voxel spacing, labels and regions, repeats, summary.json, MLflow."""
 
 from __future__ import annotations
 
@@ -11,16 +11,19 @@ import numpy as np
 import pytest
 
 from synthmri.config import to_dict
-from synthmri.data.store import SliceStore
+from synthmri.data.labels import STRUCTURES
+from synthmri.data.store import SliceStore, StoreError
 from synthmri.segmenters import evaluate as evaluation
 from synthmri.segmenters import get_architecture
-from synthmri.segmenters.evaluate import evaluate_segmenter, load_segmenter, restack, slice_spacing
+from synthmri.segmenters.evaluate import (aggregate_repeats, evaluate_segmenter, find_checkpoints, load_segmenter,
+                                          restack, subject_spacings, volume_spacing)
 from synthmri.segmenters.train import save_checkpoint
 
 from . import blob_volume, write_blob_store
 
-SUMMARY_KEYS = {"model", "data_hash", "eval_slices", "subjects", "dice", "hausdorff", "mean_dice"}
-MODEL_KEYS = {"arch", "train", "augment", "seed", "synthetic", "name"}
+SUMMARY_KEYS = {"model", "data_hash", "eval_slices", "subjects", "dice", "hausdorff", "hausdorff95", "mean_dice",
+                "repeats", "runs"}
+MODEL_KEYS = {"arch", "train", "augment", "seed", "synthetic", "name", "real_share"}
 
 
 def test_restack_follows_the_index_z_not_file_order(tmp_path):
@@ -53,13 +56,31 @@ def test_restack_all_places_slices_at_their_z():
         restack(z, slices, "all", depth=4)
 
 
-def test_slice_spacing_accounts_for_padding_and_resampling():
-    spacing, note = slice_spacing({"spacing": [1.0, 1.0, 2.5], "pad_to": 256, "image_size": 64}, pad_to=999)
-    assert spacing == pytest.approx((2.5, 4.0, 4.0)) and "256/64" in note
-    spacing, _ = slice_spacing({"spacing": [2.0, 2.0, 2.0], "image_size": 64}, pad_to=128)
-    assert spacing == pytest.approx((2.0, 4.0, 4.0))
-    spacing, note = slice_spacing({"image_size": 64}, pad_to=128)
-    assert spacing == (1.0, 1.0, 1.0) and "no voxel spacing" in note
+def test_volume_spacing_accounts_for_padding_and_resampling():
+    assert volume_spacing([1.0, 1.0, 2.5], pad_to=256, image_size=64) == pytest.approx((2.5, 4.0, 4.0))
+    assert volume_spacing([0.5, 0.8, 3.0], pad_to=128, image_size=128) == pytest.approx((3.0, 0.5, 0.8))
+    for bad in ([1.0, 1.0], [1.0, 0.0, 1.0], "abc"):
+        with pytest.raises(StoreError, match="voxel spacing must be 3"):
+            volume_spacing(bad, 256, 64)
+
+
+def test_subject_spacing_comes_from_subjects_csv_then_the_manifest_then_1mm(tmp_path):
+    store = SliceStore(write_blob_store(tmp_path / "s", {"train": 1, "test": 2}, size=16, depth=4))
+    spacings, note = subject_spacings(store, pad_to=64)
+    assert set(spacings.values()) == {(1.0, 1.0, 1.0)} and "1 mm assumed" in note
+    _write_subjects_csv(store.path, {"S000": (1, 1, 1), "S001": (0.7, 0.9, 3), "S002": (1.1, 1.1, 2)})
+    spacings, note = subject_spacings(store, pad_to=64)  # 64 / 16: pixels 4x the source voxel
+    assert spacings["S001"] == pytest.approx((3.0, 2.8, 3.6)) and spacings["S002"] == pytest.approx((2.0, 4.4, 4.4))
+    assert "subjects.csv" in note
+    _write_subjects_csv(store.path, {"S000": (1, 1, 1)})
+    with pytest.raises(StoreError, match="no voxel spacing for subjects \\['S001', 'S002'\\]"):
+        subject_spacings(store, pad_to=64)
+
+
+def _write_subjects_csv(store_path, spacing_by_subject):
+    lines = ["subject,split,slices_kept,slices_total,spacing_x,spacing_y,spacing_z"]
+    lines += [f"{s},train,1,1,{x:g},{y:g},{z:g}" for s, (x, y, z) in spacing_by_subject.items()]
+    (store_path / "subjects.csv").write_text("\n".join(lines) + "\n")
 
 
 def _untrained_checkpoint(path, cfg, name="unet-real-orig-s0"):
@@ -83,24 +104,28 @@ def test_evaluate_writes_the_summary_schema_and_an_mlflow_run(phantom_store, tin
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert set(summary) == SUMMARY_KEYS and set(summary["model"]) == MODEL_KEYS
     assert summary["model"] == {"arch": "unet", "train": "real", "augment": tiny_config.segmenter.augment,
-                                "seed": tiny_config.seed, "synthetic": [], "name": "unet-real-orig-s0"}
+                                "seed": tiny_config.seed, "synthetic": [], "name": "unet-real-orig-s0",
+                                "real_share": None}
     store = SliceStore(phantom_store)
     assert summary["data_hash"] == store.content_hash and summary["eval_slices"] == "filtered"
     assert summary["subjects"] == len(store.subjects("test"))
-    for label in ("ET", "ED", "NCR"):
-        assert 0.0 <= summary["dice"][label] <= 1.0
-        assert np.isfinite(summary["hausdorff"][label]) and summary["hausdorff"][label] >= 0
-    assert summary["mean_dice"] == pytest.approx(np.mean(list(summary["dice"].values())))
+    assert summary["repeats"] == 1 and summary["runs"] == []
+    for name in STRUCTURES:
+        assert 0.0 <= summary["dice"][name] <= 1.0
+        assert 0 <= summary["hausdorff95"][name] <= summary["hausdorff"][name] < np.inf
+    assert summary["mean_dice"] == pytest.approx(np.mean([summary["dice"][k] for k in ("ET", "ED", "NCR")]))
     with open(tmp_path / "eval" / "per_subject.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 3 * summary["subjects"] and set(rows[0]) == {"subject", "label", "dice", "hausdorff"}
-    assert "summary.json" in result.describe() and "ET" in result.describe()
+    assert len(rows) == 5 * summary["subjects"]
+    assert list(rows[0]) == ["subject", "structure", "dice", "hausdorff", "hausdorff95"]
+    assert {r["structure"] for r in rows} == {"ET", "ED", "NCR", "WT", "TC"}
+    assert "summary.json" in result.describe() and "WT" in result.describe()
 
     runs = mlflow.search_runs(experiment_names=["synthmri-evaluation"], output_format="list")
     assert [r.info.run_name for r in runs] == ["unet-real-orig-s0-eval"]
     metrics = runs[0].data.metrics
     assert metrics["mean_dice"] == pytest.approx(summary["mean_dice"])
-    assert {"dice_ET", "dice_ED", "dice_NCR", "hausdorff_ET", "hausdorff_ED", "hausdorff_NCR"} <= set(metrics)
+    assert {f"{score}_{k}" for score in ("dice", "hausdorff", "hausdorff95") for k in STRUCTURES} <= set(metrics)
 
     # An oracle that returns the reference: the volumes line up, so every score is perfect.
     def oracle(network, slices, batch_size, dev):
@@ -110,10 +135,64 @@ def test_evaluate_writes_the_summary_schema_and_an_mlflow_run(phantom_store, tin
     cfg_all = replace(tiny_config, evaluation=replace(tiny_config.evaluation, eval_slices="all"))
     perfect = evaluate_segmenter(model, phantom_store, tmp_path / "oracle", cfg_all)
     assert perfect.summary["eval_slices"] == "all" and perfect.filled_slices > 0
-    assert perfect.summary["dice"] == {"ET": 1.0, "ED": 1.0, "NCR": 1.0}
-    assert perfect.summary["hausdorff"] == {"ET": 0.0, "ED": 0.0, "NCR": 0.0}
+    assert perfect.summary["dice"] == dict.fromkeys(STRUCTURES, 1.0)
+    assert perfect.summary["hausdorff"] == perfect.summary["hausdorff95"] == dict.fromkeys(STRUCTURES, 0.0)
+
+
+def test_scores_use_each_subjects_anisotropic_spacing(tiny_config, mlflow_uri, tmp_path, monkeypatch):
+    """A prediction shifted one pixel along the rows: every structure's Hausdorff distance is
+    exactly that subject's row spacing in mm, and Dice equals an independent numpy count."""
+    store_path = write_blob_store(tmp_path / "s", {"train": 1, "test": 2}, size=32, depth=8, seed=3)
+    _write_subjects_csv(store_path, {"S000": (1, 1, 1), "S001": (0.7, 0.9, 3.0), "S002": (1.1, 0.6, 2.0)})
+    zoom = tiny_config.data.pad_to / 32  # the blob store records no pad_to: the config's applies
+
+    def shifted(network, slices, batch_size, dev):
+        return np.roll(slices[:, 4], 1, axis=1)
+
+    monkeypatch.setattr(evaluation, "segment", shifted)
+    model = _untrained_checkpoint(tmp_path / "model", tiny_config)
+    result = evaluate_segmenter(model, store_path, tmp_path / "eval", tiny_config)
+    store = SliceStore(store_path)
+    rows = {(r["subject"], r["structure"]): r for r in result.per_subject}
+    for subject, row_mm in (("S001", 0.7 * zoom), ("S002", 1.1 * zoom)):
+        positions = np.flatnonzero(store.subject == subject)
+        reference = store.read(positions)[np.argsort(store.z[positions]), 4]
+        prediction = np.roll(reference, 1, axis=1)
+        for name, values in STRUCTURES.items():
+            p, t = np.isin(prediction, values), np.isin(reference, values)
+            assert rows[subject, name]["dice"] == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum()))
+            assert rows[subject, name]["hausdorff"] == pytest.approx(row_mm)
+            assert rows[subject, name]["hausdorff95"] <= row_mm * (1 + 1e-6)
+
+
+def test_repeats_are_scored_one_by_one_and_aggregated(phantom_store, tiny_config, mlflow_uri, tmp_path):
+    for number in range(3):
+        cfg = replace(tiny_config, seed=number)
+        _untrained_checkpoint(tmp_path / "model" / f"repeat-{number:02d}", cfg, name=f"unet-real-orig-s{number}")
+    assert [p.parent.name for p in find_checkpoints(tmp_path / "model")] == ["repeat-00", "repeat-01", "repeat-02"]
+    result = evaluate_segmenter(tmp_path / "model", phantom_store, tmp_path / "eval", tiny_config)
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary == result.summary and summary["repeats"] == 3
+    assert summary["runs"] == [f"repeat-{n:02d}/summary.json" for n in range(3)]
+    assert summary["model"]["seeds"] == [0, 1, 2] and summary["model"]["name"] == "unet-real-orig"
+    parts = [json.loads((tmp_path / "eval" / run).read_text()) for run in summary["runs"]]
+    for score in ("dice", "hausdorff", "hausdorff95"):
+        for name in STRUCTURES:
+            values = [p[score][name] for p in parts]
+            assert summary[score][name] == pytest.approx(np.mean(values))
+            assert summary["sd"][score][name] == pytest.approx(np.std(values, ddof=1))
+    assert summary["mean_dice"] == pytest.approx(np.mean([p["mean_dice"] for p in parts]))
+    with open(tmp_path / "eval" / "per_subject.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 * 5 * summary["subjects"] and {r["run"] for r in rows} == {f"unet-real-orig-s{n}" for n in range(3)}
+    names = {r.info.run_name for r in mlflow.search_runs(experiment_names=["synthmri-evaluation"], output_format="list")}
+    assert names == {f"unet-real-orig-s{n}-eval" for n in range(3)} | {"unet-real-orig-eval"}
+
+    mismatched = [dict(parts[0]), dict(parts[1], model={**parts[1]["model"], "train": "synthetic"})]
+    with pytest.raises(ValueError, match="differ in \\['train'\\]"):
+        aggregate_repeats(mismatched, ["a", "b"])
 
 
 def test_evaluate_names_a_missing_checkpoint(phantom_store, tiny_config, tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing: segmenter checkpoint not found"):
+    with pytest.raises(FileNotFoundError, match="nothing/model.pt: segmenter checkpoint not found"):
         evaluate_segmenter(tmp_path / "nothing", phantom_store, tmp_path / "eval", tiny_config)

@@ -86,3 +86,61 @@ def test_training_rejects_a_budget_below_one_batch(phantom_store, tiny_config, t
 
     with pytest.raises(ConfigError, match="train_samples \\(8\\) is less than one batch"):
         train_segmenter("real", phantom_store, [], tmp_path, _config(tiny_config, train_samples=8, val_every=8))
+
+
+@pytest.fixture(scope="module")
+def phantom_store_64(tmp_path_factory, tiny_config):
+    """The phantom subjects sliced at 64 x 64: Swin's smallest input (side / 32 > 1 at its bottleneck)."""
+    from synthmri.data.phantom import write_phantom_dataset
+    from synthmri.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("phantom64")
+    cfg = replace(tiny_config, data=replace(tiny_config.data, size=64))
+    write_phantom_dataset(root / "brats", cfg.phantom)
+    prepare(root / "brats", root / "slices", cfg)
+    return root / "slices", cfg
+
+
+def test_swin_training_raises_validation_dice(phantom_store_64, mlflow_uri, tmp_path):
+    store, cfg = phantom_store_64
+    swin = replace(cfg.segmenter.swin, feature_size=12, depths=(1, 1, 1, 1), window_size=4, batch_size=8,
+                   train_samples=480, val_every_samples=160, lr=2e-3, warmup_steps=6)
+    cfg = replace(cfg, segmenter=replace(cfg.segmenter, arch="swin", augment=False, swin=swin))
+    result = train_segmenter("real", store, [], tmp_path / "swin", cfg)
+    with open(tmp_path / "swin" / "history.csv", newline="") as handle:
+        dice = [float(r["val_dice"]) for r in csv.DictReader(handle)]
+    assert len(dice) == 4 and max(dice[1:]) > dice[0] + 0.05, f"validation Dice did not rise: {dice}"
+    checkpoint = torch.load(result.checkpoint, weights_only=True)
+    assert checkpoint["arch"] == "swin" and result.name == "swin-real-orig-s0"
+    # The checkpoint rebuilds and scores in 3D.
+    summary = evaluate_segmenter(tmp_path / "swin", store, tmp_path / "eval", cfg).summary
+    assert summary["model"]["arch"] == "swin" and 0.0 <= summary["mean_dice"] <= 1.0
+
+
+def test_repeats_get_their_own_seeds_and_resume(phantom_store, tiny_config, mlflow_uri, tmp_path):
+    from synthmri.segmenters.train import train_repeats
+
+    synthetic = write_blob_store(tmp_path / "syn", {"train": 4}, size=tiny_config.data.size, depth=6, generator="ddpm")
+    cfg = _config(tiny_config, train_samples=32, val_every=32)
+    cfg = replace(cfg, segmenter=replace(cfg.segmenter, ratio_total=20))
+    results = train_repeats("ratio", phantom_store, [synthetic], tmp_path / "out", cfg, repeats=2, real_share=0.5)
+    assert [r.seed for r in results] == [0, 1] and [r.out.name for r in results] == ["repeat-00", "repeat-01"]
+    assert [r.name for r in results] == ["unet-ratio50-aug-s0", "unet-ratio50-aug-s1"]
+    checkpoints = [torch.load(r.checkpoint, weights_only=True) for r in results]
+    assert [c["seed"] for c in checkpoints] == [0, 1] and all(c["real_share"] == 0.5 for c in checkpoints)
+    assert not torch.equal(*(c["state_dict"]["input_block.conv1.conv.weight"] for c in checkpoints))
+    run = mlflow.get_run(results[0].run_id)
+    assert run.data.params["train.pool_real"] == "10" and run.data.params["train.pool_synthetic"] == "10"
+
+    # Run again: both repeats finished with this config and these inputs, so nothing trains.
+    again = train_repeats("ratio", phantom_store, [synthetic], tmp_path / "out", cfg, repeats=2, real_share=0.5)
+    assert [r.run_id for r in again] == [r.run_id for r in results]
+    # A third repeat trains only the new seed; another share retrains all.
+    three = train_repeats("ratio", phantom_store, [synthetic], tmp_path / "out", cfg, repeats=3, real_share=0.5)
+    assert [r.run_id for r in three[:2]] == [r.run_id for r in results] and three[2].seed == 2
+    other = train_repeats("ratio", phantom_store, [synthetic], tmp_path / "out", cfg, repeats=2, real_share=0.25)
+    assert not {r.run_id for r in other} & {r.run_id for r in three}
+    assert not (tmp_path / "out" / "repeat-02").exists()  # left by the 3-repeat run: removed
+    # One repeat writes into out itself and clears the repeat folders, which evaluation would score.
+    single = train_repeats("ratio", phantom_store, [synthetic], tmp_path / "out", cfg, repeats=1, real_share=0.25)
+    assert single[0].out == tmp_path / "out" and not list((tmp_path / "out").glob("repeat-*"))

@@ -10,10 +10,13 @@ from synthmri.segmenters import ARCHITECTURES, get_architecture
 from synthmri.segmenters.unet import IN_CHANNELS, OUT_CLASSES, deep_supervision_weights
 
 
-def test_registry_names_the_unet_and_rejects_unknown_names():
+def test_registry_names_every_architecture_and_rejects_unknown_names():
+    from synthmri.config import SEGMENTER_ARCHS
+
+    assert tuple(ARCHITECTURES) == SEGMENTER_ARCHS  # the config validates against the same list
     assert get_architecture("unet") is ARCHITECTURES["unet"]
-    with pytest.raises(ConfigError, match="swin.*known: \\['unet'\\]"):
-        get_architecture("swin")
+    with pytest.raises(ConfigError, match="vnet.*known: \\['swin', 'unet'\\]"):
+        get_architecture("vnet")
 
 
 def test_unet_shapes_in_train_and_eval_mode(tiny_config):

@@ -17,6 +17,14 @@ LABEL_VALUES: tuple[int, ...] = (0, 51, 102, 204)
 LABEL_NAMES: dict[str, int] = {"NCR": 51, "ED": 102, "ET": 204}
 #: BraTS evaluation regions -> the annotation values they union.
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (51, 102, 204), "TC": (51, 204), "ET": (204,)}
+#: Labels of the paper's tables, in their order; "mean Dice" is the mean over these.
+EVAL_LABELS: tuple[str, ...] = ("ET", "ED", "NCR")
+#: Everything the 3D evaluation scores: the labels, then the BraTS regions not already
+#: among them (the ET region is the ET label).
+STRUCTURES: dict[str, tuple[int, ...]] = {
+    **{name: (LABEL_NAMES[name],) for name in EVAL_LABELS},
+    **{name: values for name, values in REGIONS.items() if name not in EVAL_LABELS},
+}
 
 
 class LabelError(ValueError):

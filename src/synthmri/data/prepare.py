@@ -14,6 +14,11 @@ Subjects are shuffled with ``data.seed`` and split into test / val / train *befo
 volume is decoded, from the subjects whose five files are present: a subject that later
 turns out unreadable drops out of its split without reshuffling the others. Unusable
 subjects are listed in ``rejected.csv``; the others are still prepared.
+
+``subjects.csv`` records per subject its split, the slices kept and examined, and the
+voxel size in mm from the T1 header (``spacing_x, spacing_y, spacing_z``), which the 3D
+evaluation needs for Hausdorff distances in mm; the manifest's ``spacing`` holds it too
+when every subject shares one.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ SUFFIXES: dict[str, str] = {
     "t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg",
     "t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair",
 }
+SPACING_COLUMNS = ("spacing_x", "spacing_y", "spacing_z")  # subjects.csv: voxel size in mm
 _NIFTI = re.compile(r"^(?P<subject>.+)[_-](?P<suffix>[A-Za-z0-9]+)\.nii(\.gz)?$")
 
 
@@ -118,6 +124,7 @@ class _Prepared:
     slices: np.ndarray | None = None  # uint8 [k, 5, size, size]
     z: list[int] = field(default_factory=list)
     total: int = 0
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # voxel size in mm (x, y, z) from the t1 header
     rejection: Rejection | None = None
 
 
@@ -250,8 +257,8 @@ def foreground_fraction(channel: np.ndarray, threshold: float, pad_to: int) -> n
     return above / float(pad_to * pad_to)
 
 
-def _read_nifti(raw: bytes, name: str) -> np.ndarray:
-    """Decode a whole (optionally gzipped) NIfTI file held in memory."""
+def _read_nifti(raw: bytes, name: str) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Decode a whole (optionally gzipped) NIfTI file held in memory: (voxels, voxel size in mm)."""
     if name.endswith(".gz"):
         raw = gzip.decompress(raw)
     klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
@@ -259,7 +266,7 @@ def _read_nifti(raw: bytes, name: str) -> np.ndarray:
     data = np.asarray(image.dataobj)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
-    return data
+    return data, tuple(float(v) for v in image.header.get_zooms()[:3])
 
 
 def _prepare_subject(subject: _Subject, source: Path, data: DataConfig) -> _Prepared:
@@ -274,9 +281,13 @@ def _prepare_subject(subject: _Subject, source: Path, data: DataConfig) -> _Prep
     for channel, path in subject.files.items():
         rel = path.relative_to(source).as_posix()
         try:
-            volume = _read_nifti(raw.pop(channel), path.name)
+            volume, zooms = _read_nifti(raw.pop(channel), path.name)
             if volume.ndim != 3:
                 raise ValueError(f"not a 3D volume (shape {list(volume.shape)})")
+            if channel == "t1":
+                if len(zooms) != 3 or not all(math.isfinite(v) and v > 0 for v in zooms):
+                    raise ValueError(f"voxel size {list(zooms)} mm in the header is not 3 positive numbers")
+                result.spacing = (zooms[0], zooms[1], zooms[2])
             first = volumes.get("t1")
             if first is not None and first.shape != volume.shape:
                 raise ValueError(f"shape {list(volume.shape)} differs from t1 {list(first.shape)}")
@@ -416,6 +427,7 @@ def _prepare_dir(label: str, root: Path, out: Path, cfg: Config, workers: int) -
     # Files are hashed as they are read; the writer's source and counts are final at close.
     writer = StoreWriter(out, image_size=data.size, source={"path": label}, shard_size=data.shard_size)
     rows, counts, slices = [], {s: 0 for s in SPLITS}, {s: 0 for s in SPLITS}
+    spacings: set[tuple[float, float, float]] = set()
     total = 0
     with StageMonitor("prepare", unit="subjects", total=len(subjects)) as monitor:
         for done, result in enumerate(_run(subjects, root, data, workers), start=1):
@@ -426,7 +438,8 @@ def _prepare_dir(label: str, root: Path, out: Path, cfg: Config, workers: int) -
             else:
                 split = splits[result.name]
                 writer.add(result.slices, [SliceRow(f"{result.name}_z{z:03d}", result.name, z, split) for z in result.z])
-                rows.append([result.name, split, len(result.z), result.total])
+                rows.append([result.name, split, len(result.z), result.total, *(f"{v:g}" for v in result.spacing)])
+                spacings.add(result.spacing)
                 counts[split] += 1
                 slices[split] += len(result.z)
                 total += result.total
@@ -434,7 +447,8 @@ def _prepare_dir(label: str, root: Path, out: Path, cfg: Config, workers: int) -
         _write_rejected(out, rejected)
         if not rows:
             raise PrepareError(f"{label}: none of {len(subjects)} subject(s) could be prepared; see {out / 'rejected.csv'}")
-        atomic_write_text(out / "subjects.csv", _csv(sorted(rows), ["subject", "split", "slices_kept", "slices_total"]))
+        atomic_write_text(out / "subjects.csv", _csv(sorted(rows), ["subject", "split", "slices_kept", "slices_total",
+                                                                    *SPACING_COLUMNS]))
         dump_config(cfg, out / "config.yaml")
         writer.source = {"path": label, "content_hash": _content_hash(hashes)}
         writer.extra = {
@@ -444,6 +458,9 @@ def _prepare_dir(label: str, root: Path, out: Path, cfg: Config, workers: int) -
             "filter": {"channel": data.filter_channel, "intensity_threshold": data.intensity_threshold,
                        "min_foreground_fraction": data.min_foreground_fraction},
             "subjects": dict(counts),
+            # One voxel size (x, y, z mm) shared by every subject, else null: then each
+            # subject's own is in subjects.csv.
+            "spacing": list(next(iter(spacings))) if len(spacings) == 1 else None,
         }
         manifest = writer.close()
     result = PrepareResult(out, label, counts, slices, total, rejected, manifest)

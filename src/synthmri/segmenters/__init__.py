@@ -1,6 +1,6 @@
 """Segmenters: networks, training loop and 3D evaluation.
 
-Every architecture is one module (``unet.py``; Swin UNETR follows) and one entry of
+Every architecture is one module (``unet.py``, ``swin.py``) and one entry of
 :data:`ARCHITECTURES`, which binds its name (``segmenter.arch``, ``--arch``) to what the
 training loop and the evaluation need from it: its config section, the network builder
 and the loss and optimiser of its training recipe. Checkpoints store the name and the
@@ -15,7 +15,7 @@ from typing import Any, Callable
 from torch import nn
 
 from synthmri.config import ConfigError, SegmenterConfig
-from synthmri.segmenters import unet
+from synthmri.segmenters import swin, unet
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,14 @@ ARCHITECTURES: dict[str, Architecture] = {
         build=unet.build_unet,
         loss=unet.loss,
         optimizer=unet.optimizer,
+    ),
+    "swin": Architecture(
+        name="swin",
+        settings=swin.settings,
+        model_args=swin.model_args,
+        build=swin.build_swin,
+        loss=swin.loss,
+        optimizer=swin.optimizer,
     ),
 }
 

@@ -6,44 +6,37 @@ Sampling (paper, 'Segmentation'):
 * ``synthetic``: every slice of every synthetic store; several stores form an ensemble
   whose slices are pooled (each slice equally likely, so a larger store is drawn more);
 * ``mixed``: each batch element first draws its source, real or synthetic, with
-  probability 1/2, so both are sampled equally often whatever their sizes.
+  probability 1/2, so both are sampled equally often whatever their sizes;
+* ``ratio`` (paper Fig. 4): a fixed pool of ``pool_size`` slices of which a share
+  ``real_share`` is real (train split) and the rest synthetic, each slice equally likely.
+  The pool is the first slices of one seeded permutation of each source, so for a given
+  seed a larger real share keeps every real slice of a smaller one (and the synthetic
+  subsets shrink the same way): the runs of a ratio sweep differ only in the mix.
 
 Elements are drawn uniformly with replacement (as nnU-Net samples its batches) from one
 numpy generator, so a seed fixes the whole stream. Validation always uses the real
 store's ``val`` split, in index order.
 
-Preprocessing: the four image channels (uint8) are scaled to [0, 1], optionally augmented,
-then z-scored per channel per image (the paper's last step); the annotation channel
+Preprocessing: the four image channels (uint8) are scaled to [0, 1], optionally augmented
+(:mod:`synthmri.segmenters.augment`, on the tensors' device), then z-scored per channel per image (the paper's last step); the annotation channel
 becomes class indices 0..3 (:func:`synthmri.data.labels.values_to_classes`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from monai.data import get_track_meta, set_track_meta
-from monai.transforms import RandAdjustContrast, RandGaussianNoise, RandGaussianSmooth, RandSimulateLowResolution
 
 from synthmri.data.labels import LABEL_VALUES
 from synthmri.data.store import IMAGE_CHANNELS, SliceStore, StoreError
+from synthmri.segmenters.augment import Augmenter
 
-TRAIN_SOURCES: tuple[str, ...] = ("real", "synthetic", "mixed")
+TRAIN_SOURCES: tuple[str, ...] = ("real", "synthetic", "mixed", "ratio")
 REAL, SYNTHETIC = 0, 1  # values of Batch.source
-
-# Augmentation (paper; nnU-Net's defaults where the paper gives no probability).
-ROTATE_P, ROTATE_DEG = 0.75, 30.0
-SCALE_P, SCALE_RANGE = 0.75, (0.9, 1.1)
-NOISE_P, NOISE_SD = 0.5, 0.05  # sd ~ U[0, 0.05] on the [0, 1] intensity scale
-BLUR_P, BLUR_SIGMA = 0.2, (0.5, 1.0)
-LOWRES_P, LOWRES_ZOOM = 0.25, (0.75, 1.0)  # p: nnU-Net's
-GAMMA_P, GAMMA_RANGE = 0.3, (0.8, 1.2)  # p: nnU-Net's
-
 
 @dataclass(frozen=True)
 class Batch:
@@ -62,31 +55,59 @@ class Batch:
     positions: np.ndarray
 
 
+def ratio_pool(total: int, real_share: float) -> tuple[int, int]:
+    """Real and synthetic slice counts of a ratio-experiment pool of `total` slices.
+
+    The real count is ``real_share * total`` rounded half up; the rest is synthetic.
+
+    Raises:
+        ValueError: `total` < 1 or `real_share` outside [0, 1].
+    """
+    if total < 1:
+        raise ValueError(f"ratio pool size must be positive, got {total}")
+    if not 0.0 <= real_share <= 1.0:
+        raise ValueError(f"real_share must be in [0, 1], got {real_share}")
+    n_real = min(total, math.floor(real_share * total + 0.5))
+    return n_real, total - n_real
+
+
+def ratio_schedule(total: int, shares: Sequence[float]) -> list[tuple[float, int, int]]:
+    """The ratio experiment: (real share, real slices, synthetic slices) for every share, ascending."""
+    return [(float(share), *ratio_pool(total, share)) for share in sorted(shares)]
+
+
 class BatchSampler:
     """Seeded stream of training batches from a real store and/or synthetic stores.
 
     Args:
-        train: ``real``, ``synthetic`` or ``mixed``.
-        real: the real store (needed for ``real`` and ``mixed``).
-        synthetic: synthetic stores (at least one for ``synthetic`` and ``mixed``).
+        train: ``real``, ``synthetic``, ``mixed`` or ``ratio``.
+        real: the real store (needed for ``real``, ``mixed`` and ``ratio``).
+        synthetic: synthetic stores (at least one for ``synthetic`` and ``mixed``, and for
+            ``ratio`` unless ``real_share`` is 1).
         batch_size: elements per batch.
-        seed: seed of the sampling generator.
+        seed: seed of the sampling generator (and of the ratio pool's permutations).
+        real_share: ``ratio`` only: the share of real slices in the pool.
+        pool_size: ``ratio`` only: slices in the pool; 0 takes the size of the real train split.
 
     Attributes:
         stores: the stores sampled from, the real one (if used) first.
+        pool_counts: ``ratio`` only: (real, synthetic) slices in the pool.
 
     Raises:
-        ValueError: unknown `train`, a store it needs is missing, or batch_size < 1.
-        StoreError: a store it needs holds no slices to sample, or image sizes differ.
+        ValueError: unknown `train`, a store or setting it needs is missing, or batch_size < 1.
+        StoreError: a store it needs holds no (or too few) slices to sample, or image sizes differ.
     """
 
     def __init__(self, train: str, real: SliceStore | None, synthetic: Sequence[SliceStore],
-                 batch_size: int, seed: int) -> None:
+                 batch_size: int, seed: int, real_share: float | None = None, pool_size: int = 0) -> None:
         if train not in TRAIN_SOURCES:
             raise ValueError(f"train must be one of {TRAIN_SOURCES}, got {train!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        uses_real, uses_synthetic = train in ("real", "mixed"), train in ("synthetic", "mixed")
+        if (train == "ratio") != (real_share is not None):
+            raise ValueError("real_share is set for train='ratio' and only for it")
+        uses_real = train in ("real", "mixed", "ratio")
+        uses_synthetic = train in ("synthetic", "mixed") or (train == "ratio" and real_share < 1.0)
         if uses_real and real is None:
             raise ValueError(f"train={train!r} needs a real store")
         if uses_synthetic and not synthetic:
@@ -113,7 +134,27 @@ class BatchSampler:
                 np.concatenate([np.full(len(s), offset + i, dtype=np.int64) for i, s in enumerate(synthetic)]),
                 np.concatenate([s.indices() for s in synthetic]),
             )
-        self._rng = np.random.default_rng(seed)
+        pool_seed, sample_seed = np.random.SeedSequence(seed).spawn(2)
+        self.pool_counts: tuple[int, int] | None = None
+        if train == "ratio":
+            self._cut_ratio_pools(real_share, pool_size or len(self._pools[REAL][1]), np.random.default_rng(pool_seed))
+        self._rng = np.random.default_rng(sample_seed)
+
+    def _cut_ratio_pools(self, real_share: float, total: int, rng: np.random.Generator) -> None:
+        """Keep the first n slices of one seeded permutation per source (nested across shares)."""
+        counts = ratio_pool(total, real_share)
+        available = {kind: len(pool[1]) for kind, pool in self._pools.items()}
+        for kind, (name, need) in zip((REAL, SYNTHETIC), zip(("real train", "synthetic"), counts)):
+            # Permute even an unused source, so the other's permutation never depends on the share.
+            order = rng.permutation(available.get(kind, 0))
+            if need > available.get(kind, 0):
+                raise StoreError(f"ratio pool of {total} slices at real share {real_share:g} needs {need} {name} "
+                                 f"slices, only {available.get(kind, 0)} exist; lower segmenter.ratio_total")
+            if kind in self._pools:
+                stores, positions = self._pools[kind]
+                self._pools[kind] = (stores[order[:need]], positions[order[:need]])
+        self._pools = {kind: pool for kind, pool in self._pools.items() if len(pool[1])}
+        self.pool_counts = counts
 
     @property
     def image_size(self) -> int:
@@ -124,6 +165,10 @@ class BatchSampler:
         n = self.batch_size
         if self.train == "mixed":
             source = np.where(self._rng.random(n) < 0.5, REAL, SYNTHETIC)
+        elif self.train == "ratio":
+            # Every pooled slice equally likely: real with probability n_real / total.
+            n_real, n_synthetic = self.pool_counts
+            source = np.where(self._rng.random(n) < n_real / (n_real + n_synthetic), REAL, SYNTHETIC)
         else:
             source = np.full(n, REAL if self.train == "real" else SYNTHETIC)
         store = np.empty(n, dtype=np.int64)
@@ -170,89 +215,6 @@ def zscore(images: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     mean = images.mean(dim=(-2, -1), keepdim=True)
     sd = images.std(dim=(-2, -1), keepdim=True, unbiased=False)
     return (images - mean) / sd.clamp_min(eps)
-
-
-@contextlib.contextmanager
-def _plain_tensors() -> Iterator[None]:
-    """Run MONAI array transforms on plain tensors: MetaTensor bookkeeping costs ~10x here."""
-    previous = get_track_meta()
-    set_track_meta(False)
-    try:
-        yield
-    finally:
-        set_track_meta(previous)
-
-
-class Augmenter:
-    """The paper's U-Net augmentation on a batch of tensors (any device), seeded.
-
-    Order: rotation (±30°, p=0.75) and scaling (0.9-1.1, p=0.75), drawn independently
-    and applied as one bilinear resampling (labels nearest, zeros outside); Gaussian noise
-    (p=0.5, sd U[0, 0.05]); Gaussian blur (p=0.2, sigma U[0.5, 1]); simulated low
-    resolution (zoom 0.75-1); gamma (0.8-1.2). Intensities are on the [0, 1] scale, before
-    the z-score.
-
-    The spatial step is one batched ``grid_sample``: MONAI's RandAffine couples rotation
-    and scaling under one probability and costs ~2 ms a slice on a CPU. The intensity steps
-    are MONAI's array transforms applied slice by slice (each draws its own parameters); they
-    run on the tensors' device, except that RandGaussianNoise draws its noise with numpy on
-    the CPU, the first thing to batch in torch if augmentation ever limits GPU training.
-
-    Args:
-        seed: seeds the spatial draws and each MONAI transform's generator.
-        enabled: False makes the augmenter the identity.
-    """
-
-    def __init__(self, seed: int, enabled: bool = True) -> None:
-        self.enabled = enabled
-        seeds = np.random.SeedSequence(seed).generate_state(5)
-        self._generator = torch.Generator().manual_seed(int(seeds[0]))
-        self._intensity = [
-            RandGaussianNoise(prob=NOISE_P, mean=0.0, std=NOISE_SD, sample_std=True),
-            RandGaussianSmooth(sigma_x=BLUR_SIGMA, sigma_y=BLUR_SIGMA, prob=BLUR_P),
-            # nnU-Net: nearest down, cubic up (MONAI's default "trilinear" is for 3D only).
-            RandSimulateLowResolution(prob=LOWRES_P, zoom_range=LOWRES_ZOOM, downsample_mode="nearest",
-                                      upsample_mode="bicubic"),
-            RandAdjustContrast(prob=GAMMA_P, gamma=GAMMA_RANGE),
-        ]
-        for transform, state in zip(self._intensity, seeds[1:]):
-            transform.set_random_state(seed=int(state))
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment `images` [B, C, H, W] (float, [0, 1]) and `labels` [B, 1, H, W] (classes) alike."""
-        if not self.enabled:
-            return images, labels
-        images, labels = self._spatial(images, labels)
-        with _plain_tensors():
-            out = []
-            for image in images:
-                for transform in self._intensity:
-                    image = transform(image)
-                out.append(torch.as_tensor(image, dtype=images.dtype, device=images.device))
-        return torch.stack(out), labels
-
-    def _spatial(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = images.shape[0]
-        draws = torch.rand(n, 4, generator=self._generator, dtype=torch.float64)
-        rotate, scale = draws[:, 0] < ROTATE_P, draws[:, 1] < SCALE_P
-        angle = torch.where(rotate, (draws[:, 2] * 2 - 1) * math.radians(ROTATE_DEG), 0.0)
-        factor = torch.where(scale, SCALE_RANGE[0] + draws[:, 3] * (SCALE_RANGE[1] - SCALE_RANGE[0]), 1.0)
-        changed = torch.nonzero(rotate | scale).flatten()
-        if len(changed) == 0:
-            return images, labels
-        # affine_grid maps output to input coordinates: rotate by the angle, divide by the
-        # zoom factor. Slices are square, so normalised coordinates are isotropic.
-        cos, sin = torch.cos(angle[changed]) / factor[changed], torch.sin(angle[changed]) / factor[changed]
-        theta = torch.zeros(len(changed), 2, 3, dtype=torch.float64)
-        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
-        theta = theta.to(device=images.device, dtype=images.dtype)
-        index = changed.to(images.device)
-        grid = F.affine_grid(theta, [len(changed), 1, *images.shape[2:]], align_corners=False)
-        images, labels = images.clone(), labels.clone()
-        images[index] = F.grid_sample(images[index], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        moved = F.grid_sample(labels[index].to(images.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        labels[index] = moved.round().to(labels.dtype)
-        return images, labels
 
 
 def prepare_batch(slices: np.ndarray, augmenter: Augmenter | None = None,

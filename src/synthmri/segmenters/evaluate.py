@@ -1,9 +1,14 @@
-"""Score a trained segmenter in 3D on the real test subjects (the ``evaluate-segmenter`` stage).
+"""Score trained segmenters in 3D on the real test subjects (the ``evaluate-segmenter`` stage).
 
 Each test slice is segmented in 2D, the slices of a subject are restacked in z order (the
 index's ``z``, never file order) and the volume is scored against the restacked reference:
-3D Dice and maximum Hausdorff distance per label, ET (204), ED (102) and NCR/NET (51),
-as the paper's published code does.
+3D Dice, maximum Hausdorff distance (the paper's published code) and its 95th percentile
+(the BraTS challenge's), in mm, for every :data:`STRUCTURES` entry: the labels ET (204),
+ED (102) and NCR/NET (51), and the BraTS regions WT (all tumour) and TC (NCR + ET). The
+third BraTS region, ET, is the ET label itself. Empty masks follow the conventions of
+:mod:`synthmri.metrics.segmentation` (both empty: Dice 1, distance 0; one empty: Dice 0,
+distance = the volume's diagonal in mm). ``mean_dice`` is the paper's: the mean over the
+three labels.
 
 Which slices form the volume (``evaluation.eval_slices``):
 
@@ -16,10 +21,14 @@ Which slices form the volume (``evaluation.eval_slices``):
   the subject's ``slices_total`` in the store's ``subjects.csv`` (written by ``prepare``),
   else the manifest's source ``shape[2]``, else the subject's largest z + 1.
 
-Voxel spacing: the manifest's ``spacing`` (source voxel size in mm, x y z) when present;
-the stored in-plane pixel is ``spacing * pad_to / image_size`` because slices are padded to
-``pad_to`` and resampled to ``image_size``. Without it every axis is taken as 1 mm and
-the summary says so.
+Voxel spacing, per subject: ``subjects.csv``'s ``spacing_x/y/z`` (the NIfTI header, written
+by ``prepare``), else the manifest's ``spacing``, else 1 mm on every axis (and the summary
+says so). The stored in-plane pixel is ``spacing * pad_to / image_size`` because slices are
+padded to ``pad_to`` and resampled to ``image_size``.
+
+Repeats: a train-segmenter output with ``repeat-*/model.pt`` (``--repeats N``) is scored
+repeat by repeat into ``out/repeat-*/``; ``out/summary.json`` then holds the mean over
+repeats and their sample sd, and lists the per-repeat summaries under ``runs``.
 """
 
 from __future__ import annotations
@@ -37,20 +46,20 @@ import numpy as np
 import torch
 
 from synthmri.config import Config
-from synthmri.data.labels import LABEL_NAMES, LABEL_VALUES
+from synthmri.data.labels import EVAL_LABELS, LABEL_VALUES, STRUCTURES
 from synthmri.data.store import IMAGE_CHANNELS, SliceStore, StoreError
 from synthmri.io import atomic_write_json, atomic_write_text
 from synthmri.metrics.segmentation import dice, hausdorff
 from synthmri.monitoring import StageMonitor
 from synthmri.segmenters import get_architecture
 from synthmri.segmenters.data import prepare_batch
-from synthmri.segmenters.train import device
+from synthmri.segmenters.train import REPEAT_GLOB, device
 from synthmri.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
-#: Scored labels in the order of the paper's tables.
-EVAL_LABELS: tuple[str, ...] = ("ET", "ED", "NCR")
+SCORES: tuple[str, ...] = ("dice", "hausdorff", "hausdorff95")
+PER_SUBJECT_COLUMNS = ("subject", "structure", *SCORES)
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,6 @@ class EvaluationSummary:
 
     summary: dict[str, Any]
     per_subject: list[dict[str, Any]]
-    spacing: tuple[float, float, float]
     spacing_note: str
     filled_slices: int
     out: Path
@@ -69,15 +77,24 @@ class EvaluationSummary:
     def describe(self) -> str:
         """A few lines for the command line."""
         s = self.summary
+        sd = s.get("sd") or {}
+        repeats = s.get("repeats", 1)
+
+        def cell(score: str, name: str, digits: int, unit: str = "") -> str:
+            spread = (sd.get(score) or {}).get(name)
+            text = f"{s[score][name]:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread is not None else "")
+            return f"{name} {text}{unit}"
+
         lines = [
             f"{s['model']['name']}: {s['subjects']} test subjects, {s['eval_slices']} slices, "
-            f"mean Dice {s['mean_dice']:.4f}",
-            "  Dice       " + "  ".join(f"{k} {s['dice'][k]:.4f}" for k in EVAL_LABELS),
-            "  Hausdorff  " + "  ".join(f"{k} {s['hausdorff'][k]:.2f} mm" for k in EVAL_LABELS),
-            f"  spacing {'x'.join(f'{v:g}' for v in self.spacing)} mm (z, row, column): {self.spacing_note}",
+            f"{repeats} repeat(s), mean Dice {s['mean_dice']:.4f}",
+            "  Dice       " + "  ".join(cell("dice", k, 4) for k in STRUCTURES),
+            "  HD max     " + "  ".join(cell("hausdorff", k, 2, " mm") for k in STRUCTURES),
+            "  HD95       " + "  ".join(cell("hausdorff95", k, 2, " mm") for k in STRUCTURES),
+            f"  spacing: {self.spacing_note}",
         ]
         lines += [f"  note: {n}" for n in self.notes]
-        lines.append(f"  wrote {self.out / 'summary.json'} and {self.out / 'per_subject.csv'}")
+        lines.append(f"  wrote {self.out / 'summary.json'} and per_subject.csv")
         return "\n".join(lines)
 
 
@@ -101,27 +118,90 @@ def load_segmenter(path: Path, dev: torch.device | str = "cpu") -> tuple[torch.n
     return model.to(dev).eval(), checkpoint
 
 
-def slice_spacing(manifest: dict[str, Any], pad_to: int) -> tuple[tuple[float, float, float], str]:
-    """Voxel size (z, row, column) in mm of a restacked volume, and where it came from.
+def find_checkpoints(model: Path) -> list[Path]:
+    """The checkpoints of a train-segmenter output: ``model.pt``, or one per ``repeat-*``.
+
+    Raises:
+        FileNotFoundError: neither is there.
+    """
+    model = Path(model)
+    if model.is_file():
+        return [model]
+    if (model / "model.pt").is_file():
+        return [model / "model.pt"]
+    repeats = sorted(p / "model.pt" for p in model.glob(REPEAT_GLOB) if (p / "model.pt").is_file())
+    if repeats:
+        return repeats
+    raise FileNotFoundError(f"{model / 'model.pt'}: segmenter checkpoint not found (run train-segmenter first)")
+
+
+def volume_spacing(source: Any, pad_to: int, image_size: int) -> tuple[float, float, float]:
+    """Voxel size (z, row, column) in mm of a restacked volume from the source voxel size (x, y, z).
+
+    Stored rows run along the source x axis and columns along y (``prepare`` slices the
+    last axis); in-plane pixels grow by ``pad_to / image_size`` through the resampling.
+
+    Raises:
+        StoreError: `source` is not 3 positive numbers.
+    """
+    try:
+        x, y, z = (float(v) for v in source)
+    except (TypeError, ValueError):
+        raise StoreError(f"voxel spacing must be 3 numbers (x, y, z mm), got {source!r}") from None
+    if not all(v > 0 and np.isfinite(v) for v in (x, y, z)):
+        raise StoreError(f"voxel spacing must be 3 positive numbers (x, y, z mm), got {source!r}")
+    zoom = int(pad_to) / int(image_size)
+    return (z, x * zoom, y * zoom)
+
+
+def subject_spacings(store: SliceStore, pad_to: int) -> tuple[dict[str, tuple[float, float, float]], str]:
+    """Volume voxel size (z, row, column) in mm per subject of `store`, and where it came from.
 
     Args:
-        manifest: the store manifest; ``spacing`` (or ``voxel_spacing``) is the source
-            voxel size in mm as (x, y, z), with stored rows along x and columns along y.
-        pad_to: the side slices were padded to before resampling, used when the manifest
-            does not record ``pad_to`` itself.
+        store: the real slice store.
+        pad_to: the padded slice side, used when the manifest does not record ``pad_to``.
+
+    Returns:
+        subject -> spacing (every subject of the store), and a note for the summary.
     """
-    source = manifest.get("spacing") or manifest.get("voxel_spacing")
-    if source is None:
-        return (1.0, 1.0, 1.0), "the store manifest records no voxel spacing; 1 mm assumed on every axis"
-    if len(source) != 3 or not all(float(v) > 0 for v in source):
-        raise StoreError(f"manifest spacing must be 3 positive numbers (x, y, z mm), got {source}")
-    padded = int(manifest.get("pad_to") or pad_to)
-    zoom = padded / int(manifest["image_size"])
-    x, y, z = (float(v) for v in source)
-    note = f"source spacing {x:g}x{y:g}x{z:g} mm, in-plane x {padded}/{manifest['image_size']} (padding, resampling)"
-    return (z, x * zoom, y * zoom), note
+    manifest = store.manifest
+    padded, size = int(manifest.get("pad_to") or pad_to), store.image_size
+    resampling = f"in-plane x {padded}/{size} (padding, resampling)"
+    table = store.path / "subjects.csv"
+    if table.is_file():
+        with open(table, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows and "spacing_x" in rows[0]:
+            spacings = {}
+            for row in rows:
+                source = (row["spacing_x"], row["spacing_y"], row["spacing_z"])
+                try:
+                    spacings[row["subject"]] = volume_spacing(source, padded, size)
+                except StoreError as exc:
+                    raise StoreError(f"{table}: subject {row['subject']}: {exc}") from None
+            missing = sorted(set(store.subjects()) - set(spacings))
+            if missing:
+                raise StoreError(f"{table}: no voxel spacing for subjects {missing[:5]}")
+            distinct = sorted({tuple(float(row[f"spacing_{a}"]) for a in "xyz") for row in rows})
+            sources = "; ".join("x".join(f"{v:g}" for v in d) for d in distinct[:3])
+            return spacings, f"source voxels {sources} mm from subjects.csv, {resampling}"
+    source = manifest.get("spacing")
+    if source is not None:
+        spacing = volume_spacing(source, padded, size)
+        return ({subject: spacing for subject in store.subjects()},
+                f"source voxels {'x'.join(f'{float(v):g}' for v in source)} mm from the manifest, {resampling}")
+    return ({subject: (1.0, 1.0, 1.0) for subject in store.subjects()},
+            "the store records no voxel spacing; 1 mm assumed on every axis (distances in voxels)")
 
 
+def score_volumes(pred: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, dict[str, float]]:
+    """Dice, maximum and 95th-percentile Hausdorff (mm) of every structure of two label volumes."""
+    return {
+        name: {"dice": dice(pred, reference, values),
+               "hausdorff": hausdorff(pred, reference, values, spacing=spacing),
+               "hausdorff95": hausdorff(pred, reference, values, percentile=95, spacing=spacing)}
+        for name, values in STRUCTURES.items()
+    }
 def restack(z: np.ndarray, slices: np.ndarray, mode: str = "filtered", depth: int | None = None) -> tuple[np.ndarray, int]:
     """Stack one subject's 2D slices into a volume ordered by z.
 
@@ -181,50 +261,52 @@ def segment(model: torch.nn.Module, slices: np.ndarray, batch_size: int, dev: to
     return out
 
 
-def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> EvaluationSummary:
-    """Segment the test subjects of `data`, score them in 3D and record the result.
 
-    Args:
-        model: train-segmenter output directory or its ``model.pt``.
-        data: the real slice store; its ``test`` split is scored.
-        out: output directory: ``per_subject.csv`` (subject,label,dice,hausdorff) and
-            ``summary.json`` (model, data_hash, eval_slices, subjects, dice, hausdorff,
-            mean_dice; Dice and Hausdorff are means over subjects).
-        cfg: ``evaluation`` (eval_slices, batch_size), ``data.pad_to`` and ``tracking``.
 
-    Returns:
-        The EvaluationSummary.
-
-    Raises:
-        FileNotFoundError: no checkpoint at `model`.
-        StoreError: the store is incomplete or has no test slices.
-    """
-    out = Path(out)
-    mode = cfg.evaluation.eval_slices
-    dev = device()
-    network, checkpoint = load_segmenter(model, dev)
-    store = SliceStore(data)
-    test = store.indices("test")
-    if len(test) == 0:
-        raise StoreError(f"{store.path}: no 'test' slices to evaluate")
-    subjects = sorted(set(store.subject[test].tolist()))
-    spacing, spacing_note = slice_spacing(store.manifest, cfg.data.pad_to)
-    depths = subject_depths(store) if mode == "all" else {}
+def model_info(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What the evaluation records of the model: architecture, data mix, setting, seed, name."""
     trained = checkpoint.get("config", {}).get("segmenter", {})
-    name = checkpoint.get("name") or (Path(model) if Path(model).is_dir() else Path(model).parent).name
-    model_info = {
+    return {
         "arch": checkpoint["arch"], "train": checkpoint.get("train"), "augment": bool(trained.get("augment", False)),
-        "seed": checkpoint.get("seed"), "synthetic": list(checkpoint.get("synthetic") or []), "name": name,
+        "seed": checkpoint.get("seed"), "synthetic": list(checkpoint.get("synthetic") or []),
+        "real_share": checkpoint.get("real_share"), "name": checkpoint.get("name") or path.parent.name,
     }
-    notes: list[str] = []
 
+
+def _mean_scores(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """score -> structure -> mean over the rows (subjects) of that structure."""
+    return {score: {name: float(np.mean([r[score] for r in rows if r["structure"] == name])) for name in STRUCTURES}
+            for score in SCORES}
+
+
+def _metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics of a summary: dice_ET, hausdorff_WT, hausdorff95_TC, ..., mean_dice (and their _sd)."""
+    metrics = {f"{score}_{name}": summary[score][name] for score in SCORES for name in STRUCTURES}
+    metrics["mean_dice"] = summary["mean_dice"]
+    sd = summary.get("sd") or {}
+    for score in SCORES:
+        metrics.update({f"{score}_{name}_sd": v for name, v in (sd.get(score) or {}).items() if v is not None})
+    if sd.get("mean_dice") is not None:
+        metrics["mean_dice_sd"] = sd["mean_dice"]
+    return metrics
+
+
+def _evaluate_checkpoint(checkpoint_path: Path, store: SliceStore, out: Path, cfg: Config,
+                         spacings: dict[str, tuple[float, float, float]], spacing_note: str,
+                         depths: dict[str, int], dev: torch.device) -> EvaluationSummary:
+    """Segment, restack and score every test subject with one checkpoint; write out/ and one MLflow run."""
+    mode = cfg.evaluation.eval_slices
+    network, checkpoint = load_segmenter(checkpoint_path, dev)
+    info = model_info(checkpoint, checkpoint_path)
+    test = store.indices("test")
+    subjects = sorted(set(store.subject[test].tolist()))
     rows: list[dict[str, Any]] = []
     filled = 0
-    tags = {"synthmri.train": str(model_info["train"]), "synthmri.arch": model_info["arch"],
-            "synthmri.augment": str(model_info["augment"]).lower(), "synthmri.model": name}
-    with stage_run(cfg, stage="evaluate-segmenter", experiment="evaluation", run_name=f"{name}-eval",
+    tags = {"synthmri.train": str(info["train"]), "synthmri.arch": info["arch"],
+            "synthmri.augment": str(info["augment"]).lower(), "synthmri.model": info["name"]}
+    with stage_run(cfg, stage="evaluate-segmenter", experiment="evaluation", run_name=f"{info['name']}-eval",
                    datasets={"real": store}, tags=tags) as run, \
-            StageMonitor("evaluate-segmenter", unit="subjects", total=len(subjects), instance=name) as monitor:
+            StageMonitor("evaluate-segmenter", unit="subjects", total=len(subjects), instance=info["name"]) as monitor:
         for number, subject in enumerate(subjects, start=1):
             positions = test[store.subject[test] == subject]
             slices = store.read(positions)
@@ -236,41 +318,117 @@ def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> Evalu
             except ValueError as exc:
                 raise StoreError(f"{store.path}: test subject {subject}: {exc}") from None
             filled += fill
-            for label in EVAL_LABELS:
-                value = LABEL_NAMES[label]
-                rows.append({"subject": subject, "label": label, "dice": dice(pred_volume, ref_volume, value),
-                             "hausdorff": hausdorff(pred_volume, ref_volume, value, spacing=spacing)})
+            for name, scores in score_volumes(pred_volume, ref_volume, spacings[subject]).items():
+                rows.append({"subject": subject, "structure": name, **scores})
             monitor.progress(number)
-        summary = {
-            "model": model_info,
-            "data_hash": store.content_hash,
-            "eval_slices": mode,
-            "subjects": len(subjects),
-            "dice": {k: float(np.mean([r["dice"] for r in rows if r["label"] == k])) for k in EVAL_LABELS},
-            "hausdorff": {k: float(np.mean([r["hausdorff"] for r in rows if r["label"] == k])) for k in EVAL_LABELS},
-        }
-        summary["mean_dice"] = float(np.mean(list(summary["dice"].values())))
+        summary = {"model": info, "data_hash": store.content_hash, "eval_slices": mode, "subjects": len(subjects),
+                   **_mean_scores(rows), "repeats": 1, "runs": []}
+        summary["mean_dice"] = float(np.mean([summary["dice"][k] for k in EVAL_LABELS]))
+        notes = [f"{filled} slices not in the store were scored as background (eval_slices=all)"] if filled else []
         _write_outputs(out, summary, rows)
-        if filled:
-            notes.append(f"{filled} slices not in the store were scored as background (eval_slices=all)")
-        mlflow.log_params({"eval.spacing_mm": ",".join(f"{v:g}" for v in spacing), "eval.spacing_source": spacing_note,
-                           "eval.filled_slices": filled})
-        mlflow.log_metrics({**{f"dice_{k}": v for k, v in summary["dice"].items()},
-                            **{f"hausdorff_{k}": v for k, v in summary["hausdorff"].items()},
-                            "mean_dice": summary["mean_dice"]})
+        mlflow.log_params({"eval.spacing_source": spacing_note[:500], "eval.filled_slices": filled})
+        mlflow.log_metrics(_metrics(summary))
         mlflow.log_artifact(str(out / "summary.json"))
         mlflow.log_artifact(str(out / "per_subject.csv"))
         run_id = run.info.run_id
-    return EvaluationSummary(summary=summary, per_subject=rows, spacing=spacing, spacing_note=spacing_note,
-                             filled_slices=filled, out=out, run_id=run_id, notes=notes)
+    return EvaluationSummary(summary=summary, per_subject=rows, spacing_note=spacing_note, filled_slices=filled,
+                             out=out, run_id=run_id, notes=notes)
+
+
+def aggregate_repeats(summaries: list[dict[str, Any]], runs: list[str]) -> dict[str, Any]:
+    """One summary of several repeats: each score's mean over repeats and its sample sd (ddof=1).
+
+    Args:
+        summaries: per-repeat summaries of the same model setting on the same data.
+        runs: where each per-repeat summary.json lies, relative to the aggregate's directory.
+
+    Raises:
+        ValueError: the repeats differ in anything but seed and name (architecture, data mix,
+            setting, test data or slice mode).
+    """
+    first = summaries[0]
+    fixed = ("arch", "train", "augment", "synthetic", "real_share")
+    for other in summaries[1:]:
+        differs = [k for k in fixed if other["model"].get(k) != first["model"].get(k)]
+        differs += [k for k in ("data_hash", "eval_slices", "subjects") if other[k] != first[k]]
+        if differs:
+            raise ValueError(f"repeats {first['model']['name']} and {other['model']['name']} differ in {differs}")
+
+    def spread(values: list[float]) -> float | None:
+        return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+    model = {**first["model"], "seeds": [s["model"]["seed"] for s in summaries],
+             "name": first["model"]["name"].rsplit("-s", 1)[0]}
+    summary: dict[str, Any] = {"model": model, "data_hash": first["data_hash"], "eval_slices": first["eval_slices"],
+                               "subjects": first["subjects"], "repeats": len(summaries), "runs": runs}
+    sd: dict[str, Any] = {}
+    for score in SCORES:
+        summary[score] = {k: float(np.mean([s[score][k] for s in summaries])) for k in STRUCTURES}
+        sd[score] = {k: spread([s[score][k] for s in summaries]) for k in STRUCTURES}
+    summary["mean_dice"] = float(np.mean([s["mean_dice"] for s in summaries]))
+    sd["mean_dice"] = spread([s["mean_dice"] for s in summaries])
+    summary["sd"] = sd
+    return summary
+
+
+def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> EvaluationSummary:
+    """Segment the test subjects of `data` with every repeat of `model`, score them in 3D and record it.
+
+    Args:
+        model: train-segmenter output directory (``model.pt``, or ``repeat-*/model.pt``)
+            or a ``model.pt``.
+        data: the real slice store; its ``test`` split is scored.
+        out: output directory: ``per_subject.csv`` (subject, structure, dice, hausdorff,
+            hausdorff95) and ``summary.json`` (model, data_hash, eval_slices, subjects, dice,
+            hausdorff, hausdorff95 per structure as means over subjects, mean_dice, repeats,
+            runs and, over repeats, sd). Several repeats write ``out/repeat-*/`` each.
+        cfg: ``evaluation`` (eval_slices, batch_size), ``data.pad_to`` and ``tracking``.
+
+    Returns:
+        The EvaluationSummary (of the aggregate when there are several repeats).
+
+    Raises:
+        FileNotFoundError: no checkpoint at `model`.
+        StoreError: the store is incomplete, has no test slices or a bad voxel spacing.
+    """
+    out = Path(out)
+    checkpoints = find_checkpoints(model)
+    store = SliceStore(data)
+    if len(store.indices("test")) == 0:
+        raise StoreError(f"{store.path}: no 'test' slices to evaluate")
+    spacings, spacing_note = subject_spacings(store, cfg.data.pad_to)
+    depths = subject_depths(store) if cfg.evaluation.eval_slices == "all" else {}
+    dev = device()
+    if len(checkpoints) == 1:
+        return _evaluate_checkpoint(checkpoints[0], store, out, cfg, spacings, spacing_note, depths, dev)
+
+    results = [_evaluate_checkpoint(path, store, out / path.parent.name, cfg, spacings, spacing_note, depths, dev)
+               for path in checkpoints]
+    runs = [f"{path.parent.name}/summary.json" for path in checkpoints]
+    summary = aggregate_repeats([r.summary for r in results], runs)
+    rows = [{"run": r.summary["model"]["name"], **row} for r in results for row in r.per_subject]
+    _write_outputs(out, summary, rows)
+    info = summary["model"]
+    with stage_run(cfg, stage="evaluate-segmenter", experiment="evaluation", run_name=f"{info['name']}-eval",
+                   datasets={"real": store}, tags={"synthmri.train": str(info["train"]), "synthmri.arch": info["arch"],
+                                                   "synthmri.augment": str(info["augment"]).lower(),
+                                                   "synthmri.repeats": str(len(results))}) as run:
+        mlflow.log_metrics(_metrics(summary))
+        mlflow.log_artifact(str(out / "summary.json"))
+        run_id = run.info.run_id
+    notes = sorted({n for r in results for n in r.notes})
+    return EvaluationSummary(summary=summary, per_subject=rows, spacing_note=spacing_note,
+                             filled_slices=sum(r.filled_slices for r in results), out=out, run_id=run_id, notes=notes)
 
 
 def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    columns = (("run",) if rows and "run" in rows[0] else ()) + PER_SUBJECT_COLUMNS
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=("subject", "label", "dice", "hausdorff"), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "dice": f"{row['dice']:.6f}", "hausdorff": f"{row['hausdorff']:.4f}"})
+        writer.writerow({**row, "dice": f"{row['dice']:.6f}", "hausdorff": f"{row['hausdorff']:.4f}",
+                         "hausdorff95": f"{row['hausdorff95']:.4f}"})
     atomic_write_text(out / "per_subject.csv", buffer.getvalue())
     atomic_write_json(out / "summary.json", summary)
     log.info("evaluation: %s", json.dumps({k: summary[k] for k in ("dice", "hausdorff", "mean_dice")}))

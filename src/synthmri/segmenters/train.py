@@ -1,18 +1,26 @@
-"""Train a segmenter on real, synthetic or mixed 2D slices (the ``train-segmenter`` stage).
+"""Train a segmenter on real, synthetic, mixed or ratio-mixed 2D slices (the ``train-segmenter`` stage).
 
 One plain loop: sample a batch (:mod:`synthmri.segmenters.data`), augment, z-score, one
 optimiser step of the architecture's recipe, and every ``val_every_samples`` a validation
 pass on the real store's ``val`` slices. The checkpoint with the best validation mean Dice
-(NCR, ED, ET) is kept as ``out/model.pt``; ``out/history.csv`` records each validation.
+(NCR, ED, ET) is kept as ``out/model.pt``; ``out/history.csv`` records each validation and
+``out/result.json`` marks the run finished.
+
+Repeats (:func:`train_repeats`, ``--repeats N``): N runs with seeds ``seed, seed + 1, ...``
+in ``out/repeat-00``, ``out/repeat-01``, ...; a repeat whose ``result.json`` records the same
+config and inputs is kept, so a killed sweep resumes at the first unfinished repeat.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +33,7 @@ from torch import nn
 
 from synthmri.config import Config, ConfigError, dump_config, to_dict
 from synthmri.data.store import SliceStore
-from synthmri.io import atomic_write_text
+from synthmri.io import atomic_write_json, atomic_write_text
 from synthmri.monitoring import StageMonitor
 from synthmri.segmenters import get_architecture
 from synthmri.segmenters.data import TRAIN_SOURCES, Augmenter, BatchSampler, prepare_batch, validation_batches
@@ -34,8 +42,10 @@ from synthmri.tracking import stage_run
 log = logging.getLogger(__name__)
 
 TUMOUR_CLASSES = (1, 2, 3)  # NCR/NET, ED, ET as class indices
+REPEAT_GLOB = "repeat-*"  # repeat directories of a --repeats run
 GRAD_CLIP = 12.0  # nnU-Net clips the gradient norm at 12; with momentum 0.99 early steps can spike
 HISTORY_COLUMNS = ("step", "samples", "loss", "val_dice", "lr", "seconds")
+RESULT_FILE = "result.json"  # written last: the run finished
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class TrainResult:
     name: str
     arch: str
     train: str
+    real_share: float | None
     augment: bool
     seed: int
     steps: int
@@ -123,20 +134,34 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+def run_name(arch: str, train: str, augment: bool, seed: int, real_share: float | None = None) -> str:
+    """``<arch>-<train>-<aug|orig>-s<seed>``; a ratio run's train reads ``ratio<percent real>``."""
+    source = f"ratio{round(real_share * 100):d}" if train == "ratio" else train
+    return f"{arch}-{source}-{'aug' if augment else 'orig'}-s{seed}"
+
+
+def _inputs(train: str, real: SliceStore | None, synthetic: Sequence[SliceStore], real_share: float | None) -> dict[str, Any]:
+    """What a finished run was trained on, as recorded in result.json (resume compares it)."""
+    return {"train": train, "real_share": real_share, "real": real.content_hash if real is not None else None,
+            "synthetic": [s.content_hash for s in synthetic]}
+
+
 def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: Path, cfg: Config,
-                    name: str | None = None) -> TrainResult:
+                    name: str | None = None, real_share: float | None = None) -> TrainResult:
     """Train one segmenter and keep its best checkpoint.
 
     Args:
         train: ``real`` (the real store's train split), ``synthetic`` (all slices of the
-            synthetic stores, pooled) or ``mixed`` (each element real or synthetic with
-            probability 1/2).
+            synthetic stores, pooled), ``mixed`` (each element real or synthetic with
+            probability 1/2) or ``ratio`` (a pool of ``segmenter.ratio_total`` slices, a
+            share `real_share` of them real).
         real: the real slice store; its ``val`` split validates every run, so without it a
             run cannot validate and keeps its last weights.
         synthetic: synthetic slice stores (an ensemble when several); ignored for ``real``.
         out: output directory: ``model.pt``, ``history.csv``, ``config.yaml``.
         cfg: the resolved config (``segmenter``, ``seed``, ``tracking``).
-        name: MLflow run name; default ``<arch>-<train>-<aug|orig>-s<seed>``.
+        name: MLflow run name; default :func:`run_name`.
+        real_share: ``ratio`` only: the share of real slices in the pool, in [0, 1].
 
     Returns:
         The TrainResult.
@@ -149,6 +174,9 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
     """
     if train not in TRAIN_SOURCES:
         raise ValueError(f"train must be one of {TRAIN_SOURCES}, got {train!r}")
+    if train == "ratio" and real_share is None:
+        raise ValueError("train='ratio' needs real_share (the share of real slices, 0 to 1)")
+    real_share = float(real_share) if train == "ratio" else None
     arch = get_architecture(cfg.segmenter.arch)
     section = arch.settings(cfg.segmenter)
     steps = section.train_samples // section.batch_size
@@ -157,7 +185,7 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
                           f"({section.batch_size})")
     val_every = max(1, section.val_every_samples // section.batch_size)
     augment, seed = cfg.segmenter.augment, cfg.seed
-    name = name or f"{arch.name}-{train}-{'aug' if augment else 'orig'}-s{seed}"
+    name = name or run_name(arch.name, train, augment, seed, real_share)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -173,7 +201,8 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
     sample_seed, augment_seed, torch_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(3))
     torch.manual_seed(torch_seed)
     dev = device()
-    sampler = BatchSampler(train, real_store, synthetic_stores, section.batch_size, sample_seed)
+    sampler = BatchSampler(train, real_store, synthetic_stores, section.batch_size, sample_seed, real_share=real_share,
+                           pool_size=cfg.segmenter.ratio_total if train == "ratio" else 0)
     augmenter = Augmenter(augment_seed, enabled=augment)
     model_args = arch.model_args(section)
     model = arch.build(**model_args).to(dev)
@@ -184,11 +213,14 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
     names = generator_names(synthetic_stores)
     checkpoint_path = out / "model.pt"
     base = {"arch": arch.name, "model_args": model_args, "config": to_dict(cfg), "train": train,
-            "synthetic": names, "seed": seed, "name": name}
+            "synthetic": names, "seed": seed, "name": name, "real_share": real_share}
     datasets = {"real": real_store} if real_store is not None else {}
     datasets.update({f"synthetic-{i}": s for i, s in enumerate(synthetic_stores)})
     tags = {"synthmri.train": train, "synthmri.arch": arch.name, "synthmri.augment": str(augment).lower(),
             "synthmri.synthetic": ",".join(names)}
+    if sampler.pool_counts is not None:
+        tags["synthmri.real_share"] = f"{real_share:g}"
+        log.info("%s: ratio pool of %d real + %d synthetic slices", name, *sampler.pool_counts)
     total = steps * section.batch_size
     log_every = max(1, min(50, val_every // 4))
     history: list[dict[str, Any]] = []
@@ -219,7 +251,9 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
 
     with stage_run(cfg, stage="train-segmenter", experiment="segmenters", run_name=name, datasets=datasets,
                    tags=tags) as run, StageMonitor("train-segmenter", unit="samples", total=total, instance=name) as monitor:
-        mlflow.log_params({"train.steps": steps, "train.val_every_steps": val_every, "train.device": str(dev)})
+        mlflow.log_params({"train.steps": steps, "train.val_every_steps": val_every, "train.device": str(dev),
+                           **({"train.real_share": real_share, "train.pool_real": sampler.pool_counts[0],
+                               "train.pool_synthetic": sampler.pool_counts[1]} if sampler.pool_counts else {})})
         start = time.monotonic()
         evaluate(0)  # the untrained baseline: every later validation is compared with it
         model.train()
@@ -258,8 +292,86 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
         mlflow.log_artifact(str(out / "history.csv"))
         run_id = run.info.run_id
 
-    result = TrainResult(out=out, checkpoint=checkpoint_path, name=name, arch=arch.name, train=train, augment=augment,
-                         seed=seed, steps=steps, samples=total, best_val_dice=best, best_step=best_step,
-                         seconds=seconds, step_seconds=step_seconds, run_id=run_id)
+    result = TrainResult(out=out, checkpoint=checkpoint_path, name=name, arch=arch.name, train=train,
+                         real_share=real_share, augment=augment, seed=seed, steps=steps, samples=total,
+                         best_val_dice=best, best_step=best_step, seconds=seconds, step_seconds=step_seconds,
+                         run_id=run_id)
+    record = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}
+    atomic_write_json(out / RESULT_FILE, {"result": record, "config": to_dict(cfg),
+                                          "inputs": _inputs(train, real_store, synthetic_stores, real_share)})
     log.info(result.summary())
     return result
+
+
+def _finished(out: Path, cfg: Config, inputs: dict[str, Any]) -> TrainResult | None:
+    """The TrainResult of a run in `out` that finished with this config and these inputs, else None."""
+    try:
+        record = json.loads((out / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    # Compared as JSON reads back (tuples as lists, label-map keys as strings).
+    expected = json.loads(json.dumps({"config": to_dict(cfg), "inputs": inputs}))
+    if {k: record.get(k) for k in expected} != expected or not (out / "model.pt").is_file():
+        return None
+    fields = record["result"]
+    return TrainResult(**{**fields, "out": Path(fields["out"]), "checkpoint": Path(fields["checkpoint"])})
+
+
+def _clear_stale_runs(out: Path, repeats: int) -> None:
+    """Remove what an earlier run with another repeat count left in `out`: evaluation reads
+    ``model.pt`` or every ``repeat-*``, so leftovers would be scored as part of this run."""
+    keep = {f"repeat-{n:02d}" for n in range(repeats)} if repeats > 1 else set()
+    for folder in sorted(out.glob(REPEAT_GLOB)):
+        if folder.is_dir() and folder.name not in keep:
+            log.warning("removing %s, left by an earlier run with more repeats", folder)
+            shutil.rmtree(folder)
+    if repeats > 1:
+        for leftover in ("model.pt", RESULT_FILE, "history.csv"):
+            if (out / leftover).exists():
+                log.warning("removing %s, left by an earlier single run", out / leftover)
+                (out / leftover).unlink()
+
+
+def train_repeats(train: str, real: Path | None, synthetic: list[Path], out: Path, cfg: Config,
+                  repeats: int | None = None, name: str | None = None,
+                  real_share: float | None = None) -> list[TrainResult]:
+    """Train `repeats` segmenters that differ only in their seed (the paper's repeated runs).
+
+    One repeat trains into `out` itself, as :func:`train_segmenter`; several train into
+    ``out/repeat-00``, ``out/repeat-01``, ... with seeds ``cfg.seed + i``. A run that
+    already finished with the same config and inputs (its ``result.json``) is not trained
+    again, so an interrupted sweep resumes.
+
+    Args:
+        train, real, synthetic, cfg, real_share: as :func:`train_segmenter`.
+        out: output directory.
+        repeats: number of seeds; default ``segmenter.repeats``.
+        name: run-name prefix; each repeat appends ``-s<seed>`` (default :func:`run_name`).
+
+    Returns:
+        One TrainResult per repeat, in seed order.
+
+    Raises:
+        ConfigError: `repeats` < 1; and whatever :func:`train_segmenter` raises.
+    """
+    repeats = cfg.segmenter.repeats if repeats is None else int(repeats)
+    if repeats < 1:
+        raise ConfigError(f"repeats must be at least 1, got {repeats}")
+    _clear_stale_runs(Path(out), repeats)
+    real_store = SliceStore(real) if real is not None else None
+    synthetic_stores = [SliceStore(p) for p in synthetic] if train != "real" else []
+    share = float(real_share) if train == "ratio" and real_share is not None else None
+    inputs = _inputs(train, real_store, synthetic_stores, share)
+    results = []
+    for number in range(repeats):
+        seeded = dataclasses.replace(cfg, seed=cfg.seed + number)
+        folder = Path(out) / f"repeat-{number:02d}" if repeats > 1 else Path(out)
+        done = _finished(folder, seeded, inputs)
+        if done is not None:
+            log.info("repeat %d/%d (seed %d) already finished in %s: kept", number + 1, repeats, seeded.seed, folder)
+            results.append(done)
+            continue
+        log.info("repeat %d/%d (seed %d) -> %s", number + 1, repeats, seeded.seed, folder)
+        label = name if repeats == 1 or not name else f"{name}-s{seeded.seed}"
+        results.append(train_segmenter(train, real, synthetic, folder, seeded, name=label, real_share=real_share))
+    return results
