@@ -6,13 +6,20 @@ All numbers come from one run on one machine, so only their ratios are meant to 
   scaled to all pairs: the full loop would take hours);
 - achieved GFLOP/s as a fraction of one plain ``torch.mm`` of the same shapes on already
   normalised float32 data (what centring, normalising, chunking and the max cost on top);
+- the ratio against faiss-cpu's exact ``IndexFlatIP`` search (k = 1) on the same centred,
+  normalised float32 vectors (index build + search; the normalisation is not timed for
+  faiss, so the comparison favours it), and whether both find the same nearest reference;
 - max absolute difference to a float64 reference on a subset of queries, and whether the
   argmax agrees.
 
 Usage::
 
-    python benchmarks/bench_memorization.py --out results/memorization.json
+    python benchmarks/bench_memorization.py --out benchmarks/results/memorization.json
     python benchmarks/bench_memorization.py --queries 200 --references 2000 --out /tmp/m.json
+
+Targets (issue 5): at least 100x the pearsonr loop, at least 1.0x faiss, at least 50% of the
+plain matmul rate. faiss-cpu is pinned in requirements-lock.txt; without it that ratio is
+reported as null.
 """
 
 from __future__ import annotations
@@ -70,6 +77,28 @@ def time_plain_mm(q: torch.Tensor, r: torch.Tensor, device: torch.device) -> flo
         return time.perf_counter() - start
 
 
+def normalised_float32(x: np.ndarray) -> np.ndarray:
+    """Centred, L2-normalised float32 rows (what faiss searches; zero-variance rows stay 0)."""
+    x = x.reshape(len(x), -1).astype(np.float32)
+    x -= x.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def time_faiss(q: np.ndarray, r: np.ndarray, threads: int) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """Seconds, max inner products and argmax of faiss IndexFlatIP (build + search, k=1); None without faiss."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    faiss.omp_set_num_threads(threads)
+    start = time.perf_counter()
+    index = faiss.IndexFlatIP(r.shape[1])
+    index.add(r)
+    values, args = index.search(q, 1)
+    return time.perf_counter() - start, values[:, 0].astype(np.float64), args[:, 0]
+
+
 def float64_reference(queries: np.ndarray, refs: np.ndarray, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Exact-ish max Pearson r and argmax in float64 (numpy), blocked over references."""
     def normalise(x: np.ndarray) -> np.ndarray:
@@ -91,8 +120,8 @@ def float64_reference(queries: np.ndarray, refs: np.ndarray, block: int = 2048) 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--queries", type=int, default=1000, help="synthetic (query) images")
-    parser.add_argument("--references", type=int, default=10000, help="training (reference) images")
+    parser.add_argument("--queries", type=int, default=2000, help="synthetic (query) images")
+    parser.add_argument("--references", type=int, default=20000, help="training (reference) images")
     parser.add_argument("--size", type=int, default=64, help="image height = width")
     parser.add_argument("--channels", type=int, default=5)
     parser.add_argument("--chunk-size", type=int, default=4096, help="query rows per product")
@@ -124,6 +153,10 @@ def main(argv: list[str] | None = None) -> dict:
         ours = min(ours, time.perf_counter() - start)
         plain = min(plain, time_plain_mm(q_float, r_float, device))
     del q_float, r_float
+    q_norm, r_norm = normalised_float32(queries), normalised_float32(refs)
+    faiss_runs = [time_faiss(q_norm, r_norm, torch.get_num_threads()) for _ in range(args.repeats)]
+    del q_norm, r_norm
+    faiss_seconds = min(run[0] for run in faiss_runs) if faiss_runs[0] is not None else None
     per_pair = time_pearsonr(queries, refs, args.pearsonr_pairs, args.seed)
     loop_estimate = per_pair * args.queries * args.references
 
@@ -138,19 +171,26 @@ def main(argv: list[str] | None = None) -> dict:
         "environment": {"torch": torch.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(),
                         "cpus": os.cpu_count(), "machine": platform.machine(),
                         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
-        "seconds": {"max_correlation": ours, "plain_torch_mm": plain, "pearsonr_per_pair": per_pair,
+        "seconds": {"max_correlation": ours, "plain_torch_mm": plain, "faiss_index_flat_ip": faiss_seconds,
+                    "pearsonr_per_pair": per_pair,
                     "pearsonr_loop_estimated": loop_estimate, "pearsonr_pairs_timed": args.pearsonr_pairs},
-        "gflops": {"max_correlation": flops / ours / 1e9, "plain_torch_mm": flops / plain / 1e9},
+        "gflops": {"max_correlation": flops / ours / 1e9, "plain_torch_mm": flops / plain / 1e9,
+                   "faiss_index_flat_ip": flops / faiss_seconds / 1e9 if faiss_seconds else None},
         "ratios": {
             "speedup_vs_pearsonr_loop": loop_estimate / ours,
+            "speed_vs_faiss": faiss_seconds / ours if faiss_seconds else None,
             "fraction_of_plain_mm_gflops": plain / ours,
         },
+        "targets": {"speedup_vs_pearsonr_loop": 100.0, "speed_vs_faiss": 1.0, "fraction_of_plain_mm_gflops": 0.5},
         "accuracy": {
             "queries_checked": check,
             "max_abs_diff_vs_float64": float(np.max(np.abs(corr[:check] - ref_corr))),
             "argmax_agreement": float(np.mean(arg[:check] == ref_arg)),
             "copies_found": int(np.sum(corr > 1 - 1e-5)),
             "copies_planted": len(range(0, args.queries, 50)),
+            "max_abs_diff_faiss_vs_ours": (float(np.max(np.abs(faiss_runs[0][1] - corr)))
+                                           if faiss_seconds else None),
+            "argmax_agreement_faiss": float(np.mean(faiss_runs[0][2] == arg)) if faiss_seconds else None,
         },
     }
     atomic_write_json(args.out, result)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -53,3 +55,24 @@ def phantom_store(tmp_path_factory: pytest.TempPathFactory, tiny_config: Config)
     write_phantom_dataset(root / "brats", tiny_config.phantom)
     prepare(root / "brats", root / "slices", tiny_config)
     return root / "slices"
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch single-threaded: the tiny test nets are overhead-bound, and two OpenMP
+    threads on a busy 2-core box (parallel test runs) are many times slower than one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """:func:`one_thread` as a fixture (``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    with one_thread():
+        yield

@@ -11,7 +11,7 @@ import pytest
 from synthmri.cli import build_parser, main
 
 VERBS = [
-    "phantom", "prepare", "train-generator", "generate", "evaluate-synthetic", "train-segmenter",
+    "phantom", "prepare", "train-generator", "generate", "evaluate-synthetic", "share", "train-segmenter",
     "evaluate-segmenter", "promote", "report", "summary", "pipeline",
 ]
 

@@ -93,8 +93,19 @@ def _evaluate_synthetic(args: argparse.Namespace) -> int:
     from synthmri.metrics.evaluate_synthetic import evaluate_synthetic
 
     cfg = _config(args)
-    summary = evaluate_synthetic(args.real, args.synthetic, args.out, cfg)
+    summary = evaluate_synthetic(args.real, args.synthetic, args.out, cfg, segmenter=args.segmenter)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def _share(args: argparse.Namespace) -> int:
+    from synthmri.metrics.share import share
+
+    if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold must be a correlation in [-1, 1], got {args.threshold}")
+    cfg = _config(args)
+    result = share(args.synthetic, args.real, args.out, cfg, threshold=args.threshold)
+    print(result.summary())
     return 0
 
 
@@ -235,10 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="synthetic slice store directory")
     p.add_argument("--seed", type=int, help="sampling seed; same seed, same bytes on CPU")
 
-    p = verb("evaluate-synthetic", _evaluate_synthetic, "Memorization of synthetic slices against the training slices.")
+    p = verb("evaluate-synthetic", _evaluate_synthetic,
+             "Memorization against every training slice; FID/IS and in-domain FD, KID, precision/recall.")
     p.add_argument("--real", type=Path, required=True, help="real slice store (train split is the reference)")
     p.add_argument("--synthetic", type=Path, required=True, help="synthetic slice store")
     p.add_argument("--out", type=Path, required=True, help="output directory (memorization.csv, summary.json)")
+    p.add_argument("--segmenter", type=Path, help="segmenter trained on real slices (train-segmenter output): "
+                   "its features give the in-domain metrics; without it they are skipped")
+
+    p = verb("share", _share, "A shareable synthetic store: every near-copy of a training slice removed, with reasons.")
+    p.add_argument("--synthetic", type=Path, required=True, help="synthetic slice store")
+    p.add_argument("--real", type=Path, required=True,
+                   help="real slice store (train split: what must not leak; test split: the baseline)")
+    p.add_argument("--out", type=Path, required=True, help="directory of the shareable store (removed.csv, share_report.json)")
+    p.add_argument("--threshold", type=float, help="remove slices with max r above this (default: "
+                   "memorization.share_threshold, else the baseline's maximum)")
 
     p = verb("train-segmenter", _train_segmenter, "Train segmentation networks on real, synthetic or mixed slices.")
     p.add_argument("--arch", choices=SEGMENTER_ARCHS, help="segmentation architecture (profile: segmenter.arch)")

@@ -256,6 +256,29 @@ class MemorizationConfig:
     chunk_size: int = 4096  # rows of the synthetic/query matrix per matmul block
     threshold: float = 0.95  # a synthetic slice with max Pearson r above this is a near-copy
     top_k: int = 8  # nearest pairs shown in the report
+    # Also match copies shifted by up to this many pixels ((2s+1)^2 times the work);
+    # 0 is the paper's pixel-aligned statistic.
+    max_shift: int = 2
+    per_channel: bool = False  # also score each channel on its own (memorization_per_channel.csv)
+    # `share` removes synthetic slices above this r; null: above the baseline's maximum,
+    # i.e. closer to a training slice than any held-out real patient came.
+    share_threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Distribution metrics of synthetic slices: FID/IS (InceptionV3) and in-domain ones."""
+
+    # FID-Inception weights (pt_inception-2015-12-05): a file, s3:// URI or MLflow artifact
+    # URI. Nothing is downloaded: without it FID and IS are skipped (and say so).
+    inception_weights: str | None = None
+    inception_channels: tuple[str, str, str] = ("t1ce", "t2", "flair")  # fed as R, G, B
+    is_splits: int = 10
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    pr_k: int = 3  # neighbours defining the precision/recall manifolds
+    max_images: int = 10_000  # per set, a seeded subset (the paper's sets are 100k synthetic)
+    batch_size: int = 64
 
 
 @dataclass(frozen=True)
@@ -290,6 +313,7 @@ class Config:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -499,6 +523,17 @@ def _validate(config: Config) -> None:
     if len(swin.depths) != len(swin.num_heads):
         raise ConfigError(f"segmenter.swin.depths {list(swin.depths)} and num_heads {list(swin.num_heads)} "
                           "need one entry per stage")
+    mem = config.memorization
+    if mem.max_shift < 0:
+        raise ConfigError(f"memorization.max_shift must be 0 or more, got {mem.max_shift}")
+    if mem.share_threshold is not None and not -1.0 <= mem.share_threshold <= 1.0:
+        raise ConfigError(f"memorization.share_threshold must be a correlation in [-1, 1] or null, got {mem.share_threshold}")
+    quality = config.quality
+    unknown = [c for c in quality.inception_channels if c not in ("t1", "t1ce", "t2", "flair", "seg")]
+    if unknown:
+        raise ConfigError(f"quality.inception_channels: unknown channel(s) {unknown}; use t1, t1ce, t2, flair, seg")
+    if quality.max_images < 2 or quality.pr_k < 1 or quality.is_splits < 1:
+        raise ConfigError("quality.max_images must be at least 2, quality.pr_k and quality.is_splits at least 1")
     if config.evaluation.eval_slices not in ("filtered", "all"):
         raise ConfigError(f"evaluation.eval_slices must be filtered or all, got {config.evaluation.eval_slices!r}")
 

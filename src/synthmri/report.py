@@ -286,6 +286,21 @@ def _memorization_blocks(path: Path) -> list[Block]:
         _, base, _ = read_memorization_csv(directory / "memorization_baseline.csv")
         png = plot_histogram(syn, base, float(summary["threshold"]), "memorization")
     blocks.append(("img", "memorization_hist.png", "Max-correlation distributions: synthetic vs real test", png))
+    quality = summary.get("quality") or {}
+    cells = []
+    for section, title, keys in (("inception", "ImageNet Inception", ("fid", "is_mean", "is_real_mean")),
+                                 ("in_domain", "in-domain (segmenter features)",
+                                  ("frechet_distance", "kid", "precision", "recall"))):
+        values = quality.get(section)
+        if values:
+            shown = ", ".join(f"{k} {values[k]:.4g}" for k in keys if values.get(k) is not None)
+            cells.append([title, values["status"], shown or values.get("reason", "")])
+    if cells:
+        blocks.append(("table", ["features", "status", "metrics"], cells))
+    pairs = directory / "memorization_pairs.png"
+    if pairs.is_file():
+        blocks.append(("img", "memorization_pairs.png", "Closest synthetic slices beside their nearest training slices",
+                       pairs.read_bytes()))
     if summary.get("nearest"):
         blocks.append(("table", ["synthetic slice", "nearest training slice", "r"],
                        [[n["slice_id"], n["train_slice_id"], f"{n['max_corr']:.4f}"] for n in summary["nearest"]]))

@@ -9,6 +9,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from conftest import one_thread  # noqa: F401  (re-exported for the generator tests)
+
 from synthmri.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,20 +91,6 @@ def private_mlflow(root: Path) -> Iterator[str]:
         finally:
             mlflow.set_tracking_uri(None)
             mlflow.set_registry_uri(None)
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch single-threaded: the tiny test nets are overhead-bound, and two OpenMP
-    threads on a busy 2-core box (parallel test runs) are many times slower than one."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def grow(level: int, alpha: float, *networks: object) -> None:

@@ -101,7 +101,60 @@ def test_evaluate_synthetic_outputs(stores, tmp_path, tiny_config, registry):
     assert "baseline_p99" in run.data.metrics and "memorization_p99" in run.data.metrics
     assert run.data.tags["synthmri.data.synthetic"] == summary["synthetic_hash"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"memorization.csv", "memorization_baseline.csv", "memorization_hist.png"} <= artifacts
+    assert {"memorization.csv", "memorization_baseline.csv", "memorization_hist.png", "memorization_pairs.png"} <= artifacts
+
+    # No Inception weights and no segmenter: both metric families say they were skipped, and why.
+    assert summary["quality"]["inception"]["status"] == "skipped"
+    assert "quality.inception_weights" in summary["quality"]["inception"]["reason"]
+    assert summary["quality"]["in_domain"]["status"] == "skipped"
+    assert run.data.tags["synthmri.inception"] == "skipped" and "synthmri.inception.reason" in run.data.tags
+    assert "fid" not in run.data.metrics and "fid" not in flat
+
+
+def _untrained_unet(path: Path, cfg) -> Path:
+    from synthmri.config import to_dict
+    from synthmri.segmenters import get_architecture
+    from synthmri.segmenters.train import save_checkpoint
+
+    arch = get_architecture("unet")
+    args = {**arch.model_args(arch.settings(cfg.segmenter)), "filters": [8, 16, 32], "deep_supervision_heads": 1}
+    save_checkpoint(path / "model.pt", {"arch": "unet", "model_args": args, "state_dict": arch.build(**args).state_dict(),
+                                        "config": to_dict(cfg), "train": "real", "synthetic": [], "seed": 0})
+    return path
+
+
+def test_in_domain_metrics_and_per_channel_scores(stores, tmp_path, tiny_config, registry):
+    from dataclasses import replace
+
+    from synthmri.metrics.distribution import frechet_distance
+
+    real, syn, _ = stores
+    cfg = replace(tiny_config, memorization=replace(tiny_config.memorization, per_channel=True),
+                  quality=replace(tiny_config.quality, kid_subsets=5, kid_subset_size=8, pr_k=2))
+    segmenter = _untrained_unet(tmp_path / "seg", cfg)
+    flat = evaluate_synthetic(real, syn, tmp_path / "mem", cfg, segmenter=segmenter)
+    summary = json.loads((tmp_path / "mem" / "summary.json").read_text())
+    domain = summary["quality"]["in_domain"]
+    assert domain["status"] == "computed" and domain["arch"] == "unet" and domain["feature_dim"] == 32
+    assert summary["quality"]["real_images"] == 20 and summary["quality"]["synthetic_images"] == 12
+    assert np.isfinite(domain["frechet_distance"]) and domain["frechet_distance"] >= 0
+    assert 0 <= domain["precision"] <= 1 and 0 <= domain["recall"] <= 1 and domain["k"] == 2
+    assert flat["in_domain_fd"] == pytest.approx(domain["frechet_distance"])
+
+    # The same number from the features computed here, independently of the stage.
+    from synthmri.data.store import SliceStore
+    from synthmri.metrics.features import load_feature_network, segmenter_features
+
+    model, arch = load_feature_network(segmenter)
+    real_store, syn_store = SliceStore(real), SliceStore(syn)
+    a = segmenter_features(model, arch, real_store.read(real_store.indices("train")))
+    b = segmenter_features(model, arch, syn_store.read(syn_store.indices()))
+    assert domain["frechet_distance"] == pytest.approx(frechet_distance(a, b), rel=1e-6)
+
+    rows = read_csv(tmp_path / "mem" / "memorization_per_channel.csv")
+    assert list(rows[0]) == ["slice_id", "max_corr_t1", "max_corr_t1ce", "max_corr_t2", "max_corr_flair", "max_corr_seg"]
+    for syn_pos in COPIED:  # a copy is a copy in every channel
+        assert all(float(v) == pytest.approx(1.0, abs=1e-5) for k, v in rows[syn_pos].items() if k != "slice_id")
 
 
 def test_store_without_test_split_is_refused(stores, tmp_path, tiny_config, registry):
@@ -111,3 +164,28 @@ def test_store_without_test_split_is_refused(stores, tmp_path, tiny_config, regi
         writer.add(random_slices(rng, 4), [SliceRow(f"r{i}", "s", i, "train") for i in range(4)])
     with pytest.raises(StoreError, match="'test' split"):
         evaluate_synthetic(tmp_path / "train_only", syn, tmp_path / "o", tiny_config)
+
+
+def test_fid_and_is_with_weights_from_a_file(stores, tmp_path, tiny_config, registry):
+    """Random Inception weights stand in for the real file: the wiring, not the values, is tested here."""
+    from dataclasses import replace
+
+    import torch
+
+    from synthmri.metrics.inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pth"
+    torch.save(FIDInceptionV3().state_dict(), weights)
+    real, syn, _ = stores
+    cfg = replace(tiny_config, quality=replace(tiny_config.quality, inception_weights=str(weights), max_images=3))
+    flat = evaluate_synthetic(real, syn, tmp_path / "mem", cfg)
+    inception = json.loads((tmp_path / "mem" / "summary.json").read_text())["quality"]["inception"]
+    assert inception["status"] == "computed" and inception["channels"] == ["t1ce", "t2", "flair"]
+    assert np.isfinite(inception["fid"]) and inception["fid"] >= -1e-6
+    assert inception["is_mean"] >= 1.0 - 1e-9 and inception["is_splits"] == 3
+    assert flat["fid"] == pytest.approx(inception["fid"]) and flat["inception_score"] == pytest.approx(inception["is_mean"])
+
+    missing = replace(cfg, quality=replace(cfg.quality, inception_weights=str(tmp_path / "nowhere.pth")))
+    with pytest.raises(ValueError, match="nowhere.pth"):
+        evaluate_synthetic(real, syn, tmp_path / "mem2", missing)

@@ -151,3 +151,35 @@ def test_slices_with_flat_background_stay_exact():
     assert_matches((corr, arg), queries, refs)
     np.testing.assert_allclose(corr[:-1], 1.0, rtol=0, atol=5e-6)
     np.testing.assert_array_equal(arg[:-1], np.arange(len(refs))[::-1])
+
+
+def test_shift_search_equals_a_brute_force_over_windows():
+    """max_shift = s: the highest r over references and the (2s+1)^2 query windows, by np.corrcoef."""
+    rng = np.random.default_rng(11)
+    refs = rng.integers(0, 256, (7, 2, 12, 12), dtype=np.uint8)
+    queries = np.concatenate([rng.integers(0, 256, (3, 2, 12, 12), dtype=np.uint8),
+                              np.roll(refs[[4]], (1, -2), axis=(2, 3))])  # a copy moved by (1, -2)
+    s = 2
+    expected = np.full(len(queries), -np.inf)
+    argmax = np.zeros(len(queries), dtype=int)
+    for i, query in enumerate(queries):
+        for dy in range(-s, s + 1):
+            for dx in range(-s, s + 1):
+                window = query[:, s + dy:12 - s + dy, s + dx:12 - s + dx].ravel().astype(float)
+                for j, ref in enumerate(refs):
+                    r = np.corrcoef(window, ref[:, s:12 - s, s:12 - s].ravel().astype(float))[0, 1]
+                    if r > expected[i]:
+                        expected[i], argmax[i] = r, j
+    corr, index = max_correlation(queries, refs, max_shift=s, chunk_size=2, reference_chunk_size=3)
+    assert np.allclose(corr, expected, atol=1e-5) and np.array_equal(index, argmax)
+    assert corr[-1] == pytest.approx(1.0, abs=1e-6) and index[-1] == 4
+    aligned, _ = max_correlation(queries[-1:], refs)
+    assert aligned[0] < 0.5  # pixel-aligned, the moved copy looks like noise
+
+
+def test_shift_search_rejects_impossible_shifts():
+    images = np.zeros((2, 1, 8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match="max_shift must be in 0..3 for 8x8 images, got 4"):
+        max_correlation(images, images, max_shift=4)
+    with pytest.raises(ValueError, match="max_shift needs images"):
+        max_correlation(np.zeros((2, 10)), np.zeros((2, 10)), max_shift=1)

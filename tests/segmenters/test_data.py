@@ -9,8 +9,16 @@ import torch
 from synthmri.data.labels import values_to_classes
 from synthmri.data.store import SliceStore, StoreError
 from synthmri.segmenters.data import (
-    REAL, SYNTHETIC, Augmenter, BatchSampler, prepare_batch, ratio_pool, ratio_schedule, to_tensors,
-    validation_batches, zscore,
+    REAL,
+    SYNTHETIC,
+    Augmenter,
+    BatchSampler,
+    prepare_batch,
+    ratio_pool,
+    ratio_schedule,
+    to_tensors,
+    validation_batches,
+    zscore,
 )
 
 from . import write_blob_store

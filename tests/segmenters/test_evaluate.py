@@ -15,8 +15,15 @@ from synthmri.data.labels import STRUCTURES
 from synthmri.data.store import SliceStore, StoreError
 from synthmri.segmenters import evaluate as evaluation
 from synthmri.segmenters import get_architecture
-from synthmri.segmenters.evaluate import (aggregate_repeats, evaluate_segmenter, find_checkpoints, load_segmenter,
-                                          restack, subject_spacings, volume_spacing)
+from synthmri.segmenters.evaluate import (
+    aggregate_repeats,
+    evaluate_segmenter,
+    find_checkpoints,
+    load_segmenter,
+    restack,
+    subject_spacings,
+    volume_spacing,
+)
 from synthmri.segmenters.train import save_checkpoint
 
 from . import blob_volume, write_blob_store

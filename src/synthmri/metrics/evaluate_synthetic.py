@@ -12,6 +12,11 @@ Outputs in ``out``::
     memorization_baseline.csv   same columns, one row per real test slice
     summary.json                distributions, threshold, generator, store hashes, run id
     memorization_hist.png       both distributions and the threshold
+    memorization_pairs.png      the top-k synthetic slices beside their nearest training slices
+    memorization_per_channel.csv  slice_id, max_corr_<channel>... (memorization.per_channel only)
+
+Correlations use the shift search of ``memorization.max_shift`` (copies moved by a pixel or
+two score as copies; 0 is the paper's pixel-aligned statistic).
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from synthmri.config import Config
-from synthmri.data.store import SliceStore, StoreError
-from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_stage_summary
+from synthmri.data.store import CHANNELS, SliceStore, StoreError
+from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable, read_stage_summary
 from synthmri.monitoring import StageMonitor
 
 log = logging.getLogger(__name__)
@@ -35,7 +40,8 @@ STAGE = "evaluate-synthetic"
 CSV_COLUMNS = ("slice_id", "max_corr", "train_slice_id")
 
 
-def _device() -> str:
+def memorization_device() -> str:
+    """Where the correlation products run: the GPU when there is one."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,6 +73,14 @@ def read_memorization_csv(path: Path) -> tuple[list[str], np.ndarray, list[str]]
     return [r[0] for r in rows], np.asarray([float(r[1]) for r in rows], dtype=np.float64), [r[2] for r in rows]
 
 
+def figure_png(fig: Any) -> bytes:
+    """PNG bytes of a matplotlib figure (laid out tightly); the caller closes it."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def plot_histogram(synthetic: np.ndarray, baseline: np.ndarray, threshold: float, title: str) -> bytes:
     """PNG bytes of both max-correlation distributions (density) with the threshold marked."""
     import matplotlib
@@ -88,12 +102,38 @@ def plot_histogram(synthetic: np.ndarray, baseline: np.ndarray, threshold: float
         ax.set_ylabel("density")
         ax.set_title(title)
         ax.legend(loc="upper left", fontsize=8)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
+        return figure_png(fig)
     finally:
         plt.close(fig)
-    return buffer.getvalue()
+
+
+def plot_pairs(pairs: list[tuple[str, np.ndarray, str, np.ndarray, float]]) -> bytes:
+    """PNG bytes: per row a synthetic slice and its nearest training slice, side by side.
+
+    Args:
+        pairs: (synthetic id, synthetic slice uint8 [5, H, W], training id, training slice, r).
+            Each side shows T1Gd, FLAIR and the annotation (the channels a reader compares first).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = (("T1Gd", 1), ("FLAIR", 3), ("labels", 4))
+    fig, axes = plt.subplots(len(pairs), 6, figsize=(6 * 1.3, len(pairs) * 1.45), squeeze=False, dpi=100)
+    try:
+        for row, (syn_id, syn, train_id, train, r) in enumerate(pairs):
+            for side, (image, name) in enumerate(((syn, syn_id), (train, train_id))):
+                for column, (title, channel) in enumerate(shown):
+                    ax = axes[row, 3 * side + column]
+                    ax.imshow(image[channel], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+                    ax.set_xticks([]), ax.set_yticks([])
+                    if row == 0:
+                        ax.set_title(f"{'synthetic' if side == 0 else 'nearest training'}\n{title}", fontsize=7)
+                axes[row, 3 * side].set_ylabel(f"{name}" + (f"\nr = {r:.4f}" if side == 0 else ""), fontsize=6)
+        return figure_png(fig)
+    finally:
+        plt.close(fig)
 
 
 def _nearest_pairs(slice_ids: np.ndarray, max_corr: np.ndarray, train_ids: np.ndarray, k: int) -> list[dict[str, Any]]:
@@ -102,7 +142,8 @@ def _nearest_pairs(slice_ids: np.ndarray, max_corr: np.ndarray, train_ids: np.nd
     return [{"slice_id": str(slice_ids[i]), "train_slice_id": str(train_ids[i]), "max_corr": float(max_corr[i])} for i in order]
 
 
-def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config) -> dict[str, float | int]:
+def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config,
+                       segmenter: Path | None = None) -> dict[str, float | int]:
     """Score every synthetic slice (and the real test slices) against the training slices.
 
     Args:
@@ -110,7 +151,10 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config) -> d
             baseline.
         synthetic: synthetic slice store (all its slices are scored).
         out: output directory (see the module docstring).
-        cfg: resolved config; uses ``memorization.chunk_size`` and ``memorization.threshold``.
+        cfg: resolved config: ``memorization`` (chunk_size, threshold, max_shift,
+            per_channel, top_k) and ``quality`` (see :mod:`synthmri.metrics.quality`).
+        segmenter: a train-segmenter output trained on real slices, whose features give the
+            in-domain metrics; None skips them (and says so).
 
     Returns:
         Flat summary: ``synthetic_<stat>`` and ``baseline_<stat>`` for stat in mean, median,
@@ -123,6 +167,7 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config) -> d
     import mlflow
 
     from synthmri.metrics.memorization import max_correlation, summarize
+    from synthmri.metrics.quality import mlflow_metrics, quality_metrics
     from synthmri.tracking import stage_run
 
     real_store, syn_store = SliceStore(Path(real)), SliceStore(Path(synthetic))
@@ -141,18 +186,23 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config) -> d
     mem = cfg.memorization
     generator = syn_store.manifest.get("generator") or {}
     generator_name = str(generator.get("name") or "synthetic")
-    device = _device()
+    device = memorization_device()
     log.info("memorization of %d synthetic and %d test slices against %d training slices on %s",
              len(syn_store), len(test), len(train), device)
 
+    # Distribution metrics first: a bad weights URI or segmenter fails before the long search.
+    quality = quality_metrics(real_store, syn_store, cfg, segmenter, device)
     total = len(syn_store) + len(test)
     with StageMonitor(STAGE, unit="images", total=total) as monitor:
         syn_corr, syn_arg = max_correlation(
-            syn_store, (real_store, train), mem.chunk_size, device=device,
+            syn_store, (real_store, train), mem.chunk_size, max_shift=mem.max_shift, device=device,
             progress=lambda done, _: monitor.progress(done))
         base_corr, base_arg = max_correlation(
-            (real_store, test), (real_store, train), mem.chunk_size, device=device,
+            (real_store, test), (real_store, train), mem.chunk_size, max_shift=mem.max_shift, device=device,
             progress=lambda done, _: monitor.progress(len(syn_store) + done))
+        if mem.per_channel:  # each channel on its own: which sequence (or the annotation) was copied
+            channel_corr, _ = max_correlation(syn_store, (real_store, train), mem.chunk_size, per_channel=True,
+                                              max_shift=mem.max_shift, device=device)
 
     train_ids = real_store.slice_id[train]
     syn_train_ids = train_ids[syn_arg]
@@ -160,12 +210,28 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config) -> d
     write_memorization_csv(out / "memorization_baseline.csv", real_store.slice_id[test], base_corr, train_ids[base_arg])
     png = plot_histogram(syn_corr, base_corr, mem.threshold, f"memorization: {generator_name}")
     atomic_write_bytes(out / "memorization_hist.png", png)
+    top = np.argsort(-syn_corr, kind="stable")[: mem.top_k]
+    nearest_train = train[syn_arg[top]]
+    pairs = [(str(syn_store.slice_id[i]), s, str(real_store.slice_id[t]), r, float(syn_corr[i]))
+             for i, s, t, r in zip(top, syn_store.read(top), nearest_train, real_store.read(nearest_train))]
+    # SliceStore.read returns rows in the order asked for, so pairs line up.
+    atomic_write_bytes(out / "memorization_pairs.png", plot_pairs(pairs))
+    artifacts = ["memorization.csv", "memorization_baseline.csv", "memorization_hist.png", "memorization_pairs.png"]
+    if mem.per_channel:
+        buffer = io.StringIO()
+        table = csv.writer(buffer, lineterminator="\n")
+        table.writerow(["slice_id", *(f"max_corr_{c}" for c in CHANNELS)])
+        for slice_id, values in zip(syn_store.slice_id, channel_corr):
+            table.writerow([slice_id, *(f"{v:.8f}" for v in values)])
+        atomic_write_text(out / "memorization_per_channel.csv", buffer.getvalue())
+        artifacts.append("memorization_per_channel.csv")
 
     syn_summary, base_summary = summarize(syn_corr, mem.threshold), summarize(base_corr, mem.threshold)
     summary: dict[str, Any] = {
         "synthetic": syn_summary,
         "baseline": base_summary,
         "threshold": mem.threshold,
+        "max_shift": mem.max_shift,
         "generator": syn_store.manifest.get("generator"),
         "real_hash": real_store.content_hash,
         "synthetic_hash": syn_store.content_hash,
@@ -189,15 +255,22 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config) -> d
                    datasets={"real": real_store, "synthetic": syn_store},
                    tags={"synthmri.generator": generator_name}) as run:
         summary["mlflow_run_id"] = run.info.run_id
+        summary["quality"] = jsonable(quality)
+        metrics.update(mlflow_metrics(quality))
+        for section in ("inception", "in_domain"):
+            mlflow.set_tag(f"synthmri.{section}", quality[section]["status"])
+            if quality[section]["status"] == "skipped":
+                mlflow.set_tag(f"synthmri.{section}.reason", quality[section]["reason"][:500])
         atomic_write_json(out / "summary.json", summary)
         mlflow.log_metrics(metrics)
-        for name in ("memorization.csv", "memorization_baseline.csv", "memorization_hist.png", "summary.json"):
+        for name in (*artifacts, "summary.json"):
             mlflow.log_artifact(str(out / name))
 
     flat: dict[str, float | int] = {}
     for prefix, stats in (("synthetic", syn_summary), ("baseline", base_summary)):
         flat.update({f"{prefix}_{key}": value for key, value in stats.items()})
     flat["threshold"] = float(mem.threshold)
+    flat.update(mlflow_metrics(quality))
     return flat
 
 

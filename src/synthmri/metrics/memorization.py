@@ -19,6 +19,14 @@ columns, so no float32 running sum gets long. The result agrees with a float64
 Zero-variance images (e.g. an all-black slice) have no defined Pearson r; here their
 correlation with anything is 0, so they can never look like a copy and a constant
 reference never wins over a positively correlated one.
+
+Shifted copies (``max_shift`` > 0): a generator can reproduce a training slice moved by a
+pixel or two, which pixel-aligned Pearson r misses. With ``max_shift = s`` every reference
+is cut to its centre ``[s:H-s, s:W-s]`` and every query is compared through each of the
+``(2s + 1)^2`` windows of that size within ``s`` pixels of the centre; the statistic is
+the highest r over references and windows. A query that is a reference shifted by up to
+``s`` pixels then scores r = 1 on the window that undoes the shift. It costs
+``(2s + 1)^2`` times the products of ``s = 0``, the published statistic.
 """
 
 from __future__ import annotations
@@ -131,9 +139,30 @@ def _similarities(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return total
 
 
+Window = tuple[slice, slice] | None  # rows and columns of each image that enter the vector
+
+
+def shift_windows(height: int, width: int, max_shift: int) -> tuple[Window, list[Window]]:
+    """The reference window and the query windows of a shift search (see the module docstring).
+
+    Raises:
+        ValueError: `max_shift` negative or leaving no pixels.
+    """
+    if max_shift < 0 or 2 * max_shift >= min(height, width):
+        raise ValueError(f"max_shift must be in 0..{(min(height, width) - 1) // 2} for {height}x{width} images, "
+                         f"got {max_shift}")
+    if max_shift == 0:
+        return None, [None]
+    s = max_shift
+    reference = (slice(s, height - s), slice(s, width - s))
+    queries = [(slice(s + dy, height - s + dy), slice(s + dx, width - s + dx))
+               for dy in range(-s, s + 1) for dx in range(-s, s + 1)]
+    return reference, queries
+
+
 def _prepare(chunk: np.ndarray, channels: list[int] | None, device: torch.device, what: str,
-             buffer: torch.Tensor | None = None) -> torch.Tensor:
-    """Select channels, flatten, centre and L2-normalise each row (float32 on `device`).
+             buffer: torch.Tensor | None = None, window: Window = None) -> torch.Tensor:
+    """Select channels and window, flatten, centre and L2-normalise each row (float32 on `device`).
 
     With `buffer` (float32 [>= n, d] on `device`) the result is written into its first rows:
     reusing one buffer per side saves the page faults of a fresh allocation per chunk, which
@@ -141,6 +170,8 @@ def _prepare(chunk: np.ndarray, channels: list[int] | None, device: torch.device
     """
     if channels is not None:
         chunk = chunk[:, channels]
+    if window is not None:
+        chunk = chunk[:, :, window[0], window[1]]
     # Move the raw (often uint8) bytes first: 4x less traffic to a GPU than float32.
     chunk = np.ascontiguousarray(chunk).reshape(len(chunk), -1)
     if not chunk.flags.writeable:  # a read-only memmap view: torch wants writable memory
@@ -184,33 +215,43 @@ def _max_correlation_one(
     device: torch.device,
     cache_bytes: int,
     progress: Callable[[int, int], None] | None,
+    max_shift: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     n_queries, n_refs = len(queries), len(references)
     best_all = np.empty(n_queries, dtype=np.float64)
     index_all = np.empty(n_queries, dtype=np.int64)
-    d = int(np.prod(references.item_shape[1:])) * len(channels) if channels is not None else int(np.prod(references.item_shape))
-    use_cache = n_queries > chunk_size and n_refs * d * 4 <= cache_bytes
+    shape = references.item_shape
+    if len(shape) == 1:
+        r_window, q_windows = None, [None]
+        d = shape[0]
+    else:
+        r_window, q_windows = shift_windows(shape[1], shape[2], max_shift)
+        d = (shape[1] - 2 * max_shift) * (shape[2] - 2 * max_shift) * (len(channels) if channels is not None else shape[0])
+    use_cache = (n_queries > chunk_size or len(q_windows) > 1) and n_refs * d * 4 <= cache_bytes
     cache: dict[int, torch.Tensor] = {}
     q_buffer = torch.empty((min(chunk_size, n_queries), d), dtype=torch.float32, device=device)
     r_buffer = None if use_cache else torch.empty((min(reference_chunk_size, n_refs), d), dtype=torch.float32, device=device)
     for q_start in range(0, n_queries, chunk_size):
         q_stop = min(q_start + chunk_size, n_queries)
-        q = _prepare(queries.read(q_start, q_stop), channels, device, queries.what, q_buffer)
+        raw = queries.read(q_start, q_stop)
         best = torch.full((q_stop - q_start,), -torch.inf, dtype=torch.float64, device=device)
         index = torch.zeros(q_stop - q_start, dtype=torch.int64, device=device)
-        for r_start in range(0, n_refs, reference_chunk_size):
-            r = cache.get(r_start)
-            if r is None:
-                r_stop = min(r_start + reference_chunk_size, n_refs)
-                r = _prepare(references.read(r_start, r_stop), channels, device, references.what, r_buffer)
-                if use_cache:
-                    cache[r_start] = r
-            block_max, block_arg = _similarities(q, r).max(dim=1)
-            block_max = block_max.double()  # best is float64: exact to compare and to return
-            # Strictly greater: on ties the earlier reference keeps the argmax, like np.argmax.
-            better = block_max > best
-            best = torch.where(better, block_max, best)
-            index = torch.where(better, block_arg + r_start, index)
+        for q_window in q_windows:  # one window without a shift search
+            q = _prepare(raw, channels, device, queries.what, q_buffer, q_window)
+            for r_start in range(0, n_refs, reference_chunk_size):
+                r = cache.get(r_start)
+                if r is None:
+                    r_stop = min(r_start + reference_chunk_size, n_refs)
+                    r = _prepare(references.read(r_start, r_stop), channels, device, references.what, r_buffer,
+                                 r_window)
+                    if use_cache:
+                        cache[r_start] = r
+                block_max, block_arg = _similarities(q, r).max(dim=1)
+                block_max = block_max.double()  # best is float64: exact to compare and to return
+                # Strictly greater: on ties the earlier reference keeps the argmax, like np.argmax.
+                better = block_max > best
+                best = torch.where(better, block_max, best)
+                index = torch.where(better, block_arg + r_start, index)
         best_all[q_start:q_stop] = best.clamp_(-1.0, 1.0).cpu().numpy()
         index_all[q_start:q_stop] = index.cpu().numpy()
         if progress is not None:
@@ -226,6 +267,7 @@ def max_correlation(
     reference_chunk_size: int | None = None,
     channels: Sequence[int | str] | None = None,
     per_channel: bool = False,
+    max_shift: int = 0,
     device: str | torch.device | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     progress: Callable[[int, int], None] | None = None,
@@ -243,6 +285,8 @@ def max_correlation(
         channels: channels that enter the flattened vector, by index or name
             (``["t1", "t1ce", "t2", "flair"]`` leaves the annotation out); default all.
         per_channel: score each selected channel on its own instead of jointly.
+        max_shift: also compare every query shifted by up to this many pixels in each
+            direction (see the module docstring); 0, the default, is the published statistic.
         device: torch device for the products (``"cuda"`` for a GPU); default CPU.
         cache_bytes: keep the prepared references in memory across query chunks when they
             fit in this many bytes (only matters when queries span several chunks).
@@ -271,6 +315,10 @@ def max_correlation(
     flat = len(q_rows.item_shape) == 1
     if flat and channels is not None:
         raise ValueError("channels needs images [n, C, H, W], got flattened vectors [n, d]")
+    if flat and max_shift:
+        raise ValueError("max_shift needs images [n, C, H, W], got flattened vectors [n, d]")
+    if not flat:
+        shift_windows(q_rows.item_shape[1], q_rows.item_shape[2], max_shift)  # validates max_shift
     selected = None if flat else resolve_channels(channels, q_rows.item_shape[0])
     device = torch.device(device) if device is not None else torch.device("cpu")
     # All channels in order need no selection (which would copy every chunk).
@@ -280,7 +328,7 @@ def max_correlation(
     with torch.inference_mode(), _ieee_float32():
         for channel_set in passes:
             results.append(_max_correlation_one(q_rows, r_rows, channel_set, chunk_size, reference_chunk_size,
-                                                device, cache_bytes, progress))
+                                                device, cache_bytes, progress, max_shift))
     if per_channel and selected is not None:
         return np.stack([r[0] for r in results], axis=1), np.stack([r[1] for r in results], axis=1)
     return results[0]

@@ -1,0 +1,136 @@
+"""Distribution metrics of a synthetic store against the real training slices.
+
+Two feature spaces, each optional on its own:
+
+* **Inception** (FID and IS): the FID-Inception network of :mod:`synthmri.metrics.inception`
+  with weights from ``quality.inception_weights`` (a file, ``s3://`` URI or MLflow artifact
+  URI). Nothing can be downloaded, so without that setting FID and IS are skipped, the
+  reason is recorded, and every other metric is still computed. The paper found that these
+  ImageNet features did not rank generators the way segmentation Dice did.
+* **In-domain** (Fréchet distance, KID, precision and recall): features of a segmentation
+  network trained on real slices (``--segmenter``), which has seen MR contrasts and tumours
+  rather than ImageNet photographs (:mod:`synthmri.metrics.features`).
+
+Both compare the synthetic slices with the real ``train`` split (what the generator learned
+from), on seeded subsets of at most ``quality.max_images`` slices per set.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from synthmri.config import Config
+from synthmri.data.store import CHANNELS, SliceStore
+
+log = logging.getLogger(__name__)
+
+SKIPPED = "skipped"
+COMPUTED = "computed"
+
+
+def subset(positions: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most `limit` of `positions`, a seeded random choice kept in store order."""
+    if len(positions) <= limit:
+        return positions
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(positions, size=limit, replace=False))
+
+
+def batched_features(store: SliceStore, positions: np.ndarray, extract: Callable[[np.ndarray], Any],
+                     batch_size: int) -> list[Any]:
+    """`extract` applied to the slices at `positions`, read from the store one batch at a time."""
+    return [extract(store.read(positions[start:start + batch_size])) for start in range(0, len(positions), batch_size)]
+
+
+def inception_metrics(real: SliceStore, real_positions: np.ndarray, synthetic: SliceStore,
+                      syn_positions: np.ndarray, cfg: Config, device: str) -> dict[str, Any]:
+    """FID (synthetic vs real train) and IS (synthetic, and real for reference), or why they were skipped."""
+    quality = cfg.quality
+    if not quality.inception_weights:
+        reason = ("no quality.inception_weights configured (the FID-Inception weights, "
+                  "pt_inception-2015-12-05, cannot be downloaded here: give a file, s3:// or MLflow artifact URI)")
+        log.warning("FID and IS skipped: %s", reason)
+        return {"status": SKIPPED, "reason": reason}
+    from synthmri.metrics.distribution import frechet_distance
+    from synthmri.metrics.inception import inception_features, inception_score, load_inception
+
+    model = load_inception(quality.inception_weights, device=device)
+    channels = tuple(CHANNELS.index(c) for c in quality.inception_channels)
+
+    def extract(slices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return inception_features(model, slices, batch_size=quality.batch_size, device=device, channels=channels)
+
+    real_parts = batched_features(real, real_positions, extract, 4 * quality.batch_size)
+    syn_parts = batched_features(synthetic, syn_positions, extract, 4 * quality.batch_size)
+    real_pool, real_logits = (np.concatenate([p[i] for p in real_parts]) for i in (0, 1))
+    syn_pool, syn_logits = (np.concatenate([p[i] for p in syn_parts]) for i in (0, 1))
+    splits = min(quality.is_splits, len(syn_logits), len(real_logits))
+    is_mean, is_sd = inception_score(syn_logits, splits=splits)
+    real_is_mean, real_is_sd = inception_score(real_logits, splits=splits)
+    return {"status": COMPUTED, "weights": quality.inception_weights, "channels": list(quality.inception_channels),
+            "fid": frechet_distance(real_pool, syn_pool), "is_mean": is_mean, "is_sd": is_sd,
+            "is_real_mean": real_is_mean, "is_real_sd": real_is_sd, "is_splits": splits}
+
+
+def in_domain_metrics(real: SliceStore, real_positions: np.ndarray, synthetic: SliceStore,
+                      syn_positions: np.ndarray, cfg: Config, segmenter: Path | None, device: str) -> dict[str, Any]:
+    """Fréchet distance, KID and precision/recall on segmentation features, or why they were skipped."""
+    if segmenter is None:
+        reason = "no --segmenter given (a segmentation network trained on real slices provides the features)"
+        log.warning("in-domain metrics skipped: %s", reason)
+        return {"status": SKIPPED, "reason": reason}
+    from synthmri.metrics.distribution import frechet_distance, kernel_inception_distance, precision_recall
+    from synthmri.metrics.features import load_feature_network, segmenter_features
+
+    quality = cfg.quality
+    model, arch = load_feature_network(Path(segmenter))
+    model = model.to(device)
+
+    def extract(slices: np.ndarray) -> np.ndarray:
+        return segmenter_features(model, arch, slices, batch_size=quality.batch_size, device=device)
+
+    real_features = np.concatenate(batched_features(real, real_positions, extract, 4 * quality.batch_size))
+    syn_features = np.concatenate(batched_features(synthetic, syn_positions, extract, 4 * quality.batch_size))
+    kid, kid_sd = kernel_inception_distance(real_features, syn_features, subsets=quality.kid_subsets,
+                                            subset_size=quality.kid_subset_size, seed=cfg.seed)
+    k = min(quality.pr_k, len(real_features) - 1, len(syn_features) - 1)
+    pr = precision_recall(real_features, syn_features, k=k)
+    return {"status": COMPUTED, "segmenter": str(segmenter), "arch": arch, "feature_dim": int(real_features.shape[1]),
+            "frechet_distance": frechet_distance(real_features, syn_features), "kid": kid, "kid_sd": kid_sd,
+            "precision": float(pr["precision"]), "recall": float(pr["recall"]), "k": int(k)}
+
+
+def quality_metrics(real: SliceStore, synthetic: SliceStore, cfg: Config, segmenter: Path | None,
+                    device: str) -> dict[str, Any]:
+    """Both sections, on seeded subsets of the real train split and of the synthetic store.
+
+    Returns:
+        ``{"real_images", "synthetic_images", "inception": {...}, "in_domain": {...}}``; each
+        section has ``status`` (computed or skipped) and either its metrics or a ``reason``.
+    """
+    limit = cfg.quality.max_images
+    real_positions = subset(real.indices("train"), limit, cfg.seed)
+    syn_positions = subset(synthetic.indices(), limit, cfg.seed + 1)
+    return {
+        "real_images": int(len(real_positions)), "synthetic_images": int(len(syn_positions)),
+        "inception": inception_metrics(real, real_positions, synthetic, syn_positions, cfg, device),
+        "in_domain": in_domain_metrics(real, real_positions, synthetic, syn_positions, cfg, segmenter, device),
+    }
+
+
+def mlflow_metrics(quality: dict[str, Any]) -> dict[str, float]:
+    """The computed numbers as flat MLflow metrics (skipped sections contribute none)."""
+    names = {"inception": {"fid": "fid", "is_mean": "inception_score", "is_sd": "inception_score_sd",
+                           "is_real_mean": "inception_score_real"},
+             "in_domain": {"frechet_distance": "in_domain_fd", "kid": "in_domain_kid", "kid_sd": "in_domain_kid_sd",
+                           "precision": "in_domain_precision", "recall": "in_domain_recall"}}
+    out = {}
+    for section, keys in names.items():
+        values = quality[section]
+        if values["status"] == COMPUTED:
+            out.update({metric: float(values[key]) for key, metric in keys.items()})
+    return out

@@ -1,0 +1,155 @@
+"""``synthmri share``: a synthetic slice store with every near-copy of a training slice removed.
+
+The store a team may hand to others: each synthetic slice's highest Pearson correlation
+against the training slices (:func:`synthmri.metrics.memorization.max_correlation`, with
+the configured shift search) is compared with a threshold, and slices above it are left
+out. The threshold is ``memorization.share_threshold`` (or ``--threshold``) when set, else
+the baseline's maximum: the closest any held-out real test slice (a patient the generator
+never saw) came to a training slice. A synthetic slice closer than that resembles one
+training patient more than two different patients ever resemble each other.
+
+Outputs in ``out``: the shareable slice store (same generator provenance, plus a ``share``
+section in the manifest), ``removed.csv`` (slice_id, max_corr, train_slice_id, reason) and
+``share_report.json`` with the counts, the threshold and where it came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthmri.config import Config
+from synthmri.data.store import SliceRow, SliceStore, StoreError, StoreWriter
+from synthmri.io import atomic_write_json, atomic_write_text
+from synthmri.monitoring import StageMonitor
+
+log = logging.getLogger(__name__)
+
+STAGE = "share"
+REMOVED_COLUMNS = ("slice_id", "max_corr", "train_slice_id", "reason")
+
+
+@dataclass(frozen=True)
+class ShareResult:
+    """What `share` kept and removed."""
+
+    out: Path
+    kept: int
+    removed: int
+    threshold: float
+    threshold_source: str
+
+    def summary(self) -> str:
+        """One line for the command line."""
+        total = self.kept + self.removed
+        return (f"share: kept {self.kept} of {total} synthetic slices, removed {self.removed} with r > "
+                f"{self.threshold:.4f} ({self.threshold_source}); store {self.out}, reasons in {self.out / 'removed.csv'}")
+
+
+def share_threshold(cfg: Config, baseline: np.ndarray, override: float | None = None) -> tuple[float, str]:
+    """The removal threshold and where it came from: `override`, the config, or the baseline's maximum.
+
+    Raises:
+        ValueError: the threshold must come from the baseline but it is empty.
+    """
+    if override is not None:
+        return float(override), "--threshold"
+    if cfg.memorization.share_threshold is not None:
+        return float(cfg.memorization.share_threshold), "memorization.share_threshold"
+    if len(baseline) == 0:
+        raise ValueError("no held-out real test slices to set the threshold from; set memorization.share_threshold")
+    return float(np.max(baseline)), f"baseline: maximum over {len(baseline)} held-out real test slices"
+
+
+def share(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | None = None) -> ShareResult:
+    """Write a copy of `synthetic` without the slices that are too close to a training slice.
+
+    Args:
+        synthetic: the synthetic slice store.
+        real: the real slice store: its ``train`` split is what must not leak, its ``test``
+            split the baseline.
+        out: directory of the shareable store and its report; must differ from `synthetic`.
+        cfg: ``memorization`` (chunk_size, max_shift, share_threshold) and ``tracking``.
+        threshold: overrides ``memorization.share_threshold``.
+
+    Returns:
+        The ShareResult.
+
+    Raises:
+        StoreError: a store is missing or incomplete, sizes differ, or a split is empty.
+        ValueError: `out` is the synthetic store itself.
+    """
+    import mlflow
+
+    from synthmri.metrics.evaluate_synthetic import memorization_device
+    from synthmri.metrics.memorization import max_correlation, summarize
+    from synthmri.tracking import stage_run
+
+    synthetic, real, out = Path(synthetic), Path(real), Path(out)
+    if out.resolve() == synthetic.resolve():
+        raise ValueError(f"--out {out} is the synthetic store itself; write the shareable store elsewhere")
+    syn_store, real_store = SliceStore(synthetic), SliceStore(real)
+    if syn_store.image_size != real_store.image_size:
+        raise StoreError(f"{synthetic}: image size {syn_store.image_size} differs from {real}'s {real_store.image_size}")
+    train, test = real_store.indices("train"), real_store.indices("test")
+    if len(train) == 0:
+        raise StoreError(f"{real}: no 'train' slices to compare against")
+    mem = cfg.memorization
+    device = memorization_device()
+    with StageMonitor(STAGE, unit="images", total=len(syn_store) + len(test)) as monitor:
+        corr, nearest = max_correlation(syn_store, (real_store, train), mem.chunk_size, max_shift=mem.max_shift,
+                                        device=device, progress=lambda done, _: monitor.progress(done))
+        baseline = np.empty(0)
+        if len(test):
+            baseline, _ = max_correlation((real_store, test), (real_store, train), mem.chunk_size,
+                                          max_shift=mem.max_shift, device=device,
+                                          progress=lambda done, _: monitor.progress(len(syn_store) + done))
+    limit, source = share_threshold(cfg, baseline, threshold)
+    removed = corr > limit
+    train_ids = real_store.slice_id[train][nearest]
+    log.info("share: %d of %d synthetic slices above r = %.4f (%s)", removed.sum(), len(syn_store), limit, source)
+
+    # The shareable store: the kept slices in their original order, read shard by shard.
+    keep = np.flatnonzero(~removed)
+    generator = syn_store.manifest.get("generator")
+    extra = {"share": {"source": {"path": str(synthetic), "content_hash": syn_store.content_hash},
+                       "real_hash": real_store.content_hash, "threshold": limit, "threshold_source": source,
+                       "max_shift": mem.max_shift, "removed": int(removed.sum()), "kept": int(len(keep))}}
+    with StoreWriter(out, image_size=syn_store.image_size, source={"path": str(synthetic),
+                     "content_hash": syn_store.content_hash}, shard_size=cfg.data.shard_size,
+                     generator=generator, extra=extra, resume=False) as writer:
+        for start in range(0, len(keep), cfg.data.shard_size):
+            positions = keep[start:start + cfg.data.shard_size]
+            rows = [SliceRow(str(syn_store.slice_id[p]), str(syn_store.subject[p]), int(syn_store.z[p]),
+                             str(syn_store.split[p])) for p in positions]
+            writer.add(syn_store.read(positions), rows)
+
+    buffer = io.StringIO()
+    table = csv.writer(buffer, lineterminator="\n")
+    table.writerow(REMOVED_COLUMNS)
+    for i in np.flatnonzero(removed):
+        table.writerow([syn_store.slice_id[i], f"{corr[i]:.6f}", train_ids[i],
+                        f"r = {corr[i]:.4f} with {train_ids[i]} exceeds {limit:.4f} ({source})"])
+    atomic_write_text(out / "removed.csv", buffer.getvalue())
+    report: dict[str, Any] = {
+        "synthetic": str(synthetic), "real": str(real), "threshold": limit, "threshold_source": source,
+        "max_shift": mem.max_shift, "kept": int(len(keep)), "removed": int(removed.sum()),
+        "synthetic_stats": summarize(corr, limit), "baseline_stats": summarize(baseline, limit),
+    }
+    atomic_write_json(out / "share_report.json", report)
+    name = str((generator or {}).get("name") or synthetic.name)
+    with stage_run(cfg, stage=STAGE, experiment="evaluation", run_name=f"{name}-share",
+                   datasets={"real": real_store, "synthetic": syn_store}, tags={"synthmri.generator": name}):
+        mlflow.log_params({"share.threshold": limit, "share.threshold_source": source})
+        mlflow.log_metrics({"share_kept": len(keep), "share_removed": int(removed.sum()),
+                            "share_removed_fraction": float(removed.mean())})
+        mlflow.log_artifact(str(out / "removed.csv"))
+        mlflow.log_artifact(str(out / "share_report.json"))
+    return ShareResult(out=out, kept=int(len(keep)), removed=int(removed.sum()), threshold=limit,
+                       threshold_source=source)

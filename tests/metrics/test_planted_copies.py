@@ -1,0 +1,143 @@
+"""Planted copies: training slices hidden among novel ones, exact and disguised.
+
+The synthetic set is the slices of phantom patients no store has seen (novel by
+construction) plus training slices copied exactly, with noise, shifted by up to two pixels
+and with scaled intensities. evaluate-synthetic must point every copy at its source and
+`share` must remove every copy while keeping at least 95% of the novel slices.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from synthmri.data.phantom import write_phantom_dataset
+from synthmri.data.prepare import prepare
+from synthmri.data.store import SliceRow, SliceStore, StoreWriter
+from synthmri.metrics.evaluate_synthetic import evaluate_synthetic, read_memorization_csv
+from synthmri.metrics.share import share
+
+
+def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """`image` [C, H, W] moved by (dy, dx) pixels, zeros coming in (no wrap-around)."""
+    out = np.zeros_like(image)
+    h, w = image.shape[1:]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        image[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def _disguise(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    if kind == "exact":
+        return image.copy()
+    if kind == "noised":  # the four MR channels get noise; the annotation stays a label map
+        noisy = image.astype(np.float64)
+        noisy[:4] += rng.normal(0, 4.0, noisy[:4].shape)
+        return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    if kind == "scaled":
+        scaled = image.astype(np.float64)
+        scaled[:4] *= rng.choice([0.85, 1.15])
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    shifts = {"shifted-a": (2, -1), "shifted-b": (-1, 2), "shifted-c": (0, -2)}
+    return _shift(image, *shifts[kind])
+
+
+KINDS = ("exact", "noised", "scaled", "shifted-a", "shifted-b", "shifted-c")
+
+
+@pytest.fixture(scope="module")
+def planted(phantom_store, tiny_config, tmp_path_factory):
+    """(synthetic store, {planted slice id: source training slice id}, novel slice ids)."""
+    root = tmp_path_factory.mktemp("planted")
+    # Novel patients: phantoms from another seed, prepared alike, every subject kept.
+    novel_cfg = dataclasses.replace(
+        tiny_config, phantom=dataclasses.replace(tiny_config.phantom, subjects=4, seed=99),
+        data=dataclasses.replace(tiny_config.data, test_subjects=0, val_fraction=0.0))
+    write_phantom_dataset(root / "novel-brats", novel_cfg.phantom)
+    prepare(root / "novel-brats", root / "novel", novel_cfg)
+    novel = SliceStore(root / "novel")
+    real = SliceStore(phantom_store)
+    train = real.indices("train")
+    rng = np.random.default_rng(7)
+    sources = rng.choice(train, size=2 * len(KINDS), replace=False)
+    images, rows, planted_from = [], [], {}
+    for number, (position, image) in enumerate(zip(sources, real.read(sources))):
+        kind = KINDS[number % len(KINDS)]
+        slice_id = f"gen-{kind}-{number:02d}"
+        images.append(_disguise(image, kind, rng))
+        rows.append(SliceRow(slice_id, "gen", -1, "train"))
+        planted_from[slice_id] = str(real.slice_id[position])
+    novel_ids = [f"gen-novel-{i:03d}" for i in range(len(novel))]
+    images += list(novel.read(np.arange(len(novel))))
+    rows += [SliceRow(i, "gen", -1, "train") for i in novel_ids]
+    order = rng.permutation(len(rows))  # copies hidden among the novel slices
+    with StoreWriter(root / "synthetic", image_size=real.image_size, source={"path": "planted"}, shard_size=32,
+                     generator={"name": "planted", "version": "0"}) as writer:
+        writer.add(np.stack(images)[order], [rows[i] for i in order])
+    return root / "synthetic", planted_from, novel_ids
+
+
+def test_evaluate_synthetic_points_every_copy_at_its_source(planted, phantom_store, tiny_config, mlflow_uri,
+                                                            tmp_path):
+    synthetic, planted_from, _ = planted
+    assert tiny_config.memorization.max_shift == 2  # the shifted copies need the shift search
+    evaluate_synthetic(phantom_store, synthetic, tmp_path / "mem", tiny_config)
+    ids, corr, nearest = read_memorization_csv(tmp_path / "mem" / "memorization.csv")
+    scores = dict(zip(ids, zip(corr, nearest)))
+    for slice_id, source in planted_from.items():
+        r, found = scores[slice_id]
+        assert r > tiny_config.memorization.threshold and r > 0.99, f"{slice_id}: r = {r}"
+        assert found == source, f"{slice_id} matched {found}, planted from {source}"
+    summary = json.loads((tmp_path / "mem" / "summary.json").read_text())
+    assert summary["max_shift"] == 2
+    nearest = [p["slice_id"] for p in summary["nearest"]]  # the top_k closest: all of them copies
+    assert len(nearest) == tiny_config.memorization.top_k and set(nearest) <= set(planted_from)
+    assert (tmp_path / "mem" / "memorization_pairs.png").read_bytes()[:4] == b"\x89PNG"
+
+    # The paper's pixel-aligned statistic misses the shifted copies: why the shift search exists.
+    aligned = dataclasses.replace(tiny_config, memorization=dataclasses.replace(tiny_config.memorization, max_shift=0))
+    evaluate_synthetic(phantom_store, synthetic, tmp_path / "aligned", aligned)
+    ids, corr, _ = read_memorization_csv(tmp_path / "aligned" / "memorization.csv")
+    aligned_scores = dict(zip(ids, corr))
+    assert min(aligned_scores[i] for i in planted_from if "shifted" in i) < 0.95
+
+
+def test_share_removes_every_copy_and_keeps_the_novel_slices(planted, phantom_store, tiny_config, mlflow_uri, tmp_path):
+    synthetic, planted_from, novel_ids = planted
+    result = share(synthetic, phantom_store, tmp_path / "shared", tiny_config)
+    assert "baseline" in result.threshold_source  # no configured threshold: the baseline's maximum
+    shared = SliceStore(tmp_path / "shared")
+    kept = set(shared.slice_id.tolist())
+    assert not kept & set(planted_from), f"copies left in the shareable store: {sorted(kept & set(planted_from))}"
+    kept_novel = len(kept & set(novel_ids)) / len(novel_ids)
+    assert kept_novel >= 0.95, f"only {kept_novel:.1%} of the novel slices kept"
+    assert result.kept == len(shared) and result.kept + result.removed == len(planted_from) + len(novel_ids)
+
+    # Kept slices are byte-identical to the originals; the manifest says what was done.
+    original = SliceStore(synthetic)
+    position = {sid: i for i, sid in enumerate(original.slice_id)}
+    assert np.array_equal(shared.read(np.arange(len(shared))), original.read([position[s] for s in shared.slice_id]))
+    assert shared.manifest["generator"] == original.manifest["generator"]
+    assert shared.manifest["share"]["removed"] == result.removed and shared.manifest["share"]["threshold"] == result.threshold
+    with open(tmp_path / "shared" / "removed.csv", newline="") as handle:
+        removed = {row["slice_id"]: row for row in csv.DictReader(handle)}
+    assert set(planted_from) <= set(removed)
+    for slice_id, source in planted_from.items():
+        assert removed[slice_id]["train_slice_id"] == source and "exceeds" in removed[slice_id]["reason"]
+
+    # A fixed threshold from the config replaces the baseline's.
+    strict = dataclasses.replace(tiny_config, memorization=dataclasses.replace(tiny_config.memorization,
+                                                                             share_threshold=0.99))
+    fixed = share(synthetic, phantom_store, tmp_path / "fixed", strict)
+    assert fixed.threshold == 0.99 and fixed.threshold_source == "memorization.share_threshold"
+    assert not set(SliceStore(tmp_path / "fixed").slice_id.tolist()) & set(planted_from)
+
+
+def test_share_refuses_to_overwrite_its_input(planted, phantom_store, tiny_config):
+    synthetic, _, _ = planted
+    with pytest.raises(ValueError, match="is the synthetic store itself"):
+        share(synthetic, phantom_store, synthetic, tiny_config)
