@@ -45,9 +45,11 @@ def _direct_features(model: torch.nn.Module, arch: str, slices: np.ndarray) -> n
             x = model.input_block(images)
             for block in model.downsamples:
                 x = block(x)
-            deepest = model.bottleneck(x)
+            block = model.bottleneck
         else:
-            deepest = model.encoder10(model.swinViT(images, model.normalize)[4])
+            x, block = model.swinViT(images, model.normalize)[4], model.encoder10.layer
+        # The block's second convolution, before its last instance norm.
+        deepest = block.conv2(block.lrelu(block.norm1(block.conv1(x))))
     return deepest.mean(dim=(2, 3)).double().numpy()
 
 

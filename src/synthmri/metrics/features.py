@@ -13,12 +13,17 @@ precision and recall) apply to those vectors unchanged. No ImageNet weights are 
 
 The hooked layer per architecture (:data:`FEATURE_LAYERS`):
 
-* ``unet`` (MONAI DynUNet, :func:`synthmri.segmenters.unet.build_unet`): ``bottleneck``, the
-  lowest resolution level (input side / 2 ** (levels - 1)), ``filters[-1]`` channels.
-* ``swin`` (MONAI SwinUNETR, :func:`synthmri.segmenters.swin.build_swin`): ``encoder10``, the
-  residual convolution block on the Swin transformer's last output (after the fourth
-  stage's patch merging, input side / 32), ``16 * feature_size`` channels. It is the
-  deepest encoder output: the decoder starts from it (``decoder5``).
+* ``unet`` (MONAI DynUNet, :func:`synthmri.segmenters.unet.build_unet`): ``bottleneck.conv2``,
+  the last convolution of the lowest resolution level (input side / 2 ** (levels - 1)),
+  ``filters[-1]`` channels.
+* ``swin`` (MONAI SwinUNETR, :func:`synthmri.segmenters.swin.build_swin`): ``encoder10.layer.conv2``,
+  the last convolution of the residual block on the Swin transformer's last output (after
+  the fourth stage's patch merging, input side / 32), ``16 * feature_size`` channels. That
+  block is the deepest encoder output: the decoder starts from it (``decoder5``).
+
+Both are taken before the block's final instance norm: after it every channel has the same
+spatial mean in every image (the norm's learned shift), so averaging over space would erase
+what distinguishes one slice from another.
 
 Slices are preprocessed exactly as the segmenters see them in validation and evaluation
 (:func:`synthmri.segmenters.data.prepare_batch` without augmentation: four image channels,
@@ -38,8 +43,8 @@ from synthmri.segmenters.evaluate import load_segmenter
 
 #: Architecture name (``segmenter.arch``) -> the submodule whose output is pooled.
 FEATURE_LAYERS: dict[str, str] = {
-    "unet": "bottleneck",  # DynUNet: the bottom level, filters[-1] channels
-    "swin": "encoder10",  # SwinUNETR: the block on the last Swin stage, 16 * feature_size channels
+    "unet": "bottleneck.conv2",  # DynUNet: the bottom level's last conv, filters[-1] channels
+    "swin": "encoder10.layer.conv2",  # SwinUNETR: the last conv on the last Swin stage, 16 * feature_size channels
 }
 
 
