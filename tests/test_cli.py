@@ -101,3 +101,15 @@ def test_train_segmenter_ratio_sweeps_the_configured_shares(phantom_store, mlflo
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["share-000", "share-100"]
     assert "unet-ratio0-aug-s0" in capsys.readouterr().out
+
+
+def test_share_rejects_a_threshold_that_is_no_correlation(tmp_path, capsys):
+    code = main(["share", "--synthetic", str(tmp_path / "s"), "--real", str(tmp_path / "r"), "--out",
+                 str(tmp_path / "o"), "--threshold", "1.2"])
+    assert code == 2 and "--threshold must be a correlation in [-1, 1], got 1.2" in capsys.readouterr().err
+
+
+def test_share_names_a_missing_store(tmp_path, capsys):
+    code = main(["share", "--synthetic", str(tmp_path / "nosuchstore"), "--real", str(tmp_path / "r"), "--out",
+                 str(tmp_path / "o")])
+    assert code == 1 and "nosuchstore" in capsys.readouterr().err

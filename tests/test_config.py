@@ -50,6 +50,16 @@ def test_overrides_apply_after_profile():
         ({"data.size": 512}, "data.size"),  # above pad_to
         ({"generator.ddpm.sampler": "euler"}, "sampler"),
         ({"data.label_map": {1: 51, 2: 51}}, "label_map"),
+        ({"segmenter.arch": "vnet"}, "segmenter.arch must be one of unet, swin, got 'vnet'"),
+        ({"segmenter.repeats": 0}, "segmenter.repeats must be at least 1, got 0"),
+        ({"segmenter.ratio_total": -5}, "segmenter.ratio_total"),
+        ({"segmenter.ratio_shares": [0.5, 1.5]}, r"segmenter.ratio_shares must be shares in \[0, 1\]"),
+        ({"segmenter.swin.feature_size": 20}, "feature_size must be a multiple of 12, got 20"),
+        ({"segmenter.swin.depths": [2, 2, 2]}, "depths .* and num_heads .* need one entry per stage"),
+        ({"memorization.max_shift": -1}, "memorization.max_shift must be 0 or more, got -1"),
+        ({"memorization.share_threshold": 1.5}, "memorization.share_threshold must be a correlation"),
+        ({"quality.inception_channels": ["t1", "t2", "dwi"]}, r"unknown channel\(s\) \['dwi'\]"),
+        ({"quality.max_images": 1}, "quality.max_images must be at least 2"),
     ],
 )
 def test_bad_values_name_the_key(overrides, fragment):
