@@ -15,7 +15,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test test-slow mlflow-ui pipelines clean clean-outputs
+.PHONY: help install demo test test-slow mlflow-ui pipelines images clean clean-outputs
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,18 @@ mlflow-ui: $(STAMP)  ## open the MLflow UI on the demo's tracking store (http://
 
 pipelines: $(STAMP)  ## compile the Kubeflow pipelines to pipelines-out/
 	synthmri pipeline compile --out pipelines-out
+
+# Images (docker/Dockerfile): tagged with pyproject's version, the tags components/common.py uses.
+DOCKER           ?= docker
+IMAGE_REPOSITORY ?= ghcr.io/synthmri/synthmri
+IMAGE_VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_BUILD      := $(DOCKER) build -f docker/Dockerfile --build-arg VERSION=$(IMAGE_VERSION) \
+	--build-arg TORCH_VERSION=$(TORCH_VERSION) \
+	--build-arg GIT_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown)
+
+images:  ## build the CPU and CUDA images (ghcr.io/synthmri/synthmri:<version>[-cuda])
+	$(IMAGE_BUILD) --build-arg FLAVOR=cpu -t $(IMAGE_REPOSITORY):$(IMAGE_VERSION) .
+	$(IMAGE_BUILD) --build-arg FLAVOR=cuda -t $(IMAGE_REPOSITORY):$(IMAGE_VERSION)-cuda .
 
 clean-outputs:  ## delete pipeline outputs and the local MLflow store (keeps .venv)
 	rm -rf data models outputs mlruns mlartifacts mlflow.db pipelines-out dvc.lock

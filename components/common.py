@@ -1,4 +1,4 @@
-"""What every component shares: the project image and the config flags of the CLI.
+"""What every component shares: the project images and the config flags of the CLI.
 
 Components are thin wrappers around ``synthmri <verb>``; the only knowledge they hold is
 which flags a verb takes. Config precedence is the CLI's: profile, then ``--set``
@@ -13,12 +13,15 @@ from kfp import dsl
 
 from synthmri import __version__
 
-#: Registry and repository of the project image (docker/Dockerfile).
+#: Registry and repository of the project images (docker/).
 IMAGE_REPOSITORY = "ghcr.io/synthmri/synthmri"
 
-#: The image every component runs: tagged with the package version, never ``latest``, so a
-#: compiled pipeline names exactly the code it runs.
-IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"
+#: The CPU image: tagged with the package version, never ``latest``, so a compiled pipeline
+#: names exactly the code it runs.
+CPU_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"
+
+#: The CUDA image of the same version, for the stages that run on GPU nodes.
+GPU_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-cuda"
 
 
 def profile_args(profile: Any) -> list[Any]:

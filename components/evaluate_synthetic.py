@@ -1,43 +1,51 @@
-"""``synthmri evaluate-synthetic``: memorization of synthetic slices."""
+"""``synthmri evaluate-synthetic``: is a synthetic store good, and is it a copy of patients?"""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
-from components.common import IMAGE, config_args
+from components.common import GPU_IMAGE, config_args
 
 
 @dsl.container_component
 def evaluate_synthetic(
     real: Input[Dataset],
     synthetic: Input[Dataset],
-    memorization: Output[Artifact],
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
     profile: str,
     mlflow_tracking_uri: str,
+    segmenter: Input[Model] = None,
 ) -> dsl.ContainerSpec:
-    """Measure how closely synthetic slices copy the training slices.
+    """Judge synthetic slices: memorization, FID/IS and in-domain distribution metrics.
 
-    For each synthetic slice, the highest Pearson correlation against every training
-    slice, compared with the same statistic for held-out real test slices.
+    Memorization: for each synthetic slice, the highest Pearson correlation against every
+    training slice, compared with the same statistic for held-out real test slices.
 
     Args:
         real: Real slice store; its train split is the reference, its test split the
             held-out baseline.
         synthetic: Synthetic slice store from ``generate``.
-        memorization: Output directory (``memorization.csv``, ``summary.json``) read by
+        evaluation: Output directory (``memorization.csv``, ``summary.json``) read by
             ``promote`` and ``report``.
-        profile: Config profile name or YAML path inside the image.
+        metrics: Memorization shares, FID, IS and the in-domain scores, as flat JSON.
+        profile: Config profile name or YAML path inside the image (``quality.*`` names the
+            Inception weights; ``memorization.*`` the search).
         mlflow_tracking_uri: MLflow tracking server URI.
+        segmenter: A segmenter trained on real slices, whose features give the in-domain
+            FD, KID and precision/recall; without it those are skipped.
 
     Returns:
         The container spec running ``synthmri evaluate-synthetic``.
     """
     return dsl.ContainerSpec(
-        image=IMAGE,
+        image=GPU_IMAGE,
         command=["synthmri", "evaluate-synthetic"],
         args=[
             *config_args(profile, mlflow_tracking_uri),
             "--real", real.path,
             "--synthetic", synthetic.path,
-            "--out", memorization.path,
+            dsl.IfPresentPlaceholder(input_name="segmenter", then=["--segmenter", segmenter.path]),
+            "--out", evaluation.path,
+            "--metrics-out", metrics.path,
         ],
     )

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from components.common import IMAGE, config_args
+from components.common import GPU_IMAGE, config_args
 
 
 @dsl.container_component
@@ -33,7 +33,7 @@ def generate(
         The container spec running ``synthmri generate``.
     """
     return dsl.ContainerSpec(
-        image=IMAGE,
+        image=GPU_IMAGE,
         command=["synthmri", "generate"],
         args=[
             *config_args(profile, mlflow_tracking_uri),

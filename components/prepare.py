@@ -1,77 +1,47 @@
-"""``synthmri prepare``: BraTS volumes to a slice store, split by subject.
-
-Two components call the same verb: :func:`prepare` reads a dataset produced upstream in
-the pipeline (e.g. by ``phantom``); :func:`prepare_from_uri` reads BraTS from a location
-given as a string (``s3://bucket/prefix`` or a path mounted into the pod).
-"""
+"""``synthmri prepare``: BraTS volumes (or phantom subjects) to a slice store, split by subject."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Output
+from kfp.dsl import Dataset, Output
 
-from components.common import IMAGE, config_args
-
-
-def _prepare_spec(source, out, image_size, seed, profile, mlflow_tracking_uri) -> dsl.ContainerSpec:
-    """The one ``synthmri prepare`` call behind both components (they differ only in the source's type)."""
-    return dsl.ContainerSpec(
-        image=IMAGE,
-        command=["synthmri", "prepare"],
-        args=[
-            *config_args(profile, mlflow_tracking_uri),
-            "--source", source,
-            "--out", out,
-            "--size", image_size,
-            "--seed", seed,
-        ],
-    )
+from components.common import CPU_IMAGE, config_args
 
 
 @dsl.container_component
 def prepare(
-    source: Input[Dataset],
+    data_uri: str,
+    phantom_subjects: int,
     slices: Output[Dataset],
     image_size: int,
     seed: int,
     profile: str,
     mlflow_tracking_uri: str,
 ) -> dsl.ContainerSpec:
-    """Slice BraTS volumes from an upstream dataset into a slice store.
+    """Slice BraTS volumes into a slice store (manifest.json, index.csv, shards/).
 
     Args:
-        source: BraTS-layout directory (one folder per subject).
-        slices: Output slice store (manifest.json, index.csv, shards/).
+        data_uri: BraTS location: ``s3://bucket/prefix`` (credentials from the pod's
+            environment) or a directory mounted into the pod. Empty: phantom subjects made
+            in the pod stand in, so the pipeline runs on any cluster without data.
+        phantom_subjects: Number of phantom subjects when ``data_uri`` is empty.
+        slices: Output slice store, read by every later stage.
         image_size: Slice size in pixels after padding (below ``data.pad_to`` resamples).
-        seed: Seed of the subject shuffle that makes the train/val/test split.
+        seed: Seed of the subject shuffle that makes the train/val/test split (and of the
+            phantom subjects).
         profile: Config profile name or YAML path inside the image.
         mlflow_tracking_uri: MLflow tracking server URI.
 
     Returns:
         The container spec running ``synthmri prepare``.
     """
-    return _prepare_spec(source.path, slices.path, image_size, seed, profile, mlflow_tracking_uri)
-
-
-@dsl.container_component
-def prepare_from_uri(
-    source_uri: str,
-    slices: Output[Dataset],
-    image_size: int,
-    seed: int,
-    profile: str,
-    mlflow_tracking_uri: str,
-) -> dsl.ContainerSpec:
-    """Slice BraTS volumes at a URI into a slice store.
-
-    Args:
-        source_uri: BraTS location: ``s3://bucket/prefix`` (credentials from the pod's
-            environment) or a directory mounted into the pod.
-        slices: Output slice store (manifest.json, index.csv, shards/).
-        image_size: Slice size in pixels after padding (below ``data.pad_to`` resamples).
-        seed: Seed of the subject shuffle that makes the train/val/test split.
-        profile: Config profile name or YAML path inside the image.
-        mlflow_tracking_uri: MLflow tracking server URI.
-
-    Returns:
-        The container spec running ``synthmri prepare``.
-    """
-    return _prepare_spec(source_uri, slices.path, image_size, seed, profile, mlflow_tracking_uri)
+    return dsl.ContainerSpec(
+        image=CPU_IMAGE,
+        command=["synthmri", "prepare"],
+        args=[
+            *config_args(profile, mlflow_tracking_uri),
+            "--source", data_uri,
+            "--phantom-subjects", phantom_subjects,
+            "--out", slices.path,
+            "--size", image_size,
+            "--seed", seed,
+        ],
+    )

@@ -1,46 +1,100 @@
-"""Kubernetes resources of each stage: the one place a pipeline sets them.
+"""Where and with what each stage runs on Kubernetes: the one place pipelines set it.
 
-Pipelines call :func:`apply_resources` on every task. It looks the stage up by the verb
-the task runs, so a new component only needs a row in :data:`STAGE_RESOURCES`. GPU node
-pools (kfp-kubernetes node selectors and tolerations) belong in this function too.
+Pipelines call :func:`place` on every task. It looks the stage up by the verb the task
+runs, so a new component only needs a row in :data:`STAGE_RESOURCES`:
+
+- CPU and memory requests for every stage;
+- for GPU stages only: the accelerator (type and count), the GPU node pool's node selector
+  and tolerations (kfp-kubernetes), all from pipeline parameters. CPU stages carry none of
+  them, so they never land on (or wait for) the tainted GPU nodes;
+- credentials from Kubernetes Secrets as environment variables (``use_secret_as_env``),
+  only on the stages that need them, never in the image or the compiled YAML;
+- the cluster's service endpoints from the ``synthmri-endpoints`` ConfigMap (k8s/base).
 """
 
-from dataclasses import dataclass
-from typing import Optional
+from __future__ import annotations
 
-from kfp import dsl
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from kfp import dsl, kubernetes
+
+#: ConfigMap of k8s/base with the in-cluster endpoints (Pushgateway, S3/MinIO).
+ENDPOINTS_CONFIG_MAP = "synthmri-endpoints"
+ENDPOINT_KEYS = ("SYNTHMRI_PUSHGATEWAY", "AWS_ENDPOINT_URL")
+
+#: Size of the in-memory /dev/shm of GPU stages (counts against the pod's memory limit).
+SHARED_MEMORY = "2Gi"
+
+#: Keys of the S3 credentials Secret, exposed under the same names (boto3 reads them).
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+#: Keys of the optional MLflow credentials Secret (a server behind basic auth).
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @dataclass(frozen=True)
 class StageResources:
-    """Requests of one stage's container.
+    """What one stage's container needs.
 
     Attributes:
         cpu: CPU request (Kubernetes quantity). No CPU limit is set: batch stages may use
             idle cores rather than be throttled.
         memory: Memory request, also used as the limit so a stage that outgrows it fails
             clearly (OOMKilled) instead of starving its node.
-        accelerated: The stage benefits from a GPU (training and sampling).
+        gpu: The stage runs on the GPU node pool (training, sampling, feature extraction
+            and the memorization search).
+        multi_gpu: The stage takes the pipeline's GPU count and spreads over the GPUs
+            (``train-generator`` under torchrun); other GPU stages take one GPU.
+        s3: The stage reads S3 itself (BraTS from ``s3://``, Inception weights), so it
+            gets the S3 credentials. MLflow artifacts go through the MLflow server and
+            need none.
+        mlflow: The stage talks to MLflow (tracking or registry).
     """
 
     cpu: str
     memory: str
-    accelerated: bool = False
+    gpu: bool = False
+    multi_gpu: bool = False
+    s3: bool = False
+    mlflow: bool = True
 
 
 #: Requests sized for the demo profile (64x64 slices, tens of subjects). Paper-scale
-#: pipelines pass their own table to :func:`apply_resources`.
+#: pipelines pass their own table to :func:`place`.
 STAGE_RESOURCES: dict[str, StageResources] = {
-    "phantom": StageResources(cpu="1", memory="2Gi"),
-    "prepare": StageResources(cpu="2", memory="4Gi"),
-    "train-generator": StageResources(cpu="4", memory="8Gi", accelerated=True),
-    "generate": StageResources(cpu="4", memory="8Gi", accelerated=True),
-    "evaluate-synthetic": StageResources(cpu="2", memory="8Gi"),
-    "train-segmenter": StageResources(cpu="4", memory="8Gi", accelerated=True),
-    "evaluate-segmenter": StageResources(cpu="2", memory="4Gi"),
+    "prepare": StageResources(cpu="2", memory="4Gi", s3=True),
+    "grid": StageResources(cpu="250m", memory="256Mi", mlflow=False),
+    "train-generator": StageResources(cpu="4", memory="16Gi", gpu=True, multi_gpu=True),
+    "generate": StageResources(cpu="4", memory="8Gi", gpu=True),
+    "evaluate-synthetic": StageResources(cpu="4", memory="16Gi", gpu=True, s3=True),
+    "share": StageResources(cpu="4", memory="16Gi", gpu=True),
+    "train-segmenter": StageResources(cpu="4", memory="8Gi", gpu=True),
+    "evaluate-segmenter": StageResources(cpu="2", memory="8Gi", gpu=True),
+    "gather": StageResources(cpu="250m", memory="512Mi", mlflow=False),
     "promote": StageResources(cpu="500m", memory="1Gi"),
-    "report": StageResources(cpu="1", memory="2Gi"),
+    "report": StageResources(cpu="1", memory="4Gi"),
 }
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The cluster settings a run was given, as pipeline parameters (or constants).
+
+    Attributes:
+        gpu_type: Accelerator resource of the GPU node pool, e.g. ``nvidia.com/gpu``.
+        gpu_count: GPUs for multi-GPU stages (``train-generator``).
+        gpu_node_selector: Node labels of the GPU node pool, a dict.
+        gpu_tolerations: Tolerations for the GPU node pool's taints, a list of dicts.
+        s3_secret: Name of the Secret with the S3 credentials.
+        mlflow_secret: Name of the (optional) Secret with MLflow credentials.
+    """
+
+    gpu_type: Any
+    gpu_count: Any
+    gpu_node_selector: Any
+    gpu_tolerations: Any
+    s3_secret: Any
+    mlflow_secret: Any
 
 
 def stage_of(task: dsl.PipelineTask) -> str:
@@ -52,27 +106,43 @@ def stage_of(task: dsl.PipelineTask) -> str:
     return command[1]
 
 
-def apply_resources(
-    task: dsl.PipelineTask,
-    accelerator: Optional[str] = None,
-    table: Optional[dict[str, StageResources]] = None,
-) -> dsl.PipelineTask:
-    """Set CPU/memory requests (and a GPU for accelerated stages) on one task.
+def place(task: dsl.PipelineTask, cluster: Optional[Cluster],
+          table: Optional[dict[str, StageResources]] = None) -> dsl.PipelineTask:
+    """Set one task's resources, node pool, endpoints and credentials.
 
     Args:
         task: A task of a ``synthmri`` component.
-        accelerator: Accelerator type for accelerated stages, e.g. ``nvidia.com/gpu``;
-            None keeps every stage on CPU (the demo). CPU-only stages never get one.
+        cluster: The run's cluster settings; None sets requests only (no GPU, no Secret),
+            for a pipeline meant for a plain CPU cluster.
         table: Resources per verb; defaults to :data:`STAGE_RESOURCES`.
 
     Returns:
         The same task, for chaining.
+
+    Raises:
+        KeyError: the task's verb has no row in the table.
     """
-    resources = (table or STAGE_RESOURCES)[stage_of(task)]
+    stage = stage_of(task)
+    resources = (table or STAGE_RESOURCES)[stage]
     task.set_cpu_request(resources.cpu)
     task.set_memory_request(resources.memory)
     task.set_memory_limit(resources.memory)
-    if accelerator and resources.accelerated:
-        task.set_accelerator_type(accelerator)
-        task.set_accelerator_limit(1)
+    if cluster is None:
+        return task
+    if resources.gpu:
+        task.set_accelerator_type(cluster.gpu_type)
+        task.set_accelerator_limit(cluster.gpu_count if resources.multi_gpu else 1)
+        kubernetes.add_node_selector_json(task, cluster.gpu_node_selector)
+        kubernetes.add_toleration_json(task, cluster.gpu_tolerations)
+        # A container's /dev/shm is 64 MiB; NCCL between GPU processes and loader workers need more.
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=SHARED_MEMORY)
+    # All optional: without the ConfigMap a stage pushes no metrics and uses AWS's S3; without the
+    # S3 Secret, reading s3:// fails in boto3 with a message naming the missing credentials; without
+    # the MLflow Secret the server must allow anonymous access.
+    kubernetes.use_config_map_as_env(task, ENDPOINTS_CONFIG_MAP, {k: k for k in ENDPOINT_KEYS}, optional=True)
+    if resources.s3:
+        kubernetes.use_secret_as_env(task, cluster.s3_secret, {k: k for k in S3_SECRET_KEYS}, optional=True)
+    if resources.mlflow:
+        kubernetes.use_secret_as_env(task, cluster.mlflow_secret, {k: k for k in MLFLOW_SECRET_KEYS}, optional=True)
     return task

@@ -1,11 +1,9 @@
 """``synthmri train-generator``: train a generator and register it in MLflow."""
 
-from typing import Optional
-
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from components.common import IMAGE, config_args, optional_flag
+from components.common import GPU_IMAGE, config_args
 
 
 @dsl.container_component
@@ -16,10 +14,12 @@ def train_generator(
     seed: int,
     profile: str,
     mlflow_tracking_uri: str,
-    iterations: Optional[int] = None,
-    kimg: Optional[float] = None,
+    gpu_count: int = 1,
 ) -> dsl.ContainerSpec:
     """Train a generator on the training split and register it in the MLflow registry.
+
+    Training length, batch size and every other setting come from the profile
+    (``generator.<model>.*``), as the paper's Table 9 gives them.
 
     The new registered version (``synthmri-<model>``) gets the alias ``candidate``; the
     ``promote`` stage later decides whether it becomes ``champion``.
@@ -31,14 +31,14 @@ def train_generator(
         seed: Random seed.
         profile: Config profile name or YAML path inside the image.
         mlflow_tracking_uri: MLflow tracking and registry server URI.
-        iterations: ``ddpm`` only: training iterations; when omitted the profile decides.
-        kimg: GANs only: thousands of real images to train on; when omitted the profile decides.
+        gpu_count: GPUs of the pod; above 1 the verb runs one data-parallel process per GPU
+            under ``torchrun`` (gradients averaged every step).
 
     Returns:
         The container spec running ``synthmri train-generator``.
     """
     return dsl.ContainerSpec(
-        image=IMAGE,
+        image=GPU_IMAGE,
         command=["synthmri", "train-generator"],
         args=[
             *config_args(profile, mlflow_tracking_uri),
@@ -46,8 +46,7 @@ def train_generator(
             "--data", slices.path,
             "--out", generator.path,
             "--seed", seed,
-            optional_flag("iterations", "--iterations", iterations),
-            optional_flag("kimg", "--kimg", kimg),
+            "--nproc-per-node", gpu_count,
             # A retried pod continues from its last checkpoint; a first run starts at step 0.
             "--resume",
         ],

@@ -5,7 +5,7 @@ from typing import Optional
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from components.common import IMAGE, config_args, optional_flag, optional_override
+from components.common import GPU_IMAGE, config_args, optional_flag, optional_override
 
 
 @dsl.container_component
@@ -42,7 +42,7 @@ def train_segmenter(
         The container spec running ``synthmri train-segmenter``.
     """
     return dsl.ContainerSpec(
-        image=IMAGE,
+        image=GPU_IMAGE,
         command=["synthmri", "train-segmenter"],
         args=[
             *config_args(profile, mlflow_tracking_uri),

@@ -12,7 +12,7 @@ from synthmri.cli import build_parser, main
 
 VERBS = [
     "phantom", "prepare", "train-generator", "generate", "evaluate-synthetic", "share", "train-segmenter",
-    "evaluate-segmenter", "promote", "report", "summary", "pipeline",
+    "evaluate-segmenter", "gather", "grid", "promote", "report", "summary", "pipeline",
 ]
 
 
@@ -113,3 +113,80 @@ def test_share_names_a_missing_store(tmp_path, capsys):
     code = main(["share", "--synthetic", str(tmp_path / "nosuchstore"), "--real", str(tmp_path / "r"), "--out",
                  str(tmp_path / "o")])
     assert code == 1 and "nosuchstore" in capsys.readouterr().err
+
+
+def test_mlflow_follows_each_configs_uri_within_one_process(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports $MLFLOW_TRACKING_URI; that must not pin later configs."""
+    import mlflow
+
+    from synthmri.config import TrackingConfig
+    from synthmri.tracking import configure
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    first, second = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    configure(TrackingConfig(tracking_uri=first))
+    configure(TrackingConfig(tracking_uri=second))
+    assert mlflow.get_tracking_uri() == second and mlflow.get_registry_uri() == second
+    # A user's variable still wins over the config, call after call.
+    user = f"sqlite:///{tmp_path / 'user.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", user)
+    configure(TrackingConfig(tracking_uri=first))
+    configure(TrackingConfig(tracking_uri=second))
+    assert mlflow.get_tracking_uri() == user and mlflow.get_registry_uri() == user
+
+
+def test_grid_writes_every_run_from_json_or_word_lists(tmp_path):
+    out = tmp_path / "cells.json"
+    assert main(["grid", "--archs", '["unet", "swin"]', "--train", "synthetic,mixed", "--augment", "on", "off",
+                 "--repeats", "3", "--seed", "7", "--out", str(out)]) == 0
+    import json
+
+    cells = json.loads(out.read_text())
+    assert len(cells) == 2 * 2 * 2 * 3
+    assert cells[0] == {"arch": "unet", "train": "synthetic", "augment": True, "repeat": 0, "seed": 7,
+                        "name": "unet-synthetic-aug-r0"}
+    assert {c["seed"] for c in cells} == {7, 8, 9}
+    assert len({c["name"] for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--archs", "resnet"], "unknown grid values ['resnet']"),
+    (["--augment", "maybe"], "--augment takes on/off"),
+    (["--repeats", "0"], "repeats must be at least 1, got 0"),
+    (["--train", "real,real"], "sources repeat in the grid"),
+])
+def test_grid_names_bad_values(tmp_path, capsys, flags, message):
+    status = main(["grid", *flags, "--out", str(tmp_path / "cells.json")])
+    assert status in (1, 2)
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "cells.json").exists()
+
+
+def test_seed_takes_the_whole_floats_a_pipeline_loop_passes(tmp_path, capsys):
+    from synthmri.cli import _whole_number
+
+    assert _whole_number("3.0") == 3 and _whole_number("12") == 12
+    with pytest.raises(Exception, match="expected a whole number, got '2.5'"):
+        _whole_number("2.5")
+
+
+def test_prepare_without_source_needs_phantom_subjects(tmp_path, capsys):
+    assert main(["prepare", "--out", str(tmp_path / "slices")]) == 2
+    assert "--phantom-subjects N" in capsys.readouterr().err
+
+
+def test_prepare_from_phantom_subjects_made_on_the_fly(tmp_path):
+    out = tmp_path / "slices"
+    tiny = Path(__file__).parent / "profiles" / "tiny.yaml"
+    assert main(["prepare", "--profile", str(tiny), "--source", "", "--phantom-subjects", "5", "--out", str(out),
+                 "--seed", "3", "--set", "data.test_subjects=1"]) == 0
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["subjects"] == 5
+
+
+def test_nproc_per_node_below_one_is_refused(tmp_path, capsys):
+    assert main(["train-generator", "--data", str(tmp_path), "--out", str(tmp_path / "g"), "--nproc-per-node", "0"]) == 2
+    assert "--nproc-per-node must be at least 1, got 0" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from synthmri.monitoring import PUSHGATEWAY_ENV, StageMonitor
+from synthmri.monitoring import PUSHGATEWAY_ENV, RUN_INSTANCE_ENV, StageMonitor, monitored
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -25,12 +25,19 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _group(path: str) -> dict[str, str]:
+    """The grouping key of a push path: /metrics/job/<job>/<label>/<value>/..."""
+    parts = path.split("/")[2:]
+    return dict(zip(parts[::2], parts[1::2]))
+
+
 @pytest.fixture
 def gateway(monkeypatch):
     server = http.server.HTTPServer(("127.0.0.1", 0), _Recorder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     _Recorder.pushes = []
+    monkeypatch.delenv(RUN_INSTANCE_ENV, raising=False)
     monkeypatch.setenv(PUSHGATEWAY_ENV, f"127.0.0.1:{server.server_port}")
     yield _Recorder.pushes
     server.shutdown()
@@ -68,3 +75,65 @@ def test_unreachable_gateway_never_fails_the_stage(monkeypatch, caplog):
     with StageMonitor("phantom", push_every=0) as monitor:
         monitor.progress(1)
     assert "could not push metrics" in caplog.text
+
+
+def test_pushes_add_to_the_group_and_a_success_reports_zero_failures(gateway):
+    with StageMonitor("phantom", unit="subjects", total=2, push_every=0) as monitor:
+        monitor.progress(2)
+    method, _, body = gateway[-1]
+    assert method == "POST"  # pushadd: a later failed run keeps this run's last-success time
+    assert 'synthmri_stage_failures_total{stage="phantom"} 0.0' in body
+
+
+def test_a_failed_run_replaces_progress_but_sends_no_success_time(gateway):
+    with pytest.raises(OSError):
+        with StageMonitor("phantom", unit="subjects", total=3, push_every=0):
+            raise OSError("disk full")
+    body = gateway[-1][2]
+    assert 'synthmri_progress_items{stage="phantom",unit="subjects"} 0.0' in body
+    assert 'synthmri_progress_ratio{stage="phantom"} 0.0' in body
+    assert 'synthmri_stage_failures_total{stage="phantom"} 1.0' in body
+    assert "synthmri_stage_last_success_unixtime{" not in body
+
+
+def test_success_without_a_known_total_still_reports_ratio_one(gateway):
+    with StageMonitor("generate", push_every=0) as monitor:
+        monitor.progress(5)
+    assert 'synthmri_progress_ratio{stage="generate"} 1.0' in gateway[-1][2]
+
+
+def test_parallel_runs_are_separated_by_the_run_instance_env(gateway, monkeypatch):
+    for name in ("ddpm", "stylegan"):
+        monkeypatch.setenv(RUN_INSTANCE_ENV, name)
+        with StageMonitor("train-generator", push_every=0):
+            pass
+    groups = [_group(path) for _, path, _ in gateway]
+    assert {"job": "synthmri", "stage": "train-generator", "instance": "ddpm"} in groups, groups
+    assert {"job": "synthmri", "stage": "train-generator", "instance": "stylegan"} in groups, groups
+
+
+def test_an_explicit_instance_wins_over_the_env(gateway, monkeypatch):
+    monkeypatch.setenv(RUN_INSTANCE_ENV, "pod")
+    with StageMonitor("train-segmenter", instance="unet-real-0", push_every=0):
+        pass
+    assert _group(gateway[-1][1])["instance"] == "unet-real-0"
+
+
+def test_monitored_decorator_wraps_a_stage_function(gateway):
+    @monitored("promote", unit="decisions", instance_arg="model")
+    def gate(model, version="candidate"):
+        """Docstring kept."""
+        if version == "bad":
+            raise ValueError("no such version")
+        return f"{model}:{version}"
+
+    assert gate("ddpm") == "ddpm:candidate" and gate.__doc__ == "Docstring kept."
+    _, path, body = gateway[-1]
+    assert _group(path) == {"job": "synthmri", "stage": "promote", "instance": "ddpm"}
+    assert 'synthmri_progress_items{stage="promote",unit="decisions"} 1.0' in body
+    assert 'synthmri_stage_failures_total{stage="promote"} 0.0' in body
+    with pytest.raises(ValueError, match="no such version"):
+        gate(version="bad", model="stylegan")
+    _, path, body = gateway[-1]
+    assert _group(path)["instance"] == "stylegan"
+    assert 'synthmri_stage_failures_total{stage="promote"} 1.0' in body

@@ -162,3 +162,52 @@ def test_wrong_or_missing_inputs_give_clear_errors(tmp_path, tiny_config, regist
     other = write_evidence(tmp_path / "other", 0.0, 0.0, 0.8, 0.6, version="2")
     with pytest.raises(PromotionError, match="samples of version 2, not 1"):
         run_gate(other, tiny_config)
+
+
+def _evaluation(directory: Path, arch: str, train: str, augment: bool, seed: int, dice: float) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "summary.json").write_text(json.dumps({
+        "model": {"arch": arch, "train": train, "augment": augment, "seed": seed, "synthetic": [],
+                  "name": f"{arch}-{train}-{'aug' if augment else 'orig'}-s{seed}"},
+        "data_hash": "d" * 64, "eval_slices": "filtered", "subjects": 2,
+        "dice": {"ET": dice, "ED": dice, "NCR": dice}, "hausdorff": {"ET": 5.0, "ED": 6.0, "NCR": 7.0},
+        "hausdorff95": {"ET": 4.0, "ED": 5.0, "NCR": 6.0}, "mean_dice": dice,
+    }))
+    (directory / "per_subject.csv").write_text(f"subject,structure,dice\ns1,ET,{dice}\n")
+    return directory
+
+
+def test_gate_reads_a_gathered_grid_in_the_reference_setting(tmp_path, tiny_config, registry):
+    from synthmri.segmenters.evaluate import gather_evaluations
+
+    register_version(tmp_path)
+    paths = write_evidence(tmp_path / "evidence", 0.0, 0.0, 0.8, 0.7)
+    grid = tmp_path / "grid"
+    # The grid a pipeline fans in: only unet/synthetic/aug may count (two repeats, mean Dice 0.6).
+    cells = [("unet", "synthetic", True, 0, 0.5), ("unet", "synthetic", True, 1, 0.7),
+             ("unet", "synthetic", False, 0, 0.99), ("unet", "mixed", True, 0, 0.99), ("swin", "synthetic", True, 0, 0.01)]
+    gathered = gather_evaluations([_evaluation(grid / f"cell-{i}", *cell) for i, cell in enumerate(cells)],
+                                  tmp_path / "gathered")
+    assert gathered["evaluations"] == 5
+    real_grid = gather_evaluations([_evaluation(tmp_path / "real" / f"r{s}", "unet", "real", True, s, 0.8)
+                                    for s in (0, 1)] + [_evaluation(tmp_path / "real" / "orig", "unet", "real", False,
+                                                                    0, 0.1)], tmp_path / "real-gathered")
+    assert real_grid["evaluations"] == 3
+    decision = promote(model=MODEL, version="candidate", memorization=paths["memorization"],
+                       real_evaluation=[tmp_path / "real-gathered"], synthetic_evaluation=[tmp_path / "gathered"],
+                       out=None, cfg=tiny_config)
+    assert decision.evidence["synthetic_mean_dice"] == pytest.approx(0.6)
+    assert decision.evidence["real_mean_dice"] == pytest.approx(0.8)
+    relative = next(c for c in decision.criteria if c.name == "relative_dice")
+    assert relative.value == pytest.approx(0.75)
+
+
+def test_gate_names_the_settings_a_grid_lacks(tmp_path, tiny_config, registry):
+    register_version(tmp_path)
+    paths = write_evidence(tmp_path / "evidence", 0.0, 0.0, 0.8, 0.7)
+    only_swin = [_evaluation(tmp_path / "s0", "swin", "synthetic", True, 0, 0.5),
+                 _evaluation(tmp_path / "s1", "swin", "synthetic", False, 0, 0.5)]
+    with pytest.raises(PromotionError, match=r"none of the 2 evaluations given as synthetic-only is unet trained on "
+                                             r"'synthetic' slices with augmentation.*swin/synthetic/aug"):
+        promote(model=MODEL, version="candidate", memorization=paths["memorization"],
+                real_evaluation=[paths["real"]], synthetic_evaluation=only_swin, out=None, cfg=tiny_config)

@@ -12,12 +12,14 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from synthmri import __version__
 from synthmri.config import GENERATOR_MODELS, SEGMENTER_ARCHS, Config, ConfigError, load_config, parse_override
 from synthmri.data.store import StoreError
+from synthmri.io import atomic_write_bytes, atomic_write_json, expand_artifact_paths, scalar_metrics
 from synthmri.promote import PromotionError
 
 log = logging.getLogger("synthmri")
@@ -55,13 +57,49 @@ def _prepare(args: argparse.Namespace) -> int:
     from synthmri.data.prepare import prepare
 
     cfg = _config(args, **{"data.size": args.size, "data.test_subjects": args.test_subjects, "data.seed": args.seed})
-    result = prepare(args.source, args.out, cfg)
+    if args.source:
+        result = prepare(args.source, args.out, cfg)
+    elif args.phantom_subjects:
+        # No data given (a pipeline run without a data URI): phantom subjects, made for this run only.
+        import tempfile
+
+        from synthmri.data.phantom import write_phantom_dataset
+
+        phantom = replace(cfg.phantom, subjects=args.phantom_subjects, seed=cfg.seed if args.seed is None else args.seed)
+        with tempfile.TemporaryDirectory(prefix="synthmri-phantom-") as scratch:
+            write_phantom_dataset(Path(scratch), phantom)
+            result = prepare(scratch, args.out, cfg)
+    else:
+        raise UsageError("--source is empty: give a BraTS directory or s3:// URI, or --phantom-subjects N")
     print(result.summary())
     return result.exit_code(strict=args.strict)
 
 
+def _under_torchrun(args: argparse.Namespace) -> int:
+    """Run this same command as `args.nproc_per_node` data-parallel processes under torchrun."""
+    import subprocess
+
+    argv, skip = [], False
+    for item in args.argv:
+        if skip:
+            skip = False
+        elif item == "--nproc-per-node":
+            skip = True
+        elif not item.startswith("--nproc-per-node="):
+            argv.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={args.nproc_per_node}", "-m", "synthmri", *argv]
+    log.info("%d processes under torchrun: %s", args.nproc_per_node, " ".join(command))
+    return subprocess.run(command, check=False).returncode
+
+
 def _train_generator(args: argparse.Namespace) -> int:
     from synthmri.generators.train import train_generator
+
+    if args.nproc_per_node < 1:
+        raise UsageError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        return _under_torchrun(args)
 
     model = args.model or _config(args).generator.model
     overrides: dict[str, Any] = {"generator.model": model, "seed": args.seed}
@@ -95,6 +133,7 @@ def _evaluate_synthetic(args: argparse.Namespace) -> int:
     cfg = _config(args)
     summary = evaluate_synthetic(args.real, args.synthetic, args.out, cfg, segmenter=args.segmenter)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    _write_metrics(args, summary)
     return 0
 
 
@@ -140,6 +179,7 @@ def _evaluate_segmenter(args: argparse.Namespace) -> int:
     cfg = _config(args, **{"evaluation.eval_slices": args.eval_slices})
     summary = evaluate_segmenter(args.model, args.data, args.out, cfg)
     print(summary.describe())
+    _write_metrics(args, {key: summary.summary.get(key) for key in ("mean_dice", "dice", "hausdorff", "hausdorff95")})
     return 0
 
 
@@ -148,9 +188,14 @@ def _report(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     path = write_report(
-        out=args.out, evaluations=args.evaluation, memorization=args.memorization, real=args.real,
-        synthetic=args.synthetic, promotion=args.promotion, cfg=cfg,
+        out=args.out, evaluations=expand_artifact_paths(args.evaluation),
+        memorization=expand_artifact_paths(args.memorization), real=args.real,
+        synthetic=expand_artifact_paths(args.synthetic), promotion=expand_artifact_paths(args.promotion), cfg=cfg,
     )
+    # Single-file copies for orchestrators that show a report by type (Kubeflow's HTML/Markdown artifacts).
+    for copy, name in ((args.html_out, "report.html"), (args.markdown_out, "report.md")):
+        if copy is not None:
+            atomic_write_bytes(copy, (path.parent / name).read_bytes())
     print(f"report: {path}")
     return 0
 
@@ -168,11 +213,75 @@ def _promote(args: argparse.Namespace) -> int:
         version = str(json.loads(record.read_text())["version"])
     decision = promote(
         model=args.model, version=version, memorization=args.memorization,
-        real_evaluation=args.real_evaluation, synthetic_evaluation=args.synthetic_evaluation,
+        real_evaluation=expand_artifact_paths(args.real_evaluation),
+        synthetic_evaluation=expand_artifact_paths(args.synthetic_evaluation),
         out=args.out, cfg=cfg,
     )
     print(decision.describe())
+    _write_metrics(args, {"passed": float(decision.passed), **{c.name: c.value for c in decision.criteria}})
     return 0 if decision.passed or args.exit_zero else 1
+
+
+def _gather(args: argparse.Namespace) -> int:
+    from synthmri.segmenters.evaluate import gather_evaluations
+
+    gathered = gather_evaluations(expand_artifact_paths(args.evaluation), args.out)
+    print(f"gathered {gathered['evaluations']} evaluations into {args.out}")
+    return 0
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from synthmri.segmenters.grid import segmenter_grid
+
+    cfg = _config(args)
+    cells = segmenter_grid(archs=_names(args.archs), sources=_names(args.train),
+                           augment=[_switch(v) for v in _names(args.augment)],
+                           repeats=cfg.segmenter.repeats if args.repeats is None else args.repeats,
+                           seed=cfg.seed if args.seed is None else args.seed)
+    atomic_write_json(args.out, cells)
+    print(f"{len(cells)} segmenter runs to {args.out}")
+    return 0
+
+
+def _whole_number(text: str) -> int:
+    """An int flag that also takes ``3.0``: a pipeline passes loop items' numbers as JSON floats."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
+def _names(values: list[str]) -> list[str]:
+    """Words from flags given as words, comma lists or a JSON list (what a pipeline passes)."""
+    names: list[str] = []
+    for value in values:
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                names += [str(v) for v in json.loads(text)]
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{text!r}: not a JSON list ({exc})") from None
+        else:
+            names += [part.strip() for part in text.split(",") if part.strip()]
+    return names
+
+
+def _switch(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("on", "true", "aug", "1", "yes"):
+        return True
+    if lowered in ("off", "false", "no-aug", "0", "no"):
+        return False
+    raise UsageError(f"--augment takes on/off (or true/false), got {value!r}")
+
+
+def _write_metrics(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    """``--metrics-out``: the finite scores of the summary, flat, for a pipeline's metrics artifact."""
+    if getattr(args, "metrics_out", None) is not None:
+        atomic_write_json(args.metrics_out, scalar_metrics(summary))
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -187,6 +296,8 @@ def _pipeline(args: argparse.Namespace) -> int:
     root = Path(args.project_root).resolve()
     if not (root / "pipelines" / "__init__.py").is_file():
         raise UsageError(f"{root} has no pipelines/ package; pass --project-root of the synthmri checkout")
+    if args.parallelism < 1:
+        raise UsageError(f"--parallelism must be at least 1, got {args.parallelism}")
     sys.path.insert(0, str(root))
     from pipelines.cli import run_pipeline_command
 
@@ -222,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed; same seed, same bytes")
 
     p = verb("prepare", _prepare, "Slice BraTS volumes into a slice store, split by subject.")
-    p.add_argument("--source", required=True, help="BraTS directory (one folder per subject)")
+    p.add_argument("--source", default="", help="BraTS directory (one folder per subject) or s3://bucket/prefix")
+    p.add_argument("--phantom-subjects", type=int,
+                   help="without --source: prepare this many phantom subjects made on the fly (pipelines without data)")
     p.add_argument("--out", type=Path, required=True, help="slice store directory")
     p.add_argument("--size", type=int, help="slice size after padding (below pad_to resamples)")
     p.add_argument("--test-subjects", type=int, help="subjects held out for testing")
@@ -239,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--no-register", action="store_true", help="do not register the model in MLflow")
+    p.add_argument("--nproc-per-node", type=int, default=1,
+                   help="data-parallel processes (one per GPU); above 1 the command re-runs itself under torchrun")
 
     p = verb("generate", _generate, "Sample a synthetic slice store from a generator.")
     p.add_argument("--generator", required=True, help="models:/synthmri-ddpm@candidate, runs:/..., or a checkpoint path")
@@ -253,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory (memorization.csv, summary.json)")
     p.add_argument("--segmenter", type=Path, help="segmenter trained on real slices (train-segmenter output): "
                    "its features give the in-domain metrics; without it they are skipped")
+    p.add_argument("--metrics-out", type=Path, help="also write the scores as flat JSON here (pipeline metrics)")
 
     p = verb("share", _share, "A shareable synthetic store: every near-copy of a training slice removed, with reasons.")
     p.add_argument("--synthetic", type=Path, required=True, help="synthetic slice store")
@@ -274,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=Path, action="append", help="synthetic slice store (repeatable: an ensemble)")
     p.add_argument("--out", type=Path, required=True, help="directory for the checkpoint and history")
     p.add_argument("--aug", action=argparse.BooleanOptionalAction, default=None, help="paper augmentation on/off")
-    p.add_argument("--seed", type=int, help="random seed of the first repeat")
+    p.add_argument("--seed", type=_whole_number, help="random seed of the first repeat")
     p.add_argument("--repeats", type=int, help="runs with seeds seed, seed+1, ... (profile: segmenter.repeats); "
                    "several go to OUT/repeat-NN")
     p.add_argument("--name", help="run name (default: <arch>-<train>-<aug|orig>-s<seed>)")
@@ -286,31 +402,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="real slice store (its test split is scored)")
     p.add_argument("--out", type=Path, required=True, help="output directory (per_subject.csv, summary.json)")
     p.add_argument("--eval-slices", choices=("filtered", "all"), help="restack filtered slices (paper) or all")
+    p.add_argument("--metrics-out", type=Path, help="also write the scores as flat JSON here (pipeline metrics)")
 
     p = verb("promote", _promote, "Gate a registered generator; passing sets the alias 'champion'.")
     p.add_argument("--model", required=True, help="registered model name, e.g. synthmri-ddpm")
     p.add_argument("--version", default="candidate",
                    help="version number, alias, or a registration.json from train-generator (default: candidate)")
     p.add_argument("--memorization", type=Path, required=True, help="evaluate-synthetic output directory")
-    p.add_argument("--real-evaluation", type=Path, required=True, help="evaluate-segmenter output of real-only training")
-    p.add_argument("--synthetic-evaluation", type=Path, required=True, help="evaluate-segmenter output of synthetic-only training")
+    p.add_argument("--real-evaluation", action="append", required=True,
+                   help="evaluate-segmenter output of real-only training (repeatable: repeats and settings of a grid, "
+                        "narrowed to the profile's architecture with augmentation)")
+    p.add_argument("--synthetic-evaluation", action="append", required=True,
+                   help="evaluate-segmenter output of synthetic-only training (repeatable, as --real-evaluation)")
     p.add_argument("--out", type=Path, help="write the decision as JSON here")
     p.add_argument("--exit-zero", action="store_true", help="record a failing gate but exit 0 (for DVC demos)")
+    p.add_argument("--metrics-out", type=Path, help="also write the criteria's values as flat JSON here")
 
     p = verb("report", _report, "Write the Markdown/HTML report: Dice/Hausdorff tables, memorization, samples.")
     p.add_argument("--out", type=Path, required=True, help="report directory")
-    p.add_argument("--evaluation", type=Path, action="append", required=True, help="evaluate-segmenter output (repeatable)")
-    p.add_argument("--memorization", type=Path, help="evaluate-synthetic output directory")
+    p.add_argument("--evaluation", action="append", required=True, help="evaluate-segmenter output (repeatable)")
+    p.add_argument("--memorization", action="append", help="evaluate-synthetic output directory (repeatable)")
     p.add_argument("--real", type=Path, help="real slice store (reference samples)")
-    p.add_argument("--synthetic", type=Path, action="append", help="synthetic slice store (repeatable)")
-    p.add_argument("--promotion", type=Path, help="promotion decision JSON")
+    p.add_argument("--synthetic", action="append", help="synthetic slice store (repeatable)")
+    p.add_argument("--promotion", action="append", help="promotion decision JSON (repeatable)")
+    p.add_argument("--html-out", type=Path, help="also copy report.html to this file")
+    p.add_argument("--markdown-out", type=Path, help="also copy report.md to this file")
+
+    p = verb("gather", _gather, "Collect several evaluate-segmenter outputs (a pipeline's fan-in) into one "
+             "directory that the report and the promotion gate read run by run.")
+    p.add_argument("--evaluation", action="append", required=True,
+                   help="evaluate-segmenter output, or a JSON artifact list of them (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="gathered directory (summary.json, runs/)")
+
+    p = verb("grid", _grid, "Write the segmenter runs of an experiment grid (architecture x data x augmentation x "
+             "repeat) as a JSON list, for a pipeline to fan out.")
+    p.add_argument("--archs", nargs="+", default=[SEGMENTER_ARCHS[0]], help="architectures (words, a,b or a JSON list)")
+    p.add_argument("--train", nargs="+", default=["synthetic", "mixed"],
+                   help="training sources: real, synthetic, mixed (words, a,b or a JSON list)")
+    p.add_argument("--augment", nargs="+", default=["on", "off"], help="augmentation settings: on, off")
+    p.add_argument("--repeats", type=int, help="repeats per setting (profile: segmenter.repeats)")
+    p.add_argument("--seed", type=int, help="seed of the first repeat; repeat r uses seed + r")
+    p.add_argument("--out", type=Path, required=True, help="JSON file of the runs")
 
     p = verb("summary", _summary, "Summarise the last local pipeline run: report, registry, scores.")
     p.add_argument("--root", type=Path, default=Path("."), help="project directory of the run (default: .)")
 
-    p = verb("pipeline", _pipeline, "Kubeflow: compile the pipelines to YAML.")
-    p.add_argument("action", choices=("compile",), help="what to do")
-    p.add_argument("--out", type=Path, required=True, help="directory for the compiled YAML")
+    p = verb("pipeline", _pipeline, "Kubeflow: compile the pipelines to YAML, submit a run to a Kubeflow Pipelines "
+             "endpoint, or run one on this machine (kfp.local, no Docker).")
+    p.add_argument("action", choices=("compile", "submit", "run-local"),
+                   help="compile: every pipeline to --out; submit: start a run of --pipeline on --host; "
+                        "run-local: run --pipeline here, every task a local process")
+    p.add_argument("--pipeline", choices=("quick", "paper"), default="quick", help="which pipeline (default: quick)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="pipeline parameter, the value as YAML, e.g. --param 'generators=[ddpm, stylegan2]' (repeatable)")
+    p.add_argument("--parallelism", type=int, default=8,
+                   help="concurrent tasks per fan-out loop, fixed when compiling (default: 8)")
+    p.add_argument("--out", type=Path, help="compile: directory for the compiled YAML")
+    p.add_argument("--host", help="submit: Kubeflow Pipelines endpoint (default: $KFP_HOST); the token comes "
+                   "from $KFP_TOKEN, else the pod's service account")
+    p.add_argument("--namespace", help="submit: Kubeflow profile namespace (default: $KFP_NAMESPACE)")
+    p.add_argument("--experiment", default="synthmri", help="submit: Kubeflow experiment (default: synthmri)")
+    p.add_argument("--run-name", help="submit: run name (default: Kubeflow's)")
+    p.add_argument("--pipeline-root", type=Path, default=Path("outputs/kfp-local"),
+                   help="run-local: directory for every task's artifacts (default: outputs/kfp-local)")
     p.add_argument("--project-root", default=".", help="synthmri checkout holding pipelines/ (default: .)")
     return parser
 
@@ -318,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``synthmri`` command."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -107,3 +107,63 @@ def read_stage_summary(path: Path, *, stage: str, required: tuple[str, ...]) -> 
     if missing or not isinstance(summary, dict):
         raise ValueError(f"{file}: not an {stage} summary (missing {missing})")
     return summary
+
+
+#: Where the Kubeflow Pipelines launcher mounts an artifact, by the scheme of its URI.
+_LAUNCHER_MOUNTS = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
+
+
+def artifact_paths(value: str | Path) -> list[Path]:
+    """The local paths behind one path argument, which may list several artifacts.
+
+    A fan-in in a Kubeflow pipeline (``dsl.Collected``) hands a container a JSON artifact
+    list, ``{"artifacts": [{"uri": ...}, ...]}`` (or the bare list), instead of one path.
+    Each URI maps to the path the pipeline launcher mounts it at (``s3://b/k`` ->
+    ``/s3/b/k``, ``minio://`` -> ``/minio/``, ``gs://`` -> ``/gcs/``); a local URI is
+    its own path. Any other value is one ordinary path.
+
+    Args:
+        value: a path, or a JSON artifact list.
+
+    Returns:
+        The paths, in the list's order.
+
+    Raises:
+        ValueError: the value looks like JSON but is not an artifact list (named).
+    """
+    text = str(value).strip()
+    if not text.startswith(("{", "[")):
+        return [Path(value)]
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{text[:80]!r}: neither a path nor a JSON artifact list ({exc})") from None
+    entries = parsed.get("artifacts") if isinstance(parsed, dict) else parsed
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and e.get("uri") for e in entries):
+        raise ValueError(f"{text[:80]!r}: a JSON artifact list needs entries with a 'uri'")
+    paths = []
+    for entry in entries:
+        uri = str(entry["uri"])
+        scheme = next((s for s in _LAUNCHER_MOUNTS if uri.startswith(s)), None)
+        paths.append(Path(_LAUNCHER_MOUNTS[scheme] + uri[len(scheme):]) if scheme else Path(uri.removeprefix("file://")))
+    return paths
+
+
+def expand_artifact_paths(values: list[str | Path] | None) -> list[Path]:
+    """:func:`artifact_paths` of every value, concatenated (for repeatable path flags)."""
+    return [path for value in values or [] for path in artifact_paths(value)]
+
+
+def scalar_metrics(summary: Any, prefix: str = "") -> dict[str, float]:
+    """The finite numbers in a nested summary, flattened to ``a.b.c`` names (booleans excluded).
+
+    What a pipeline's metrics artifact shows: every score a stage reported, and nothing else.
+    """
+    metrics: dict[str, float] = {}
+    if isinstance(summary, dict):
+        for key, value in summary.items():
+            metrics.update(scalar_metrics(value, f"{prefix}{key}."))
+    elif isinstance(summary, (int, float, np.number)) and not isinstance(summary, bool):
+        if np.isfinite(float(summary)):
+            metrics[prefix.rstrip(".")] = float(summary)
+    return metrics

@@ -3,21 +3,39 @@
 Batch pods are short-lived, so metrics are pushed to a Pushgateway named by
 ``$SYNTHMRI_PUSHGATEWAY`` (``host:port`` or URL); without it every push is a no-op and
 the monitor only writes periodic progress lines to the log.
+
+Each run pushes to the group ``job="synthmri", stage=<verb>, instance=<instance>``; pods of
+the same stage running in parallel need distinct instances (the call site's name, else
+``$SYNTHMRI_RUN_INSTANCE``) or they overwrite each other. Pushes add to the group (HTTP
+POST), and every series but the last-success time is present in every push, so a failed
+run replaces the previous run's progress but keeps its ``last_success`` time for alerts.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+from prometheus_client import CollectorRegistry, Counter, Gauge, pushadd_to_gateway
 
 log = logging.getLogger(__name__)
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 PUSHGATEWAY_ENV = "SYNTHMRI_PUSHGATEWAY"
+RUN_INSTANCE_ENV = "SYNTHMRI_RUN_INSTANCE"
 JOB = "synthmri"
+
+
+def resolve_instance(instance: str | None = None) -> str:
+    """The ``instance`` grouping key: `instance` if given, else ``$SYNTHMRI_RUN_INSTANCE``, else ``local``."""
+    return instance or os.environ.get(RUN_INSTANCE_ENV, "").strip() or "local"
 
 
 class StageMonitor:
@@ -27,13 +45,14 @@ class StageMonitor:
         stage: CLI verb (a label on every series).
         unit: what `progress` counts (``subjects``, ``images``, ``samples``).
         total: expected count, when known.
-        instance: grouping key that separates parallel runs of the same stage.
+        instance: grouping key that separates parallel runs of the same stage; default
+            ``$SYNTHMRI_RUN_INSTANCE``, else ``local`` (see `resolve_instance`).
         push_every: seconds between pushes (and progress log lines).
     """
 
     def __init__(self, stage: str, unit: str = "items", total: int | None = None,
-                 instance: str = "local", push_every: float = 10.0) -> None:
-        self.stage, self.unit, self.total, self.instance = stage, unit, total, instance
+                 instance: str | None = None, push_every: float = 10.0) -> None:
+        self.stage, self.unit, self.total, self.instance = stage, unit, total, resolve_instance(instance)
         self.push_every = push_every
         self.gateway = os.environ.get(PUSHGATEWAY_ENV, "").strip() or None
         self.registry = CollectorRegistry()
@@ -45,6 +64,11 @@ class StageMonitor:
         self._duration = Gauge("synthmri_stage_duration_seconds", "Wall time of the stage so far", labels, registry=self.registry)
         self._failures = Counter("synthmri_stage_failures", "Stage runs that raised", labels, registry=self.registry)
         self._success = Gauge("synthmri_stage_last_success_unixtime", "When the stage last finished without error", labels, registry=self.registry)
+        # Present from the start, so every push replaces the previous run's values (0, not absent).
+        for gauge in (self._done, self._rate):
+            gauge.labels(stage, unit).set(0)
+        self._ratio.labels(stage).set(0)
+        self._failures.labels(stage)
         self._start = time.monotonic()
         self._last_push = 0.0
         self.done = 0
@@ -75,8 +99,8 @@ class StageMonitor:
         if not self.gateway:
             return
         try:
-            push_to_gateway(self.gateway, job=JOB, registry=self.registry,
-                            grouping_key={"stage": self.stage, "instance": self.instance}, timeout=5)
+            pushadd_to_gateway(self.gateway, job=JOB, registry=self.registry,
+                               grouping_key={"stage": self.stage, "instance": self.instance}, timeout=5)
         except OSError as exc:  # monitoring must never fail the stage
             log.warning("could not push metrics to %s: %s", self.gateway, exc)
 
@@ -87,9 +111,37 @@ class StageMonitor:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if exc_type is None:
-            if self.total:
-                self._ratio.labels(self.stage).set(1.0)
+            self._ratio.labels(self.stage).set(1.0)
             self._success.labels(self.stage).set(time.time())
         else:
             self._failures.labels(self.stage).inc()
         self.push()
+
+
+def monitored(stage: str, unit: str = "runs", instance_arg: str | None = None) -> Callable[[F], F]:
+    """Decorator: run a stage function inside a `StageMonitor`; one `unit` is done when it returns.
+
+    For stages without a loop to report from (``promote``, ``report``): they still export
+    duration, failures, last success and progress (0 or 1 of 1). `instance_arg` names the
+    argument whose value separates parallel runs (e.g. ``model``); it is not otherwise used.
+    """
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            instance = None
+            if instance_arg is not None:
+                try:
+                    value = signature.bind_partial(*args, **kwargs).arguments.get(instance_arg)
+                except TypeError:  # bad arguments: let the call itself raise
+                    value = None
+                instance = str(value) if value else None
+            with StageMonitor(stage, unit=unit, total=1, instance=instance) as monitor:
+                result = func(*args, **kwargs)
+                monitor.progress(1)
+            return result
+
+        return run  # type: ignore[return-value]
+
+    return decorate

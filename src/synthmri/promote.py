@@ -16,6 +16,7 @@ also points ``champion`` at it. Registry stages are deprecated in MLflow and nev
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from typing import Any
 from synthmri.config import Config
 from synthmri.io import atomic_write_json, jsonable, read_stage_summary
 from synthmri.metrics.evaluate_synthetic import load_summary as load_memorization_summary
+from synthmri.monitoring import monitored
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,55 @@ def load_evaluation(path: Path, expected_train: str, role: str) -> dict[str, Any
     return summary
 
 
+def _lists_runs(path: Path) -> bool:
+    file = path if path.suffix == ".json" else path / "summary.json"
+    try:
+        return bool(json.loads(file.read_text()).get("runs"))
+    except (OSError, ValueError, AttributeError):
+        return False  # load_evaluation reports what is wrong with it
+
+
+def load_gate_evaluation(paths: list[Path], expected_train: str, role: str, arch: str) -> dict[str, Any]:
+    """One evaluation for the gate from one or several evaluate-segmenter outputs.
+
+    A single output is used as it is and must come from `expected_train` data. Several, or a
+    gathered grid (architectures, data sources, augmentation on and off, repeats), are
+    narrowed to the paper's reference setting: `expected_train` data, the profile's
+    architecture `arch`, with augmentation; mean Dice is averaged over the runs that remain.
+
+    Raises:
+        FileNotFoundError: a summary is missing.
+        PromotionError: an output is of the wrong kind, none matches the reference setting,
+            or they were scored on different test data.
+    """
+    from synthmri.segmenters.evaluate import evaluation_runs
+
+    if len(paths) == 1 and not _lists_runs(Path(paths[0])):
+        return load_evaluation(Path(paths[0]), expected_train, role)
+    if not paths:
+        raise PromotionError(f"no {role} evaluation given")
+    try:
+        summaries = [run for path in paths for run in evaluation_runs(Path(path))]
+    except ValueError as exc:
+        raise PromotionError(str(exc)) from None
+    chosen = [s for s in summaries if s["model"].get("train") == expected_train and s["model"].get("arch") == arch
+              and s["model"].get("augment", True)]
+    if not chosen:
+        found = sorted({f"{s['model'].get('arch')}/{s['model'].get('train')}/"
+                        f"{'aug' if s['model'].get('augment', True) else 'no aug'}" for s in summaries})
+        raise PromotionError(f"none of the {len(summaries)} evaluations given as {role} is {arch} trained on "
+                             f"'{expected_train}' slices with augmentation (the gate's reference setting); "
+                             f"found {', '.join(found)}")
+    hashes = {s.get("data_hash") for s in chosen}
+    if len(hashes) > 1:
+        raise PromotionError(f"the {role} evaluations were scored on different test data ({sorted(map(str, hashes))})")
+    combined = dict(chosen[0])
+    combined["mean_dice"] = sum(float(s["mean_dice"]) for s in chosen) / len(chosen)
+    combined["repeats"] = sum(int(s.get("repeats", 1)) for s in chosen)
+    combined["model"] = {**chosen[0]["model"], "name": ", ".join(sorted(str(s["model"].get("name")) for s in chosen))}
+    return combined
+
+
 def _criterion(name: str, value: float, threshold: float, comparison: str, explanation: str) -> Criterion:
     if not math.isfinite(value):
         return Criterion(name, value, threshold, False, f"{explanation} The value is not a number, so the criterion cannot hold.", comparison)
@@ -178,7 +229,7 @@ def _resolve_version(client: Any, model: str, version: str, cfg: Config) -> tupl
 
 
 def _consistency(memorization: dict[str, Any], real_eval: dict[str, Any], synthetic_eval: dict[str, Any],
-                 paths: dict[str, Path], version: str) -> list[str]:
+                 paths: dict[str, Any], version: str) -> list[str]:
     """Raise on evidence that cannot be compared; return notes on weaker mismatches."""
     notes = []
     if real_eval.get("data_hash") != synthetic_eval.get("data_hash"):
@@ -197,16 +248,18 @@ def _consistency(memorization: dict[str, Any], real_eval: dict[str, Any], synthe
     return notes
 
 
-def promote(model: str, version: str, memorization: Path, real_evaluation: Path, synthetic_evaluation: Path,
-            out: Path | None, cfg: Config) -> Decision:
+@monitored("promote", unit="decisions", instance_arg="model")
+def promote(model: str, version: str, memorization: Path, real_evaluation: Path | list[Path],
+            synthetic_evaluation: Path | list[Path], out: Path | None, cfg: Config) -> Decision:
     """Gate a registered generator version and record the decision in the registry.
 
     Args:
         model: registered model name (``synthmri-ddpm``) or generator family (``ddpm``).
         version: version number or alias (``candidate``).
         memorization: evaluate-synthetic output directory (or its summary.json).
-        real_evaluation: evaluate-segmenter output of real-only training.
-        synthetic_evaluation: evaluate-segmenter output of synthetic-only training.
+        real_evaluation: evaluate-segmenter output of real-only training, or several
+            (see :func:`load_gate_evaluation`).
+        synthetic_evaluation: evaluate-segmenter output of synthetic-only training, or several.
         out: where to write the decision as JSON (atomically), or None.
         cfg: resolved config (``promotion`` thresholds, ``tracking``).
 
@@ -223,13 +276,16 @@ def promote(model: str, version: str, memorization: Path, real_evaluation: Path,
 
     from synthmri.tracking import configure
 
-    paths = {"memorization": Path(memorization), "real": Path(real_evaluation), "synthetic": Path(synthetic_evaluation)}
+    real_paths = [Path(p) for p in (real_evaluation if isinstance(real_evaluation, list) else [real_evaluation])]
+    syn_paths = [Path(p) for p in (synthetic_evaluation if isinstance(synthetic_evaluation, list) else [synthetic_evaluation])]
+    paths = {"memorization": Path(memorization), "real": ", ".join(map(str, real_paths)),
+             "synthetic": ", ".join(map(str, syn_paths))}
     try:
         memo = load_memorization_summary(paths["memorization"])
     except ValueError as exc:
         raise PromotionError(str(exc)) from None
-    real_eval = load_evaluation(paths["real"], "real", "real-only")
-    syn_eval = load_evaluation(paths["synthetic"], "synthetic", "synthetic-only")
+    real_eval = load_gate_evaluation(real_paths, "real", "real-only", cfg.segmenter.arch)
+    syn_eval = load_gate_evaluation(syn_paths, "synthetic", "synthetic-only", cfg.segmenter.arch)
 
     configure(cfg.tracking)
     client = MlflowClient()

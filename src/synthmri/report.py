@@ -26,7 +26,8 @@ import numpy as np
 from synthmri.config import Config
 from synthmri.data.labels import STRUCTURES, values_to_classes
 from synthmri.data.store import IMAGE_CHANNELS, SliceStore
-from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable, read_stage_summary
+from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
+from synthmri.monitoring import monitored
 
 SCORES = ("dice", "hausdorff", "hausdorff95")
 TRAIN_ORDER = {"real": 0, "synthetic": 1, "mixed": 2, "ratio": 3}
@@ -43,22 +44,22 @@ Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | (
 def load_evaluations(path: Path) -> list[dict[str, Any]]:
     """The evaluate-segmenter summaries at `path` (directory or summary.json), one per repeat.
 
-    An aggregate of several repeats lists their summaries under ``runs``; those are read
-    instead, so the report computes mean and sd itself. Each carries its path under ``_path``.
+    An aggregate of several repeats, or a gathered grid, lists its summaries under ``runs``;
+    those are read instead, so the report computes mean and sd itself. Each carries its
+    path under ``_path``.
 
     Raises:
         FileNotFoundError: a summary is missing.
         ValueError: a file is not an evaluate-segmenter summary.
     """
-    required = ("model", "dice", "hausdorff", "hausdorff95", "mean_dice")
-    summary = read_stage_summary(path, stage="evaluate-segmenter", required=required)
-    if not isinstance(summary["model"], dict) or "train" not in summary["model"]:
-        raise ValueError(f"{path}: not an evaluate-segmenter summary (missing model.train)")
-    file = Path(path) if Path(path).suffix == ".json" else Path(path) / "summary.json"
-    if summary.get("runs"):
-        return [run for rel in summary["runs"] for run in load_evaluations(file.parent / rel)]
-    summary["_path"] = str(file)
-    return [summary]
+    from synthmri.segmenters.evaluate import evaluation_runs
+
+    runs = evaluation_runs(Path(path))
+    for run in runs:
+        missing = [key for key in ("dice", "hausdorff", "hausdorff95") if key not in run]
+        if missing or "train" not in run["model"]:
+            raise ValueError(f"{run['_path']}: not an evaluate-segmenter summary (missing {missing or 'model.train'})")
+    return runs
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -373,17 +374,22 @@ def render_html(blocks: list[Block], title: str) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_report(out: Path, evaluations: list[Path], memorization: Path | None, real: Path | None,
-                 synthetic: list[Path] | None, promotion: Path | None, cfg: Config) -> Path:
+def _as_list(paths: Path | list[Path] | None) -> list[Path]:
+    return [] if paths is None else [Path(p) for p in paths] if isinstance(paths, list) else [Path(paths)]
+
+
+@monitored("report", unit="reports")
+def write_report(out: Path, evaluations: list[Path], memorization: Path | list[Path] | None, real: Path | None,
+                 synthetic: list[Path] | None, promotion: Path | list[Path] | None, cfg: Config) -> Path:
     """Write report.md, report.html (self-contained) and report.json; log them to MLflow.
 
     Args:
         out: report directory (created); figures for the Markdown go to ``out/figures``.
         evaluations: evaluate-segmenter outputs (directories or summary.json files).
-        memorization: evaluate-synthetic output directory, or None.
+        memorization: evaluate-synthetic output directory, several (one per generator), or None.
         real: real slice store for sample slices, or None.
         synthetic: synthetic slice stores for sample slices, or None.
-        promotion: the promotion decision JSON, or None.
+        promotion: the promotion decision JSON, several (one per generator), or None.
         cfg: resolved config (seed for sample choice, tracking).
 
     Returns:
@@ -404,8 +410,8 @@ def write_report(out: Path, evaluations: list[Path], memorization: Path | None, 
     blocks: list[Block] = [("h", 1, "synthmri report"),
                            ("p", f"Profile {cfg.profile}, seed {cfg.seed}; {sum(r['n'] for r in rows)} evaluations.")]
     blocks += _results_blocks(rows)
-    if memorization is not None:
-        blocks += _memorization_blocks(Path(memorization))
+    for path in _as_list(memorization):
+        blocks += _memorization_blocks(path)
     stores: list[tuple[str, SliceStore]] = []
     if real is not None:
         stores.append(("real", SliceStore(Path(real))))
@@ -416,8 +422,8 @@ def write_report(out: Path, evaluations: list[Path], memorization: Path | None, 
         blocks += [("h", 2, "Sample slices"),
                    ("img", "samples.png", "Real vs synthetic slices: T1, T1Gd, T2, FLAIR and annotation overlay",
                     sample_grid(stores, SAMPLES_PER_STORE, cfg.seed))]
-    if promotion is not None:
-        blocks += _promotion_blocks(Path(promotion))
+    for path in _as_list(promotion):
+        blocks += _promotion_blocks(path)
 
     for block in blocks:
         if block[0] == "img":

@@ -23,18 +23,41 @@ log = logging.getLogger(__name__)
 PARENT_RUN_ENV = "SYNTHMRI_PARENT_RUN_ID"
 
 
+#: Values this process's MLflow exported to its own environment: ``mlflow.set_tracking_uri``
+#: and ``set_registry_uri`` write the very variables that let a user override the profile.
+_EXPORTED: dict[str, str] = {}
+
+
+def _from_environment(name: str) -> str | None:
+    """$name, unless it is only what an earlier :func:`configure` call exported."""
+    value = os.environ.get(name) or None
+    return None if value is not None and _EXPORTED.get(name) == value else value
+
+
 def tracking_uri(cfg: TrackingConfig) -> str:
     """The tracking URI: $MLFLOW_TRACKING_URI wins over the profile (cluster pods set it)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    return _from_environment("MLFLOW_TRACKING_URI") or cfg.tracking_uri
 
 
 def configure(cfg: TrackingConfig) -> None:
-    """Point MLflow's tracking and registry at the configured store."""
+    """Point MLflow's tracking and registry at the configured store.
+
+    A user's $MLFLOW_TRACKING_URI / $MLFLOW_REGISTRY_URI win over the profile; the values
+    MLflow itself exports when called here do not, so a later call in the same process
+    (a notebook, a test) follows its own config.
+    """
     import mlflow
 
     uri = tracking_uri(cfg)
+    registry = _from_environment("MLFLOW_REGISTRY_URI") or uri
+    user_set = {name for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI") if _from_environment(name)}
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(registry)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        if name in user_set:
+            _EXPORTED.pop(name, None)
+        elif os.environ.get(name):
+            _EXPORTED[name] = os.environ[name]
 
 
 def experiment_name(cfg: TrackingConfig, kind: str) -> str:

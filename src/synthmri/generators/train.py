@@ -243,7 +243,8 @@ def _train(family: GeneratorFamily, settings: Any, data: Path, out: Path, cfg: C
     # Only rank 0 talks to MLflow and Prometheus; the others train and all-reduce.
     tracked = (stage_run(cfg, stage="train-generator", experiment="generators", run_name=run_name,
                          datasets={"real": store}, tags=tags) if run.is_main else contextlib.nullcontext(None))
-    monitored = StageMonitor("train-generator", unit="iterations", total=settings.iterations) if run.is_main else None
+    monitored = (StageMonitor("train-generator", unit="iterations", total=settings.iterations, instance=family.name)
+                 if run.is_main else None)
     with tracked as mlflow_run, (monitored or contextlib.nullcontext()), _sigterm_flag() as stop:
         run_id = mlflow_run.info.run_id if mlflow_run is not None else ""
         if run.is_main:

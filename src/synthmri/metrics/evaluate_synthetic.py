@@ -193,7 +193,7 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config,
     # Distribution metrics first: a bad weights URI or segmenter fails before the long search.
     quality = quality_metrics(real_store, syn_store, cfg, segmenter, device)
     total = len(syn_store) + len(test)
-    with StageMonitor(STAGE, unit="images", total=total) as monitor:
+    with StageMonitor(STAGE, unit="images", total=total, instance=generator_name) as monitor:
         syn_corr, syn_arg = max_correlation(
             syn_store, (real_store, train), mem.chunk_size, max_shift=mem.max_shift, device=device,
             progress=lambda done, _: monitor.progress(done))

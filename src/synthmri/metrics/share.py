@@ -102,7 +102,8 @@ def share(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float 
         raise StoreError(f"{real}: no 'train' slices to compare against")
     mem = cfg.memorization
     device = memorization_device()
-    with StageMonitor(STAGE, unit="images", total=len(syn_store) + len(test)) as monitor:
+    instance = str((syn_store.manifest.get("generator") or {}).get("name") or "synthetic")
+    with StageMonitor(STAGE, unit="images", total=len(syn_store) + len(test), instance=instance) as monitor:
         corr, nearest = max_correlation(syn_store, (real_store, train), mem.chunk_size, max_shift=mem.max_shift,
                                         device=device, progress=lambda done, _: monitor.progress(done))
         baseline = np.empty(0)

@@ -48,7 +48,7 @@ import torch
 from synthmri.config import Config
 from synthmri.data.labels import EVAL_LABELS, LABEL_VALUES, STRUCTURES
 from synthmri.data.store import IMAGE_CHANNELS, SliceStore, StoreError
-from synthmri.io import atomic_write_json, atomic_write_text
+from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from synthmri.metrics.segmentation import dice, hausdorff
 from synthmri.monitoring import StageMonitor
 from synthmri.segmenters import get_architecture
@@ -101,14 +101,13 @@ class EvaluationSummary:
 def load_segmenter(path: Path, dev: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """The network of a train-segmenter checkpoint (``model.pt`` or its directory), in eval mode.
 
+    A directory of several repeats gives its first repeat's network.
+
     Raises:
         FileNotFoundError: no checkpoint at `path`.
         ValueError: the file is not a segmenter checkpoint (keys missing).
     """
-    path = Path(path)
-    file = path / "model.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: segmenter checkpoint not found (run train-segmenter first)")
+    file = find_checkpoints(Path(path))[0]
     checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     missing = [k for k in ("arch", "model_args", "state_dict") if k not in checkpoint]
     if missing:
@@ -432,3 +431,65 @@ def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]
     atomic_write_text(out / "per_subject.csv", buffer.getvalue())
     atomic_write_json(out / "summary.json", summary)
     log.info("evaluation: %s", json.dumps({k: summary[k] for k in ("dice", "hausdorff", "mean_dice")}))
+
+
+def gather_evaluations(evaluations: list[Path], out: Path) -> dict[str, Any]:
+    """Copy several evaluate-segmenter outputs into one directory that lists them.
+
+    A pipeline fans a grid of segmenter runs out and back in; what comes back is many small
+    output directories. This puts their ``summary.json`` and ``per_subject.csv`` under
+    ``out/runs/NNN-<model name>/`` and writes ``out/summary.json`` with ``runs``: the form
+    the report and the promotion gate read, settings and repeats kept apart.
+
+    Args:
+        evaluations: evaluate-segmenter outputs (directories or summary.json files); an
+            output that itself lists runs contributes each of them.
+        out: the gathered directory (created).
+
+    Returns:
+        The written summary: ``stage``, ``evaluations`` (count) and ``runs``.
+
+    Raises:
+        FileNotFoundError: an evaluation has no summary.json (named).
+        ValueError: no evaluations, or a file that is not an evaluate-segmenter summary.
+    """
+    if not evaluations:
+        raise ValueError("gather: no evaluations given")
+    out = Path(out)
+    runs: list[str] = []
+    for path in evaluations:
+        for summary in evaluation_runs(Path(path)):
+            source = Path(summary.pop("_path"))
+            rel = f"runs/{len(runs):03d}-{summary['model'].get('name') or source.parent.name}"
+            atomic_write_json(out / rel / "summary.json", summary)
+            if (source.parent / "per_subject.csv").is_file():
+                atomic_write_bytes(out / rel / "per_subject.csv", (source.parent / "per_subject.csv").read_bytes())
+            runs.append(f"{rel}/summary.json")
+    gathered = {"stage": "gather", "evaluations": len(runs), "runs": runs}
+    atomic_write_json(out / "summary.json", gathered)
+    return gathered
+
+
+def evaluation_runs(path: Path) -> list[dict[str, Any]]:
+    """The single-run evaluate-segmenter summaries at `path`, following ``runs`` lists.
+
+    Args:
+        path: an evaluate-segmenter or gather output (directory or summary.json).
+
+    Returns:
+        One summary per run, each with its file under ``_path``.
+
+    Raises:
+        FileNotFoundError: a summary is missing (named).
+        ValueError: a file is not an evaluate-segmenter summary (named).
+    """
+    file = path if path.suffix == ".json" else path / "summary.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: evaluate-segmenter summary not found (run evaluate-segmenter first)")
+    summary = json.loads(file.read_text())
+    if isinstance(summary, dict) and summary.get("runs"):
+        return [run for rel in summary["runs"] for run in evaluation_runs(file.parent / rel)]
+    if not isinstance(summary, dict) or not isinstance(summary.get("model"), dict) or "mean_dice" not in summary:
+        raise ValueError(f"{file}: not an evaluate-segmenter summary (needs model and mean_dice)")
+    summary["_path"] = str(file)
+    return [summary]
