@@ -37,7 +37,9 @@ def tracking_args(mlflow_tracking_uri: Any) -> list[Any]:
     parameters. Note the library lets ``$MLFLOW_TRACKING_URI`` win over the config, so a
     pod that also carries that variable uses the variable.
     """
-    return ["--set", f"tracking.tracking_uri={mlflow_tracking_uri}"]
+    return ["--set", f"tracking.tracking_uri={mlflow_tracking_uri}",
+            # One MLflow parent run per pipeline run: the stages' runs become its children.
+            "--set", f"tracking.pipeline_run={dsl.PIPELINE_JOB_ID_PLACEHOLDER}"]
 
 
 def config_args(profile: Any, mlflow_tracking_uri: Any) -> list[Any]:

@@ -20,6 +20,7 @@ def train_segmenter(
     arch: Optional[str] = None,
     augment: Optional[bool] = None,
     real_share: Optional[float] = None,
+    repeat: int = 0,
 ) -> dsl.ContainerSpec:
     """Train one segmenter (one repeat of one cell of the paper's grid).
 
@@ -37,6 +38,7 @@ def train_segmenter(
         arch: Segmentation architecture (``unet``); when omitted the profile decides.
         augment: Paper augmentation on or off; when omitted the profile decides.
         real_share: ``ratio`` only: share of real slices in the fixed pool (paper Fig. 4).
+        repeat: Which repeat of its setting this task is (run names end in ``-r<repeat>``).
 
     Returns:
         The container spec running ``synthmri train-segmenter``.
@@ -52,6 +54,7 @@ def train_segmenter(
             "--out", segmenter.path,
             "--seed", seed,
             "--repeats", "1",  # the pipeline fans repeats out as separate tasks
+            "--repeat-index", repeat,
             optional_flag("arch", "--arch", arch),
             optional_flag("real_share", "--real-share", real_share),
             # --aug/--no-aug cannot be chosen from a runtime boolean; the config key can.

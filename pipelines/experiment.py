@@ -162,7 +162,7 @@ def experiment(
     baseline_grid.set_display_name("grid-real-baseline")
     with dsl.ParallelFor(baseline_grid.outputs["cells"], parallelism=parallelism, name="real-baseline") as cell:
         baseline = place(train_segmenter(real=real, train="real", arch=cell.arch, augment=cell.augment,
-                                         seed=cell.seed, **tracked), cluster)
+                                         seed=cell.seed, repeat=cell.repeat, **tracked), cluster)
         baseline_evaluation = place(evaluate_segmenter(segmenter=baseline.outputs["segmenter"], real=real, **tracked),
                                     cluster)
     real_evaluations = place(gather(evaluations=dsl.Collected(baseline_evaluation.outputs["evaluation"]),
@@ -187,7 +187,8 @@ def experiment(
 
         with dsl.ParallelFor(synthetic_grid.outputs["cells"], parallelism=parallelism, name="segmenters") as cell:
             segmenter = place(train_segmenter(real=real, synthetic=synthetic, train=cell.train, arch=cell.arch,
-                                              augment=cell.augment, seed=cell.seed, **tracked), cluster)
+                                              augment=cell.augment, seed=cell.seed, repeat=cell.repeat, **tracked),
+                              cluster)
             evaluation = place(evaluate_segmenter(segmenter=segmenter.outputs["segmenter"], real=real, **tracked),
                                cluster)
         generator_evaluations = place(gather(evaluations=dsl.Collected(evaluation.outputs["evaluation"]),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -76,3 +78,95 @@ def single_thread() -> Iterator[None]:
     """:func:`one_thread` as a fixture (``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
     with one_thread():
         yield
+
+
+@dataclasses.dataclass(frozen=True)
+class MotoS3:
+    """A running ``moto_server`` on 127.0.0.1: its endpoint and the fake credentials it takes."""
+
+    endpoint: str
+    credentials: dict[str, str]
+    log: Path
+
+    def client(self):
+        import boto3
+
+        return boto3.session.Session(**{"aws_access_key_id": self.credentials["AWS_ACCESS_KEY_ID"],
+                                        "aws_secret_access_key": self.credentials["AWS_SECRET_ACCESS_KEY"],
+                                        "region_name": self.credentials["AWS_DEFAULT_REGION"]}).client(
+            "s3", endpoint_url=self.endpoint)
+
+    def logs(self, tail: int = 4000) -> str:
+        """The end of the server's log, for failure messages."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"----- moto_server log ({self.log}) -----\n{text[-tail:]}"
+
+    def bucket(self, name: str) -> str:
+        """Create bucket `name` (once) and return it."""
+        client = self.client()
+        if name not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+            client.create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """A real S3 endpoint for the session (``moto_server``), stopped at the end; its log in failures."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    server = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start:\n{log.read_text(errors='replace')[-3000:]}")
+                time.sleep(0.2)
+        yield MotoS3(endpoint, {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                                "AWS_DEFAULT_REGION": "us-east-1"}, log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+#: Debian's Chromium (installed by .ci/run); Playwright drives it, no browser download needed.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through Playwright for the session (pages: ``browser.new_page()``)."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-lock.txt")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
+    with playwright.sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

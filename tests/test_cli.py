@@ -12,7 +12,7 @@ from synthmri.cli import build_parser, main
 
 VERBS = [
     "phantom", "prepare", "train-generator", "generate", "evaluate-synthetic", "share", "train-segmenter",
-    "evaluate-segmenter", "gather", "grid", "promote", "report", "summary", "pipeline",
+    "evaluate-segmenter", "gather", "grid", "promote", "report", "reader-study", "summary", "pipeline",
 ]
 
 
@@ -100,7 +100,7 @@ def test_train_segmenter_ratio_sweeps_the_configured_shares(phantom_store, mlflo
                  *(arg for s in settings for arg in ("--set", s))])
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["share-000", "share-100"]
-    assert "unet-ratio0-aug-s0" in capsys.readouterr().out
+    assert "unet-ratio0-aug-r0" in capsys.readouterr().out
 
 
 def test_share_rejects_a_threshold_that_is_no_correlation(tmp_path, capsys):
@@ -190,3 +190,33 @@ def test_prepare_from_phantom_subjects_made_on_the_fly(tmp_path):
 def test_nproc_per_node_below_one_is_refused(tmp_path, capsys):
     assert main(["train-generator", "--data", str(tmp_path), "--out", str(tmp_path / "g"), "--nproc-per-node", "0"]) == 2
     assert "--nproc-per-node must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_stages_of_one_pipeline_run_share_one_parent_run(tmp_path, monkeypatch):
+    """Children find the parent a first stage made; a later duplicate parent is resolved away."""
+    import dataclasses
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from synthmri.config import load_config
+    from synthmri.tracking import pipeline_parent_run, stage_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SYNTHMRI_PARENT_RUN_ID", raising=False)
+    cfg = load_config("demo", {"tracking.tracking_uri": f"sqlite:///{tmp_path / 'm.db'}",
+                               "tracking.pipeline_run": "run-1234"})
+    with stage_run(cfg, stage="prepare", experiment="evaluation", run_name="a") as first:
+        pass
+    with stage_run(cfg, stage="report", experiment="pipeline", run_name="b") as second:
+        pass
+    client = MlflowClient()
+    parent = client.get_run(first.info.run_id).data.tags["mlflow.parentRunId"]
+    assert client.get_run(second.info.run_id).data.tags["mlflow.parentRunId"] == parent
+    record = client.get_run(parent)
+    assert record.info.run_name == "pipeline-run-1234" and record.data.tags["synthmri.pipeline_run"] == "run-1234"
+    assert pipeline_parent_run(cfg.tracking) == parent  # found again, not made again
+    other = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, pipeline_run="run-9"))
+    assert pipeline_parent_run(other.tracking) != parent
+    assert pipeline_parent_run(dataclasses.replace(cfg.tracking, pipeline_run="")) is None
+    mlflow.set_tracking_uri(None)

@@ -17,7 +17,7 @@ def test_profiles_load_and_paper_defaults_match_paper_profile():
     defaults = load_config(None)
     # The dataclass defaults are the paper's settings: the paper profile only spells them out.
     assert dataclasses.replace(paper, profile="x") == dataclasses.replace(defaults, profile="x")
-    assert paper.data.label_map == {1: 51, 2: 102, 4: 204}
+    assert paper.data.label_map is None and paper.data.layout == "auto"  # the detected layout's map
     assert paper.segmenter.unet.momentum == 0.99 and paper.generator.ddpm.timesteps == 4000
 
 
@@ -87,7 +87,15 @@ def test_dump_round_trips(tmp_path):
 def test_flatten_and_parse_override():
     flat = flatten(Config())
     assert flat["data.size"] == 256 and flat["segmenter.unet.lr"] == 2e-2
-    assert flat["data.label_map"] == {1: 51, 2: 102, 4: 204}
+    assert flat["data.label_map"] is None and flat["data.layout"] == "auto"
+    assert flatten(load_config(None, {"data.label_map": {1: 51, 2: 102, 3: 204}}))["data.label_map"] == {1: 51, 2: 102, 3: 204}
     assert parse_override("data.shape=[1, 2]") == ("data.shape", [1, 2])
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("data.size")
+
+
+def test_numbers_given_for_text_settings_are_kept_as_text():
+    cfg = load_config("demo", {"tracking.pipeline_run": 18401910, "data.layout": "auto"})
+    assert cfg.tracking.pipeline_run == "18401910"
+    with pytest.raises(ConfigError, match="expected a string"):
+        load_config("demo", {"tracking.pipeline_run": [1, 2]})

@@ -46,3 +46,24 @@ def test_scalar_metrics_flatten_finite_numbers_only():
     summary = {"mean_dice": 0.5, "dice": {"ET": 0.25, "WT": np.float32(0.75)}, "n": 3, "passed": True,
                "name": "unet", "hd": {"ET": math.inf, "ED": float("nan")}, "sd": None, "runs": ["a"]}
     assert scalar_metrics(summary) == {"mean_dice": 0.5, "dice.ET": 0.25, "dice.WT": 0.75, "n": 3.0}
+
+
+def test_npy_parts_equal_np_save_of_the_concatenation(tmp_path):
+    import hashlib
+    import io as stdio
+
+    from synthmri.io import atomic_save_npy_parts
+
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 256, size=(n, 5, 8, 8), dtype=np.uint8) for n in (3, 1, 7)]
+    parts.append(parts[0][:, :, ::2, ::2].repeat(2, axis=2).repeat(2, axis=3))  # not contiguous before the copy
+    expected = stdio.BytesIO()
+    np.save(expected, np.concatenate(parts))
+    digest = atomic_save_npy_parts(tmp_path / "shard.npy", parts)
+    assert (tmp_path / "shard.npy").read_bytes() == expected.getvalue()
+    assert digest == hashlib.sha256(expected.getvalue()).hexdigest()
+    assert not list(tmp_path.glob(".shard.npy.*"))  # no temporary left
+    with pytest.raises(ValueError, match="differ in dtype or trailing shape"):
+        atomic_save_npy_parts(tmp_path / "bad.npy", [parts[0], parts[0].astype(np.int16)])
+    with pytest.raises(ValueError, match="nothing to save"):
+        atomic_save_npy_parts(tmp_path / "empty.npy", [])

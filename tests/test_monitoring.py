@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import http.server
+import io
+import logging
+import sys
 import threading
 
 import pytest
@@ -137,3 +140,32 @@ def test_monitored_decorator_wraps_a_stage_function(gateway):
     _, path, body = gateway[-1]
     assert _group(path)["instance"] == "stylegan"
     assert 'synthmri_stage_failures_total{stage="promote"} 1.0' in body
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_progress_bar_and_logs_get_lines(monkeypatch, caplog):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.delenv(PUSHGATEWAY_ENV, raising=False)
+    with StageMonitor("prepare", unit="subjects", total=4, push_every=0) as monitor:
+        monitor._last_draw = -1.0
+        monitor.progress(1)
+    drawn = terminal.getvalue()
+    assert "prepare [" in drawn and "] 1/4 subjects" in drawn and "subjects/s" in drawn
+    assert drawn.endswith("\n")
+    assert not [r for r in caplog.records if "1/4 subjects" in r.getMessage()]  # the bar replaces log lines
+
+    plain = io.StringIO()  # not a terminal: no bar, a log line instead
+    monkeypatch.setattr(sys, "stderr", plain)
+    with caplog.at_level(logging.INFO, logger="synthmri.monitoring"):
+        with StageMonitor("prepare", unit="subjects", total=4, push_every=0) as monitor:
+            monitor.progress(2)
+    assert plain.getvalue() == ""
+    assert any("prepare: 2/4 subjects" in r.getMessage() for r in caplog.records)
+    # One line when the stage ends, with its count and rate.
+    assert any(r.getMessage().startswith("prepare finished: 2 subjects in ") and "subjects/s)" in r.getMessage()
+               for r in caplog.records)

@@ -56,9 +56,14 @@ def _phantom(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from synthmri.data.prepare import prepare
 
-    cfg = _config(args, **{"data.size": args.size, "data.test_subjects": args.test_subjects, "data.seed": args.seed})
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    cfg = _config(args, **{"data.size": args.size, "data.test_subjects": args.test_subjects, "data.seed": args.seed,
+                           "data.layout": args.layout})
+    workers = args.workers or min(os.cpu_count() or 1, 8)
     if args.source:
-        result = prepare(args.source, args.out, cfg)
+        result = prepare(args.source, args.out, cfg, workers=workers, endpoint_url=args.endpoint_url,
+                         download_dir=args.download_dir)
     elif args.phantom_subjects:
         # No data given (a pipeline run without a data URI): phantom subjects, made for this run only.
         import tempfile
@@ -68,7 +73,7 @@ def _prepare(args: argparse.Namespace) -> int:
         phantom = replace(cfg.phantom, subjects=args.phantom_subjects, seed=cfg.seed if args.seed is None else args.seed)
         with tempfile.TemporaryDirectory(prefix="synthmri-phantom-") as scratch:
             write_phantom_dataset(Path(scratch), phantom)
-            result = prepare(scratch, args.out, cfg)
+            result = prepare(scratch, args.out, cfg, workers=workers)
     else:
         raise UsageError("--source is empty: give a BraTS directory or s3:// URI, or --phantom-subjects N")
     print(result.summary())
@@ -168,7 +173,7 @@ def _train_segmenter(args: argparse.Namespace) -> int:
         raise UsageError("--train ratio below a real share of 1 needs at least one --synthetic store")
     for share, out in runs:
         for result in train_repeats(train=args.train, real=args.real, synthetic=args.synthetic or [], out=out, cfg=cfg,
-                                    name=args.name, real_share=share):
+                                    name=args.name, real_share=share, first_repeat=args.repeat_index):
             print(result.summary())
     return 0
 
@@ -284,6 +289,18 @@ def _write_metrics(args: argparse.Namespace, summary: dict[str, Any]) -> None:
         atomic_write_json(args.metrics_out, scalar_metrics(summary))
 
 
+def _reader_study(args: argparse.Namespace) -> int:
+    from synthmri.reader import finish, open_study, run_until_done
+
+    cfg = _config(args)
+    study = open_study(args.out, real=args.real, synthetic=args.synthetic or [], per_source=args.per_source,
+                       seed=args.seed, reader=args.reader or "", data=cfg.data)
+    if not args.finish and not study.complete:
+        run_until_done(study, args.host, args.port, announce=lambda line: print(line, flush=True))
+    print(finish(study, cfg).summary())
+    return 0
+
+
 def _summary(args: argparse.Namespace) -> int:
     from synthmri.summary import print_summary
 
@@ -340,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="slice size after padding (below pad_to resamples)")
     p.add_argument("--test-subjects", type=int, help="subjects held out for testing")
     p.add_argument("--seed", type=int, help="seed of the subject shuffle")
+    p.add_argument("--layout", choices=("auto", "brats2020", "brats2021", "brats2023", "generic"),
+                   help="file naming (profile: data.layout, default auto: detected); it also picks the label map "
+                        "unless data.label_map is set (BraTS 2023: enhancing tumour is 3)")
+    p.add_argument("--workers", type=int, help="subjects read in parallel (default: CPU count, at most 8)")
+    p.add_argument("--endpoint-url", help="S3 endpoint for s3:// sources, e.g. MinIO (default: $AWS_ENDPOINT_URL); "
+                   "credentials come from the environment only")
+    p.add_argument("--download-dir", type=Path, help="s3:// sources: keep the downloaded files here, so an "
+                   "interrupted download resumes (default: a folder beside --out, removed after success)")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any subject was rejected")
 
     p = verb("train-generator", _train_generator, "Train a generator on the training slices and register it in MLflow.")
@@ -393,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_whole_number, help="random seed of the first repeat")
     p.add_argument("--repeats", type=int, help="runs with seeds seed, seed+1, ... (profile: segmenter.repeats); "
                    "several go to OUT/repeat-NN")
-    p.add_argument("--name", help="run name (default: <arch>-<train>-<aug|orig>-s<seed>)")
+    p.add_argument("--repeat-index", type=_whole_number, default=0,
+                   help="index of the first repeat in run names (a pipeline runs repeat r as its own task)")
+    p.add_argument("--name", help="run name (default: <generators>-<arch>-<train>-<aug|orig>-r<repeat>)")
 
     p = verb("evaluate-segmenter", _evaluate_segmenter,
              "3D Dice and Hausdorff (max, 95th percentile, mm) per label and region on the test subjects.")
@@ -418,12 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-zero", action="store_true", help="record a failing gate but exit 0 (for DVC demos)")
     p.add_argument("--metrics-out", type=Path, help="also write the criteria's values as flat JSON here")
 
-    p = verb("report", _report, "Write the Markdown/HTML report: Dice/Hausdorff tables, memorization, samples.")
+    p = verb("report", _report, "Write the Markdown/HTML report: the paper's Figures 1-4 and Tables 1-7, "
+             "memorization and promotion.")
     p.add_argument("--out", type=Path, required=True, help="report directory")
-    p.add_argument("--evaluation", action="append", required=True, help="evaluate-segmenter output (repeatable)")
-    p.add_argument("--memorization", action="append", help="evaluate-synthetic output directory (repeatable)")
-    p.add_argument("--real", type=Path, help="real slice store (reference samples)")
-    p.add_argument("--synthetic", action="append", help="synthetic slice store (repeatable)")
+    p.add_argument("--evaluation", action="append", required=True,
+                   help="evaluate-segmenter or gather output (repeatable): Tables 3-7, Figures 2-4")
+    p.add_argument("--memorization", action="append",
+                   help="evaluate-synthetic output directory, one per generator (repeatable): Tables 1-2, memorization")
+    p.add_argument("--real", type=Path, help="real slice store (the reference row of Figure 1)")
+    p.add_argument("--synthetic", action="append", help="synthetic slice store (repeatable): one Figure 1 grid each")
     p.add_argument("--promotion", action="append", help="promotion decision JSON (repeatable)")
     p.add_argument("--html-out", type=Path, help="also copy report.html to this file")
     p.add_argument("--markdown-out", type=Path, help="also copy report.md to this file")
@@ -443,6 +473,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help="repeats per setting (profile: segmenter.repeats)")
     p.add_argument("--seed", type=int, help="seed of the first repeat; repeat r uses seed + r")
     p.add_argument("--out", type=Path, required=True, help="JSON file of the runs")
+
+    p = verb("reader-study", _reader_study, "A blinded web app for a radiologist: real or synthetic, image by image; "
+             "writes the confusion table per generator (paper, Table 8) to CSV and MLflow.")
+    p.add_argument("--real", type=Path, help="real slice store (images from its test split: held-out patients)")
+    p.add_argument("--synthetic", type=Path, action="append",
+                   help="synthetic slice store (repeatable; named by its manifest's generator)")
+    p.add_argument("--per-source", type=int, help="images per source (real and each generator)")
+    p.add_argument("--seed", type=int, help="seed of the selection and order (default 0)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="study directory (plan.json, answers.jsonl, confusion.csv); run again to resume")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (no authentication; default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--reader", help="the reader's name or initials (kept in the plan and in MLflow)")
+    p.add_argument("--finish", action="store_true",
+                   help="do not serve: write the confusion table from the answers so far (a study stopped early)")
 
     p = verb("summary", _summary, "Summarise the last local pipeline run: report, registry, scores.")
     p.add_argument("--root", type=Path, default=Path("."), help="project directory of the run (default: .)")

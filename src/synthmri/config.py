@@ -43,8 +43,11 @@ class DataConfig:
     intensity_threshold: int = 50  # a pixel counts as foreground above this (0-255 scale)
     min_foreground_fraction: float = 0.15  # keep a slice with more than this share foreground
     filter_channel: str = "t1"  # the published code tests the T1 channel
-    # BraTS label -> value in the annotation channel. BraTS 2023 uses 3 for ET: {1: 51, 2: 102, 3: 204}.
-    label_map: dict[int, int] = field(default_factory=lambda: {1: 51, 2: 102, 4: 204})
+    # Folder and file naming: auto (detected), brats2020, brats2021, brats2023 or generic.
+    layout: str = "auto"
+    # BraTS label -> value in the annotation channel; null: the layout's ({1: 51, 2: 102, 4: 204},
+    # BraTS 2023 {1: 51, 2: 102, 3: 204}: enhancing tumour is 3 there).
+    label_map: dict[int, int] | None = None
     test_subjects: int = 56
     val_fraction: float = 0.2  # share of training subjects used to validate the segmenter
     seed: int = 0
@@ -299,6 +302,9 @@ class TrackingConfig:
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment_prefix: str = "synthmri"
     registered_model_prefix: str = "synthmri"
+    # Id of the pipeline run a stage belongs to (Kubeflow passes its run's uuid): every stage's
+    # MLflow run becomes a child of one parent run per pipeline run. Empty: no parent.
+    pipeline_run: str = ""
 
 
 @dataclass(frozen=True)
@@ -363,6 +369,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # an id or name that YAML read as a number (``--set tracking.pipeline_run=1234``)
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
@@ -496,7 +504,9 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
     if data.filter_channel not in ("t1", "t1ce", "t2", "flair"):
         raise ConfigError(f"data.filter_channel must be an image channel, got {data.filter_channel!r}")
-    values = sorted(data.label_map.values())
+    if data.layout not in ("auto", "brats2020", "brats2021", "brats2023", "generic"):
+        raise ConfigError(f"data.layout must be auto, brats2020, brats2021, brats2023 or generic, got {data.layout!r}")
+    values = sorted((data.label_map or {1: 1}).values())
     if len(set(values)) != len(values) or any(not 0 < v <= 255 for v in values):
         raise ConfigError(f"data.label_map values must be distinct in 1..255, got {data.label_map}")
     if config.generator.model not in GENERATOR_MODELS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -44,20 +45,34 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def atomic_save_npy(path: Path, array: np.ndarray) -> str:
-    """Save `array` as .npy atomically and return the sha256 of the bytes written."""
+def atomic_save_npy_parts(path: Path, parts: list[np.ndarray]) -> str:
+    """Save the concatenation of `parts` (same dtype and trailing shape) as one .npy, atomically.
+
+    The bytes equal ``np.save(path, np.concatenate(parts))``, but the parts stream straight
+    to the file and the hash, without building the concatenated array: a shard of a few
+    hundred MB is written, not copied twice first.
+
+    Returns:
+        The sha256 of the bytes written.
+
+    Raises:
+        ValueError: no parts, or parts that do not stack (dtype or trailing shape differ).
+    """
+    if not parts:
+        raise ValueError(f"{path}: nothing to save")
+    first = parts[0]
+    if any(p.dtype != first.dtype or p.shape[1:] != first.shape[1:] for p in parts):
+        raise ValueError(f"{path}: parts differ in dtype or trailing shape")
+    header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
+              "shape": (sum(len(p) for p in parts), *first.shape[1:])}
     digest = hashlib.sha256()
 
-    class _Hashing:
-        def __init__(self, handle):
-            self.handle = handle
-
-        def write(self, data):
-            digest.update(data)
-            return self.handle.write(data)
-
-    def write(handle):
-        np.save(_Hashing(handle), np.ascontiguousarray(array), allow_pickle=False)
+    def write(handle: Any) -> None:
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, header)
+        for block in (head.getbuffer(), *(memoryview(np.ascontiguousarray(p)).cast("B") for p in parts)):
+            digest.update(block)
+            handle.write(block)
 
     _atomic_write(path, write, "wb")
     return digest.hexdigest()

@@ -17,6 +17,7 @@ import functools
 import inspect
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 PUSHGATEWAY_ENV = "SYNTHMRI_PUSHGATEWAY"
+BAR_WIDTH = 30
+BAR_REFRESH = 0.2  # seconds between redraws of the progress bar
 RUN_INSTANCE_ENV = "SYNTHMRI_RUN_INSTANCE"
 JOB = "synthmri"
 
@@ -48,10 +51,12 @@ class StageMonitor:
         instance: grouping key that separates parallel runs of the same stage; default
             ``$SYNTHMRI_RUN_INSTANCE``, else ``local`` (see `resolve_instance`).
         push_every: seconds between pushes (and progress log lines).
+        show_bar: draw a progress bar (count, rate, time left) when stderr is a terminal;
+            elsewhere progress goes to the log every `push_every` seconds.
     """
 
     def __init__(self, stage: str, unit: str = "items", total: int | None = None,
-                 instance: str | None = None, push_every: float = 10.0) -> None:
+                 instance: str | None = None, push_every: float = 10.0, show_bar: bool = True) -> None:
         self.stage, self.unit, self.total, self.instance = stage, unit, total, resolve_instance(instance)
         self.push_every = push_every
         self.gateway = os.environ.get(PUSHGATEWAY_ENV, "").strip() or None
@@ -72,6 +77,9 @@ class StageMonitor:
         self._start = time.monotonic()
         self._last_push = 0.0
         self.done = 0
+        # A progress bar only where a person watches: stderr is a terminal.
+        self._bar = sys.stderr if show_bar and sys.stderr.isatty() else None
+        self._last_draw, self._width = 0.0, 0
 
     def progress(self, done: int, total: int | None = None) -> None:
         """Record that `done` items are finished; pushes and logs at most every `push_every` s."""
@@ -83,10 +91,27 @@ class StageMonitor:
         self._rate.labels(self.stage, self.unit).set(done / elapsed)
         if self.total:
             self._ratio.labels(self.stage).set(min(done / self.total, 1.0))
+        if self._bar is not None and time.monotonic() - self._last_draw >= BAR_REFRESH:
+            self._draw(done, elapsed)
         if time.monotonic() - self._last_push >= self.push_every:
-            of = f"/{self.total}" if self.total else ""
-            log.info("%s: %d%s %s (%.1f %s/s)", self.stage, done, of, self.unit, done / elapsed, self.unit)
+            if self._bar is None:  # a terminal shows the bar; logs (pods, CI) get a line
+                of = f"/{self.total}" if self.total else ""
+                log.info("%s: %d%s %s (%.1f %s/s)", self.stage, done, of, self.unit, done / elapsed, self.unit)
             self.push()
+
+    def _draw(self, done: int, elapsed: float) -> None:
+        """One line on the terminal: bar, count, rate and time left, redrawn in place."""
+        rate = done / elapsed
+        if self.total:
+            filled = int(BAR_WIDTH * min(done / self.total, 1.0))
+            left = f", {(self.total - done) / rate:.0f} s left" if rate > 0 and done < self.total else ""
+            line = (f"{self.stage} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{self.total} {self.unit} "
+                    f"({rate:.2f} {self.unit}/s{left})")
+        else:
+            line = f"{self.stage} {done} {self.unit} ({rate:.2f} {self.unit}/s)"
+        self._bar.write("\r" + line.ljust(self._width))
+        self._bar.flush()
+        self._width, self._last_draw = len(line), time.monotonic()
 
     def loss(self, name: str, value: float) -> None:
         """Record the latest value of a named loss."""
@@ -110,11 +135,18 @@ class StageMonitor:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if self._bar is not None and self._width:
+            self._draw(self.done, max(time.monotonic() - self._start, 1e-9))
+            self._bar.write("\n")
+        elapsed = max(time.monotonic() - self._start, 1e-9)
         if exc_type is None:
             self._ratio.labels(self.stage).set(1.0)
             self._success.labels(self.stage).set(time.time())
+            log.info("%s finished: %d %s in %.1f s (%.2f %s/s)", self.stage, self.done, self.unit, elapsed,
+                     self.done / elapsed, self.unit)
         else:
             self._failures.labels(self.stage).inc()
+            log.info("%s failed after %.1f s (%d %s done)", self.stage, elapsed, self.done, self.unit)
         self.push()
 
 

@@ -1,21 +1,27 @@
 """``synthmri report``: the paper's tables and figures as Markdown and a self-contained HTML page.
 
-Sections: segmentation results (3D Dice, Hausdorff maximum and 95th percentile per label
-and region, mean ± sd over repeats, per architecture × training source × augmentation ×
-synthetic stores; relative Dice against real-only training with augmentation; the
-ranking of generators by synthetic-only Dice; the real-share experiment), memorization (synthetic vs held-out real
-baseline, histogram, nearest pairs), sample slices (real vs synthetic) and the promotion
-decision. The numbers also go to ``report.json`` at full precision.
+Sections, in the paper's numbering:
 
-The sd is the sample standard deviation over repeats (``ddof=1``); with one repeat it is
-undefined and shown as a dash.
+* Figure 1: sample slices of each generator beside a real test slice.
+* Table 1: generators ranked by FID, IS, in-domain Fréchet distance, Dice and Hausdorff
+  distance of segmenters trained on their images alone (rank per metric and mean rank).
+* Table 2: FID and IS per generator (with the in-domain FD, KID, precision and recall).
+* Memorization per generator: histogram of the highest correlation with a training slice,
+  synthetic vs held-out real test slices, and the nearest pairs.
+* Figures 2-3: one test slice segmented by every training setting (U-Net, Swin).
+* Tables 3, 4 (U-Net) and 6, 7 (Swin), without and with augmentation: 3D Dice and Hausdorff
+  distance per label and region, mean ± sd over repeats; Table 5: relative Dice.
+* Figure 4: mean Dice against the share of real training images.
+* The promotion decisions.
+
+Every number also goes to ``report.json`` at full precision. The sd is the sample standard
+deviation over repeats (``ddof=1``); with one repeat it is undefined and shown as a dash.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
@@ -24,18 +30,34 @@ from typing import Any
 import numpy as np
 
 from synthmri.config import Config
-from synthmri.data.labels import STRUCTURES, values_to_classes
-from synthmri.data.store import IMAGE_CHANNELS, SliceStore
+from synthmri.data.labels import EVAL_LABELS, STRUCTURES
+from synthmri.data.store import SliceStore
 from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
 from synthmri.monitoring import monitored
+from synthmri.report_figures import (
+    ARCH_NAMES,
+    Block,
+    figure_blocks,
+    fmt_number,
+    fmt_stats,
+    generator_key,
+    overlay,
+    ratio_blocks,
+    ratio_series,
+    samples_blocks,
+    setting_name,
+    source_name,
+)
+
+__all__ = ["aggregate", "generator_ranking", "generator_table", "load_evaluations", "overlay", "write_report"]
 
 SCORES = ("dice", "hausdorff", "hausdorff95")
 TRAIN_ORDER = {"real": 0, "synthetic": 1, "mixed": 2, "ratio": 3}
-# Overlay colours by class index (1 NCR/NET, 2 ED, 3 ET): green, blue, red as in the paper's figures.
-OVERLAY = {1: (0.0, 0.8, 0.0), 2: (0.1, 0.3, 1.0), 3: (1.0, 0.0, 0.0)}
-SAMPLES_PER_STORE = 4
-
-Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", name, caption, png)
+# The paper's numbering of the Dice and Hausdorff tables: (architecture, augmentation) -> table.
+TABLE_NUMBERS = {("unet", False): 3, ("unet", True): 4, ("swin", False): 6, ("swin", True): 7}
+# Table 1: (key, column, lower is better).
+RANKED = (("fid", "FID", True), ("is", "IS", False), ("fd", "in-domain FD", True), ("dice", "Dice", False),
+          ("hd", "HD", True))
 
 
 # ---------------------------------------------------------------------------- data
@@ -56,7 +78,7 @@ def load_evaluations(path: Path) -> list[dict[str, Any]]:
 
     runs = evaluation_runs(Path(path))
     for run in runs:
-        missing = [key for key in ("dice", "hausdorff", "hausdorff95") if key not in run]
+        missing = [key for key in SCORES if key not in run]
         if missing or "train" not in run["model"]:
             raise ValueError(f"{run['_path']}: not an evaluate-segmenter summary (missing {missing or 'model.train'})")
     return runs
@@ -103,6 +125,10 @@ def aggregate(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _single_generator_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["train"] == "synthetic" and len(r["synthetic"]) == 1]
+
+
 def generator_ranking(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Synthetic-only rows of one generator each, ranked by mean Dice within (arch, setting).
 
@@ -110,173 +136,167 @@ def generator_ranking(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         Dicts with arch, setting, rank (1 = best), generator, mean_dice (stats) and relative_dice.
     """
     ranked = []
-    single = [r for r in rows if r["train"] == "synthetic" and len(r["synthetic"]) == 1]
+    single = _single_generator_rows(rows)
     for arch, augment in sorted({(r["arch"], r["augment"]) for r in single}, key=lambda k: (k[0], not k[1])):
         group = sorted((r for r in single if r["arch"] == arch and r["augment"] == augment),
                        key=lambda r: -r["mean_dice"]["mean"])
         for rank, row in enumerate(group, start=1):
             ranked.append({"arch": arch, "setting": "aug" if augment else "orig", "rank": rank,
-                           "generator": Path(row["synthetic"][0]).name or row["synthetic"][0],
+                           "generator": generator_key(row["synthetic"][0]),
                            "mean_dice": row["mean_dice"], "relative_dice": row["relative_dice"]})
     return ranked
 
 
-def _fmt(stats: dict[str, Any] | None, digits: int) -> str:
-    if stats is None:
-        return "–"
-    mean, sd = stats["mean"], stats["sd"]
-    if math.isnan(sd):
-        return f"{mean:.{digits}f} ± –"
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+def load_memorization(path: Path) -> dict[str, Any]:
+    """An evaluate-synthetic summary with ``_dir`` (its output directory) and ``_name`` (the generator)."""
+    from synthmri.metrics.evaluate_synthetic import load_summary
+
+    summary = load_summary(path)
+    directory = Path(path).parent if Path(path).suffix == ".json" else Path(path)
+    generator = summary.get("generator") or {}
+    return {**summary, "_dir": directory, "_name": generator_key(generator.get("name") or directory.name)}
 
 
-def _source_name(row: dict[str, Any]) -> str:
-    names = ", ".join(Path(s).name or s for s in row["synthetic"])
-    train = row["train"]
-    if train == "ratio":
-        train = f"ratio ({100 * row['real_share']:.0f}% real)"
-    if len(row["synthetic"]) > 1 and row["train"] != "real":
-        names = f"ensemble: {names}"
-    return f"{train} ({names})" if names and row["train"] != "real" else train
+def _computed(summary: dict[str, Any] | None, section: str, key: str) -> float | None:
+    values = ((summary or {}).get("quality") or {}).get(section) or {}
+    return float(values[key]) if values.get("status") == "computed" and values.get(key) is not None else None
 
 
-def _relative(row: dict[str, Any]) -> str:
-    return "–" if row["relative_dice"] is None else f"{row['relative_dice']:.4f} (vs {row['relative_to']})"
+def competition_ranks(values: dict[str, float | None], lower_is_better: bool) -> dict[str, int | None]:
+    """Rank 1 = best; ties share the better rank ("1224"); missing values get None."""
+    present = {k: v for k, v in values.items() if v is not None and math.isfinite(v)}
+    sign = 1.0 if lower_is_better else -1.0
+    return {k: (1 + sum(sign * other < sign * present[k] for other in present.values()) if k in present else None)
+            for k in values}
 
 
-def results_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells of the Dice table: per label and region, mean Dice and relative Dice (4 decimals)."""
-    headers = ["arch", "training", "setting", "n", *(f"Dice {k}" for k in STRUCTURES), "mean Dice", "relative Dice"]
-    cells = [[row["arch"], _source_name(row), "aug" if row["augment"] else "orig", str(row["n"]),
-              *(_fmt(row["dice"].get(k), 4) for k in STRUCTURES), _fmt(row["mean_dice"], 4), _relative(row)]
+def generator_table(rows: list[dict[str, Any]], memorization: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Table 1: each generator's FID, IS, in-domain FD, Dice and HD, their ranks and the mean rank.
+
+    Dice (mean over ET, ED and NCR/NET) and HD (maximum Hausdorff distance, mean over the
+    same labels) are those of segmenters trained on the generator's images alone, in one
+    setting: U-Net (else the first architecture) with augmentation (else without).
+
+    Returns:
+        One dict per generator, best mean rank first, and a sentence naming that setting.
+    """
+    summaries: dict[str, dict[str, Any]] = {}
+    for summary in memorization:
+        name = summary["_name"]
+        summaries[name if name not in summaries else f"{name}#{len(summaries)}"] = summary
+    single = _single_generator_rows(rows)
+    archs = sorted({r["arch"] for r in single}, key=lambda a: (a != "unet", a))
+    reference = [r for r in single if archs and r["arch"] == archs[0]]
+    augment = any(r["augment"] for r in reference)
+    reference = {generator_key(r["synthetic"][0]): r for r in reference if r["augment"] == augment}
+    note = (f"Dice and HD: {ARCH_NAMES.get(archs[0], archs[0])} {'with' if augment else 'without'} augmentation, "
+            "trained on the generator's images alone." if archs else "No synthetic-only evaluations: no Dice or HD.")
+    table = []
+    for name in [*summaries, *sorted(set(reference) - set(summaries))]:
+        summary, row = summaries.get(name), reference.get(name)
+        table.append({
+            "generator": name, "fid": _computed(summary, "inception", "fid"),
+            "is": _computed(summary, "inception", "is_mean"), "fd": _computed(summary, "in_domain", "frechet_distance"),
+            "dice": row["mean_dice"]["mean"] if row else None,
+            "hd": float(np.mean([row["hausdorff"][k]["mean"] for k in EVAL_LABELS])) if row else None,
+            "mlflow_run_id": (summary or {}).get("mlflow_run_id"), "evaluations": row["sources"] if row else [],
+        })
+    for key, _, lower in RANKED:
+        for entry, rank in zip(table, competition_ranks({e["generator"]: e[key] for e in table}, lower).values()):
+            entry.setdefault("ranks", {})[key] = rank
+    for entry in table:
+        ranks = [r for r in entry["ranks"].values() if r is not None]
+        entry["mean_rank"] = float(np.mean(ranks)) if ranks else None
+    table.sort(key=lambda e: (e["mean_rank"] is None, e["mean_rank"] or 0.0))
+    return table, note
+
+
+# ---------------------------------------------------------------------------- cells
+
+
+def _quality(summary: dict[str, Any], section: str, key: str) -> str:
+    return fmt_number(_computed(summary, section, key), ".4g")
+
+
+def setting_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """One architecture and setting: Dice (4 decimals) and maximum Hausdorff in mm (2), mean ± sd."""
+    headers = ["training", "n", *(f"Dice {k}" for k in STRUCTURES), "mean Dice", *(f"HD {k}" for k in STRUCTURES)]
+    cells = [[source_name(row), str(row["n"]), *(fmt_stats(row["dice"].get(k), 4) for k in STRUCTURES),
+              fmt_stats(row["mean_dice"], 4), *(fmt_stats(row["hausdorff"].get(k), 2) for k in STRUCTURES)]
              for row in rows]
     return headers, cells
 
 
-def hausdorff_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells of the Hausdorff table: maximum and 95th percentile in mm (2 decimals)."""
-    headers = ["arch", "training", "setting", *(f"HD {k}" for k in STRUCTURES), *(f"HD95 {k}" for k in STRUCTURES)]
-    cells = [[row["arch"], _source_name(row), "aug" if row["augment"] else "orig",
-              *(_fmt(row["hausdorff"].get(k), 2) for k in STRUCTURES),
-              *(_fmt(row["hausdorff95"].get(k), 2) for k in STRUCTURES)]
-             for row in rows]
+def hd95_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """95th-percentile Hausdorff distance in mm of every row."""
+    headers = ["arch", "training", "setting", *(f"HD95 {k}" for k in STRUCTURES)]
+    cells = [[row["arch"], source_name(row), setting_name(row["augment"]),
+              *(fmt_stats(row["hausdorff95"].get(k), 2) for k in STRUCTURES)] for row in rows]
     return headers, cells
 
 
-# ---------------------------------------------------------------------------- figures
-
-
-def _figure_png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return buffer.getvalue()
-
-
-def overlay(image: np.ndarray, annotation: np.ndarray) -> np.ndarray:
-    """RGB float [H, W, 3]: grayscale `image` (0-255) with annotation classes blended in colour."""
-    gray = np.asarray(image, dtype=np.float32) / 255.0
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    classes = values_to_classes(annotation)
-    for cls, colour in OVERLAY.items():
-        mask = classes == cls
-        rgb[mask] = 0.45 * rgb[mask] + 0.55 * np.asarray(colour, dtype=np.float32)
-    return rgb
-
-
-def pick_samples(store: SliceStore, k: int, seed: int, split: str | None = None) -> np.ndarray:
-    """Up to `k` slices of `split`, preferring slices with tumour, from a seeded random subset."""
-    positions = store.indices(split)
-    if len(positions) == 0:
-        positions = store.indices()
-    rng = np.random.default_rng(seed)
-    candidates = rng.permutation(positions)[: 8 * k]
-    slices = store.read(candidates)  # SliceStore.read orders rows within each shard itself
-    tumour = (slices[:, IMAGE_CHANNELS] > 0).reshape(len(slices), -1).mean(axis=1)
-    order = np.argsort(-(tumour > 0).astype(int), kind="stable")  # tumour slices first, random order kept
-    return candidates[order[:k]]
-
-
-def sample_grid(stores: list[tuple[str, SliceStore]], k: int, seed: int) -> bytes:
-    """PNG: per store `k` rows of T1, T1Gd, T2, FLAIR (grayscale) and FLAIR + annotation overlay."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = []
-    for title, store in stores:
-        split = "test" if np.any(store.split == "test") else None  # real: patients no generator saw
-        picked = pick_samples(store, k, seed, split)
-        rows += [(title, store.slice_id[p], s) for p, s in zip(picked, store.read(picked))]
-    columns = ["T1", "T1Gd", "T2", "FLAIR", "FLAIR + labels\n(red ET, blue ED, green NCR)"]
-    fig, axes = plt.subplots(len(rows), 5, figsize=(5 * 1.6, len(rows) * 1.6), squeeze=False)
-    for r, (title, slice_id, image) in enumerate(rows):
-        for c in range(5):
-            ax = axes[r, c]
-            if c < 4:
-                ax.imshow(image[c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            else:
-                ax.imshow(overlay(image[3], image[4]), interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(columns[c], fontsize=8)
-        axes[r, 0].set_ylabel(f"{title}\n{slice_id}", fontsize=6)
-    return _figure_png(fig)
+def relative_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Table 5: relative Dice, one row per training source, one column per architecture and setting."""
+    columns = sorted({(r["arch"], r["augment"]) for r in rows},
+                     key=lambda c: (c[0] not in ARCH_NAMES, c[0] != "unet", c))  # U-Net, Swin, the rest
+    sources = list(dict.fromkeys(source_name(r) for r in rows))
+    value = {(source_name(r), r["arch"], r["augment"]): r["relative_dice"] for r in rows}
+    headers = ["training", *(f"{ARCH_NAMES.get(a, a)} {setting_name(aug)}" for a, aug in columns)]
+    cells = [[source, *(fmt_number(value.get((source, a, aug)), ".4f") for a, aug in columns)] for source in sources]
+    return headers, cells
 
 
 # ---------------------------------------------------------------------------- sections
 
 
-def _results_blocks(rows: list[dict[str, Any]]) -> list[Block]:
-    blocks: list[Block] = [
-        ("h", 2, "Segmentation of the test subjects"),
-        ("p", "3D Dice per label (ET, ED, NCR/NET) and BraTS region (WT, TC; the ET region is the ET label) on the "
-              "real test subjects, mean ± sd over repeats; mean Dice is over the three labels; relative Dice = "
-              "mean Dice / mean Dice of real-only training with augmentation (paper, Table 3)."),
-        ("table", *results_table(rows)),
-        ("h", 3, "Hausdorff distance"),
-        ("p", "Symmetric Hausdorff distance in mm (voxel spacing of the source volumes): maximum (the paper's) "
-              "and 95th percentile (the BraTS challenge's); a structure missing from exactly one of prediction "
-              "and reference scores the volume's diagonal."),
-        ("table", *hausdorff_table(rows)),
-    ]
-    ranking = generator_ranking(rows)
-    if ranking:
-        blocks += [("h", 3, "Ranking of generators"),
-                   ("p", "Generators ranked by the mean Dice of segmenters trained on their synthetic slices alone."),
-                   ("table", ["arch", "setting", "rank", "generator", "mean Dice", "relative Dice"],
-                    [[r["arch"], r["setting"], str(r["rank"]), r["generator"], _fmt(r["mean_dice"], 4),
-                      "–" if r["relative_dice"] is None else f"{r['relative_dice']:.4f}"] for r in ranking])]
-    ratio = [r for r in rows if r["train"] == "ratio"]
-    if ratio:
-        blocks += [("h", 3, "Share of real images (paper Fig. 4)"),
-                   ("p", "A fixed pool of training slices with a growing share of real ones; the rest synthetic."),
-                   ("table", ["arch", "setting", "real share", "synthetic", "n", "mean Dice", "relative Dice"],
-                    [[r["arch"], "aug" if r["augment"] else "orig", f"{100 * r['real_share']:.0f}%",
-                      ", ".join(Path(s).name or s for s in r["synthetic"]), str(r["n"]), _fmt(r["mean_dice"], 4),
-                      _relative(r)] for r in ratio])]
-    return blocks
+def _generator_blocks(rows: list[dict[str, Any]], memorization: list[dict[str, Any]]) -> tuple[list[Block], list]:
+    table, note = generator_table(rows, memorization)
+    blocks: list[Block] = [("h", 2, "Table 1: Ranking of generators")]
+    if not table:
+        blocks.append(("p", "No evaluate-synthetic outputs (--memorization) and no synthetic-only evaluations."))
+    else:
+        blocks += [("p", "Rank 1 is best: lower FID, in-domain FD and HD, higher IS and Dice. " + note),
+                   ("table", ["generator", *(h for _, name, _ in RANKED for h in (name, "rank")), "mean rank"],
+                    [[e["generator"], *(c for key, _, _ in RANKED for c in (
+                        fmt_number(e[key], ".2f" if key == "hd" else ".4f" if key == "dice" else ".4g"),
+                        fmt_number(e["ranks"][key], "d"))), fmt_number(e["mean_rank"], ".2f")] for e in table])]
+    blocks.append(("h", 2, "Table 2: FID and IS"))
+    if not memorization:
+        return blocks + [("p", "No evaluate-synthetic outputs given (--memorization).")], table
+    cells, reasons = [], []
+    for summary in memorization:
+        quality = summary.get("quality") or {}
+        inception, in_domain = quality.get("inception") or {}, quality.get("in_domain") or {}
+        reasons += [f"{section}: {values['reason']}" for section, values in (("FID/IS", inception),
+                    ("in-domain", in_domain)) if values.get("status") == "skipped" and values.get("reason")]
+        is_sd = _computed(summary, "inception", "is_sd")
+        cells.append([summary["_name"], str((summary.get("generator") or {}).get("version", "–")),
+                      _quality(summary, "inception", "fid"),
+                      _quality(summary, "inception", "is_mean") + ("" if is_sd is None else f" ± {is_sd:.4g}"),
+                      *(_quality(summary, section, key) for section, key in (
+                          ("inception", "is_real_mean"), ("in_domain", "frechet_distance"), ("in_domain", "kid"),
+                          ("in_domain", "precision"), ("in_domain", "recall")))])
+    blocks += [("p", "FID and IS on ImageNet-Inception features; Fréchet distance (FD), KID and precision/recall on "
+                     "the features of a segmenter trained on real slices (in-domain); both against the real "
+                     "training slices. IS (real) is the real slices' own score, for reference."),
+               ("table", ["generator", "version", "FID", "IS", "IS (real)", "in-domain FD", "KID", "precision",
+                          "recall"], cells)]
+    blocks += [("p", f"Skipped, {reason}") for reason in dict.fromkeys(reasons)]
+    return blocks, table
 
 
-def _memorization_blocks(path: Path) -> list[Block]:
-    from synthmri.metrics.evaluate_synthetic import load_summary, plot_histogram, read_memorization_csv
+def _memorization_blocks(summary: dict[str, Any]) -> list[Block]:
+    from synthmri.metrics.evaluate_synthetic import plot_histogram, read_memorization_csv
 
-    summary = load_summary(path)
-    directory = Path(path).parent if Path(path).suffix == ".json" else Path(path)
+    directory, name = summary["_dir"], summary["_name"]
     stats = ["mean", "median", "p99", "max", "share_above_threshold", "n"]
-    cells = [[name, *(f"{summary[name][s]:.4f}" if s != "n" else str(summary[name][s]) for s in stats)]
-             for name in ("synthetic", "baseline")]
-    generator = summary.get("generator") or {}
+    cells = [[part, *(f"{summary[part][s]:.4f}" if s != "n" else str(summary[part][s]) for s in stats)]
+             for part in ("synthetic", "baseline")]
     blocks: list[Block] = [
-        ("h", 2, "Memorization"),
-        ("p", f"Highest Pearson correlation of each synthetic slice (generator {generator.get('name', '?')} "
-              f"version {generator.get('version', '?')}) with any training slice, against the same statistic for "
-              f"held-out real test slices (baseline). Threshold r > {summary['threshold']:g}."),
+        ("h", 3, f"Memorization: {name}"),
+        ("p", f"Highest Pearson correlation of each synthetic slice (generator {name}, version "
+              f"{(summary.get('generator') or {}).get('version', '?')}) with any training slice, against the same "
+              f"statistic for held-out real test slices (baseline). Threshold r > {summary['threshold']:g}."),
         ("table", ["set", *stats], cells),
     ]
     hist = directory / "memorization_hist.png"
@@ -285,27 +305,59 @@ def _memorization_blocks(path: Path) -> list[Block]:
     else:  # an older output without the figure: redraw it from the CSVs
         _, syn, _ = read_memorization_csv(directory / "memorization.csv")
         _, base, _ = read_memorization_csv(directory / "memorization_baseline.csv")
-        png = plot_histogram(syn, base, float(summary["threshold"]), "memorization")
-    blocks.append(("img", "memorization_hist.png", "Max-correlation distributions: synthetic vs real test", png))
-    quality = summary.get("quality") or {}
-    cells = []
-    for section, title, keys in (("inception", "ImageNet Inception", ("fid", "is_mean", "is_real_mean")),
-                                 ("in_domain", "in-domain (segmenter features)",
-                                  ("frechet_distance", "kid", "precision", "recall"))):
-        values = quality.get(section)
-        if values:
-            shown = ", ".join(f"{k} {values[k]:.4g}" for k in keys if values.get(k) is not None)
-            cells.append([title, values["status"], shown or values.get("reason", "")])
-    if cells:
-        blocks.append(("table", ["features", "status", "metrics"], cells))
+        png = plot_histogram(syn, base, float(summary["threshold"]), f"memorization: {name}")
+    blocks.append(("img", f"memorization-{name}.png", f"{name}: max-correlation distributions, synthetic vs real test",
+                   png))
     pairs = directory / "memorization_pairs.png"
     if pairs.is_file():
-        blocks.append(("img", "memorization_pairs.png", "Closest synthetic slices beside their nearest training slices",
-                       pairs.read_bytes()))
+        blocks.append(("img", f"pairs-{name}.png", f"{name}: closest synthetic slices beside their nearest training "
+                       "slices", pairs.read_bytes()))
     if summary.get("nearest"):
         blocks.append(("table", ["synthetic slice", "nearest training slice", "r"],
                        [[n["slice_id"], n["train_slice_id"], f"{n['max_corr']:.4f}"] for n in summary["nearest"]]))
     return blocks
+
+
+def _segmentation_blocks(rows: list[dict[str, Any]]) -> list[Block]:
+    tabled = [r for r in rows if r["train"] != "ratio"]
+    keys = sorted(set(TABLE_NUMBERS) | {(r["arch"], r["augment"]) for r in tabled},
+                  key=lambda k: (TABLE_NUMBERS.get(k, 99), k))
+    blocks: list[Block] = [
+        ("h", 2, "Segmentation of the test subjects"),
+        ("p", "3D Dice per label (ET, ED, NCR/NET) and BraTS region (WT, TC; the ET region is the ET label) and the "
+              "maximum symmetric Hausdorff distance (HD, mm, voxel spacing of the source volumes) on the real test "
+              "subjects, mean ± sd over repeats; mean Dice is over the three labels. A structure missing from "
+              "exactly one of prediction and reference scores Dice 0 and the volume's diagonal."),
+    ]
+    for arch, augment in keys:
+        number = TABLE_NUMBERS.get((arch, augment))
+        if number == 6:
+            blocks += _relative_blocks(tabled)
+        title = f"Table {number}" if number else "Supplementary table"
+        blocks.append(("h", 3, f"{title}: {ARCH_NAMES.get(arch, arch)}, "
+                               f"{'with' if augment else 'without'} augmentation"))
+        members = [r for r in tabled if r["arch"] == arch and r["augment"] == augment]
+        blocks.append(("table", *setting_table(members)) if members else
+                      ("p", f"No evaluations of {ARCH_NAMES.get(arch, arch)} {'with' if augment else 'without'} "
+                            "augmentation were given."))
+    if tabled:
+        blocks += [("h", 3, "Supplementary: 95th-percentile Hausdorff distance"),
+                   ("p", "The BraTS challenge's Hausdorff distance, mm, mean ± sd over repeats."),
+                   ("table", *hd95_table(tabled))]
+    ranking = generator_ranking(rows)
+    if ranking:
+        blocks += [("h", 3, "Supplementary: generators ranked by Dice per architecture and setting"),
+                   ("table", ["arch", "setting", "rank", "generator", "mean Dice", "relative Dice"],
+                    [[r["arch"], r["setting"], str(r["rank"]), r["generator"], fmt_stats(r["mean_dice"], 4),
+                      fmt_number(r["relative_dice"], ".4f")] for r in ranking])]
+    return blocks
+
+
+def _relative_blocks(rows: list[dict[str, Any]]) -> list[Block]:
+    return [("h", 3, "Table 5: Relative Dice"),
+            ("p", "Mean Dice divided by that of real-only training with augmentation of the same architecture "
+                  "(without augmentation where that is all there is).")] + (
+        [("table", *relative_table(rows))] if rows else [("p", "No evaluations.")])
 
 
 def _promotion_blocks(path: Path) -> list[Block]:
@@ -342,7 +394,8 @@ def render_markdown(blocks: list[Block], figures: str = "figures") -> str:
         elif block[0] == "table":
             headers, rows = block[1], block[2]
             lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-            lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+            lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"
+                      for row in rows]
             parts.append("\n".join(lines))
         elif block[0] == "img":
             parts.append(f"![{block[2]}]({figures}/{block[1]})")
@@ -350,7 +403,7 @@ def render_markdown(blocks: list[Block], figures: str = "figures") -> str:
 
 
 def render_html(blocks: list[Block], title: str) -> str:
-    """One HTML file with every image embedded as a base64 PNG."""
+    """One HTML file with every image embedded as a base64 PNG and the style inline."""
     esc = html.escape
     body = []
     for block in blocks:
@@ -361,15 +414,16 @@ def render_html(blocks: list[Block], title: str) -> str:
         elif block[0] == "table":
             head = "".join(f"<th>{esc(h)}</th>" for h in block[1])
             rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in block[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            body.append(f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
         elif block[0] == "img":
             data = base64.b64encode(block[3]).decode("ascii")
             body.append(f'<figure><img alt="{esc(block[2])}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{esc(block[2])}</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f2}"
-             "img{max-width:100%}figcaption{font-size:12px;color:#555}")
+    style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;font-size:12px;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:2px 5px;text-align:left;white-space:nowrap}th{background:#f2f2f2}"
+             ".wide{overflow-x:auto}"
+             "img{max-width:100%}figure{margin:1em 0}figcaption{font-size:12px;color:#555}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
@@ -388,7 +442,7 @@ def write_report(out: Path, evaluations: list[Path], memorization: Path | list[P
         evaluations: evaluate-segmenter outputs (directories or summary.json files).
         memorization: evaluate-synthetic output directory, several (one per generator), or None.
         real: real slice store for sample slices, or None.
-        synthetic: synthetic slice stores for sample slices, or None.
+        synthetic: synthetic slice stores for sample slices (one figure each), or None.
         promotion: the promotion decision JSON, several (one per generator), or None.
         cfg: resolved config (seed for sample choice, tracking).
 
@@ -407,21 +461,27 @@ def write_report(out: Path, evaluations: list[Path], memorization: Path | list[P
         raise ValueError("report: at least one --evaluation is required")
     out = Path(out)
     rows = aggregate([ev for p in evaluations for ev in load_evaluations(Path(p))])
-    blocks: list[Block] = [("h", 1, "synthmri report"),
-                           ("p", f"Profile {cfg.profile}, seed {cfg.seed}; {sum(r['n'] for r in rows)} evaluations.")]
-    blocks += _results_blocks(rows)
-    for path in _as_list(memorization):
-        blocks += _memorization_blocks(path)
-    stores: list[tuple[str, SliceStore]] = []
-    if real is not None:
-        stores.append(("real", SliceStore(Path(real))))
+    memorizations = [load_memorization(p) for p in _as_list(memorization)]
+    real_store = SliceStore(Path(real)) if real is not None else None
+    stores = []
     for path in synthetic or []:
         store = SliceStore(Path(path))
-        stores.append(((store.manifest.get("generator") or {}).get("name") or Path(path).name, store))
-    if stores:
-        blocks += [("h", 2, "Sample slices"),
-                   ("img", "samples.png", "Real vs synthetic slices: T1, T1Gd, T2, FLAIR and annotation overlay",
-                    sample_grid(stores, SAMPLES_PER_STORE, cfg.seed))]
+        stores.append((generator_key((store.manifest.get("generator") or {}).get("name") or Path(path).name), store))
+
+    blocks: list[Block] = [("h", 1, "synthmri report"),
+                           ("p", f"Profile {cfg.profile}, seed {cfg.seed}; {sum(r['n'] for r in rows)} evaluations, "
+                                 f"{len(memorizations)} generator evaluation(s). "
+                                 "Figures and tables are numbered after Akbar et al. 2024.")]
+    blocks += samples_blocks(real_store, stores, cfg.seed)
+    generator_blocks, table1 = _generator_blocks(rows, memorizations)
+    blocks += generator_blocks
+    blocks.append(("h", 2, "Memorization"))
+    if not memorizations:
+        blocks.append(("p", "No evaluate-synthetic outputs given (--memorization)."))
+    for summary in memorizations:
+        blocks += _memorization_blocks(summary)
+    prediction_blocks, examples = figure_blocks(rows)
+    blocks += prediction_blocks + _segmentation_blocks(rows) + ratio_blocks(rows)
     for path in _as_list(promotion):
         blocks += _promotion_blocks(path)
 
@@ -431,9 +491,16 @@ def write_report(out: Path, evaluations: list[Path], memorization: Path | list[P
     atomic_write_text(out / "report.md", render_markdown(blocks))
     html_path = out / "report.html"
     atomic_write_text(html_path, render_html(blocks, "synthmri report"))
-    atomic_write_json(out / "report.json", jsonable({"segmentation": rows, "generator_ranking": generator_ranking(rows)}))
+    quality = [{"generator": s["_name"], "version": (s.get("generator") or {}).get("version"),
+                "mlflow_run_id": s.get("mlflow_run_id"), **(s.get("quality") or {}),
+                "memorization": {part: s[part] for part in ("synthetic", "baseline")}, "threshold": s["threshold"]}
+               for s in memorizations]
+    atomic_write_json(out / "report.json", jsonable({
+        "segmentation": rows, "generators": table1, "quality": quality, "ratio": ratio_series(rows),
+        "examples": examples, "generator_ranking": generator_ranking(rows)}))
 
-    datasets = {("real" if title == "real" else f"synthetic_{i}"): store for i, (title, store) in enumerate(stores)}
+    datasets = {"real": real_store} if real_store is not None else {}
+    datasets.update({f"synthetic_{i}": store for i, (_, store) in enumerate(stores)})
     with stage_run(cfg, stage="report", experiment="pipeline", run_name="report", datasets=datasets):
         for name in ("report.html", "report.md", "report.json"):
             mlflow.log_artifact(str(out / name))

@@ -82,6 +82,44 @@ def git_commit() -> str:
         return "unknown"
 
 
+def pipeline_parent_run(cfg: TrackingConfig) -> str | None:
+    """The run id of the parent run of pipeline run ``cfg.pipeline_run``, created on first use.
+
+    The parent lives in the ``pipeline`` experiment, named ``pipeline-<id>`` and tagged
+    ``synthmri.pipeline_run``. Stages of one pipeline run may start it at the same time; each
+    creates a parent when it finds none, then all settle on the earliest one (start time, then
+    run id) and a stage that made a later duplicate deletes it.
+
+    Returns:
+        The parent's run id, or None when no pipeline run is configured.
+    """
+    if not cfg.pipeline_run:
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    name = experiment_name(cfg, "pipeline")
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
+    query = f"tags.`synthmri.pipeline_run` = '{cfg.pipeline_run}' and tags.`synthmri.stage` = 'pipeline'"
+
+    def parents() -> list[Any]:
+        runs = client.search_runs([experiment_id], filter_string=query, max_results=50)
+        return sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
+
+    found = parents()
+    if found:
+        return found[0].info.run_id
+    mine = client.create_run(experiment_id, run_name=f"pipeline-{cfg.pipeline_run}",
+                             tags={"synthmri.stage": "pipeline", "synthmri.pipeline_run": cfg.pipeline_run,
+                                   "synthmri.version": __version__, "synthmri.git_commit": git_commit()})
+    client.set_terminated(mine.info.run_id)
+    first = parents()[0].info.run_id
+    if first != mine.info.run_id:
+        client.delete_run(mine.info.run_id)  # another stage made the parent first
+    return first
+
+
 def _param_value(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
@@ -123,7 +161,7 @@ def stage_run(
         "synthmri.git_commit": git_commit(),
         **(tags or {}),
     }
-    if parent := os.environ.get(PARENT_RUN_ENV):
+    if parent := os.environ.get(PARENT_RUN_ENV) or pipeline_parent_run(cfg.tracking):
         all_tags["mlflow.parentRunId"] = parent
     params = {k: _param_value(v) for k, v in flatten(cfg).items()}
     for name, store in (datasets or {}).items():

@@ -285,28 +285,211 @@ def test_phantom_store_fixture(phantom_store, tiny_config):
     assert set(np.unique(slices[:, 4]).tolist()) == {0, 51, 102, 204}
 
 
-def test_s3_source(tmp_path, phantoms, tiny_config, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    files = sorted(p for p in phantoms.rglob("*") if p.is_file())
+def test_s3_source_through_a_real_endpoint_matches_the_local_source(tmp_path, phantoms, tiny_config, monkeypatch,
+                                                                     moto_s3):
+    bucket = moto_s3.bucket("brats-source")
+    client = moto_s3.client()
+    for path in sorted(p for p in phantoms.rglob("*") if p.is_file()):
+        client.upload_file(str(path), bucket, "release/" + path.relative_to(phantoms).as_posix())
+    client.put_object(Bucket=bucket, Key="release/README.txt", Body=b"not a volume")
+    for name, value in moto_s3.credentials.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    remote = prepare(f"s3://{bucket}/release", tmp_path / "remote", tiny_config, endpoint_url=moto_s3.endpoint)
+    local = prepare(phantoms, tmp_path / "local", tiny_config)
+    assert remote.manifest["source"]["path"] == f"s3://{bucket}/release"
+    assert remote.manifest["source"]["content_hash"] == local.manifest["source"]["content_hash"]
+    assert remote.manifest["shards"] == local.manifest["shards"]
+    assert not (tmp_path / ".remote.download").exists()  # the download is removed after success
+    # The endpoint may come from the environment; a kept download directory is reused as it is.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)
+    kept = tmp_path / "kept"
+    again = prepare(f"s3://{bucket}/release", tmp_path / "again", tiny_config, download_dir=kept)
+    assert again.manifest["shards"] == local.manifest["shards"] and (kept / "BraTS2021_00000").is_dir()
 
-    class FakeS3:
-        def get_paginator(self, name):
-            assert name == "list_objects_v2"
-            return self
 
-        def paginate(self, Bucket, Prefix):
-            assert (Bucket, Prefix) == ("bucket", "brats/")
-            keys = [{"Key": "brats/" + p.relative_to(phantoms).as_posix()} for p in files]
-            yield {"Contents": keys[:10]}
-            yield {"Contents": keys[10:] + [{"Key": "brats/README.txt"}]}
+# ---------------------------------------------------------------------------- bad input, one case at a time
 
-        def download_file(self, bucket, key, target):
-            shutil.copyfile(phantoms / key[len("brats/"):], target)
+VICTIM = "BraTS2021_00001"
 
-    monkeypatch.setattr(boto3, "client", lambda service: FakeS3())
-    remote = prepare("s3://bucket/brats", tmp_path / "remote", tiny_config).manifest
-    local = prepare(phantoms, tmp_path / "local", tiny_config).manifest
-    assert remote["source"]["path"] == "s3://bucket/brats"
-    assert remote["source"]["content_hash"] == local["source"]["content_hash"]
-    assert remote["shards"] == local["shards"]
-    assert not list(tmp_path.glob(".prepare-source-*"))  # the download is removed
+
+def _nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> None:
+    """Replace the file at `path` with `data`, keeping its affine unless one is given."""
+    nib.save(nib.Nifti1Image(data, nib.load(path).affine if affine is None else affine), path)
+
+
+def _file(src: Path, channel: str) -> Path:
+    return src / VICTIM / f"{VICTIM}_{channel}.nii.gz"
+
+
+def _volume(src: Path, channel: str) -> np.ndarray:
+    return np.asarray(nib.load(_file(src, channel)).dataobj)
+
+
+def _corrupt(src: Path, case: str) -> None:
+    """Damage VICTIM in one way."""
+    t2, flair = _file(src, "t2"), _file(src, "flair")
+    if case == "truncated gzip":
+        flair.write_bytes(flair.read_bytes()[:300])
+    elif case == "random bytes":
+        flair.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    elif case == "gzip of a truncated nifti":
+        import gzip
+
+        flair.write_bytes(gzip.compress(gzip.decompress(flair.read_bytes())[:2000]))
+    elif case == "missing modality":
+        flair.unlink()
+    elif case == "different shape":
+        _nifti(t2, _volume(src, "t2")[:-2])
+    elif case == "different affine":
+        image = nib.load(t2)
+        shifted = image.affine.copy()
+        shifted[0, 3] += 2.0
+        _nifti(t2, np.asarray(image.dataobj), shifted)
+    elif case == "4D volume":
+        volume = _volume(src, "t2")
+        _nifti(t2, np.stack([volume, volume], axis=-1))
+    elif case == "2D volume":
+        _nifti(t2, _volume(src, "t2")[:, :, 0])
+    elif case == "NaN voxels":
+        volume = _volume(src, "t2").astype(np.float32)
+        volume[3, 3, 3] = np.nan
+        _nifti(t2, volume)
+    elif case == "Inf voxels":
+        volume = _volume(src, "t2").astype(np.float32)
+        volume[3, 3, 3] = np.inf
+        _nifti(t2, volume)
+    elif case == "all-zero volume":
+        _nifti(t2, np.zeros_like(_volume(src, "t2")))
+    elif case == "label outside the map":
+        seg = _volume(src, "seg").copy()
+        seg[2, 2, 2] = 7
+        _nifti(_file(src, "seg"), seg)
+    elif case == "non-numeric dtype":
+        _nifti(t2, _volume(src, "t2").astype(np.complex64))
+    elif case == "duplicate subject id":
+        shutil.copytree(src / VICTIM, src / "again" / VICTIM)
+    else:
+        raise AssertionError(case)
+
+
+BAD_INPUTS = {  # case -> (file the rejection names, words in the reason)
+    "truncated gzip": ("_flair.nii.gz", ""),
+    "random bytes": ("_flair.nii.gz", ""),
+    "gzip of a truncated nifti": ("_flair.nii.gz", ""),
+    "missing modality": ("_flair.nii.gz", "missing modality flair"),
+    "different shape": ("_t2.nii.gz", "differs from t1"),
+    "different affine": ("_t2.nii.gz", "affine differs from t1"),
+    "4D volume": ("_t2.nii.gz", "not a 3D volume"),
+    "2D volume": ("_t2.nii.gz", "not a 3D volume"),
+    "NaN voxels": ("_t2.nii.gz", "NaN or Inf"),
+    "Inf voxels": ("_t2.nii.gz", "NaN or Inf"),
+    "all-zero volume": ("_t2.nii.gz", "all-zero"),
+    "label outside the map": ("_seg.nii.gz", "labels [7] not in label map"),
+    "non-numeric dtype": ("_t2.nii.gz", "non-numeric voxel type complex64"),
+    "duplicate subject id": (VICTIM, "duplicate subject id"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_rejects_one_subject_names_it_and_prepares_the_rest(case, tmp_path, phantoms, tiny_config, caplog):
+    src = tmp_path / "src"
+    shutil.copytree(phantoms, src)
+    _corrupt(src, case)
+    with caplog.at_level(logging.WARNING, logger="synthmri.data.prepare"):
+        result = prepare(src, tmp_path / "out", _config(tiny_config, test_subjects=1))
+    rows = _rows(tmp_path / "out" / "rejected.csv")
+    assert rows and {row["subject"] for row in rows} == {VICTIM}, rows
+    file_part, words = BAD_INPUTS[case]
+    for row in rows:
+        assert file_part in row["file"] and words in row["reason"] and row["reason"], row
+        assert any(VICTIM in m and row["file"] in m for m in caplog.messages)
+    store = SliceStore(tmp_path / "out", verify=True)
+    assert VICTIM not in store.subjects() and len(store.subjects()) == 5
+    assert result.exit_code(strict=False) == 0 and result.exit_code(strict=True) == 1
+
+
+def test_cli_exit_codes_strict_and_nothing_prepared(tmp_path, phantoms, tiny_config):
+    from synthmri.cli import main
+
+    src = tmp_path / "src"
+    shutil.copytree(phantoms, src)
+    _corrupt(src, "random bytes")
+    tiny = str(Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml")
+    common = ["prepare", "--profile", tiny, "--source", str(src), "--workers", "1", "--set", "data.test_subjects=1"]
+    assert main([*common, "--out", str(tmp_path / "lenient")]) == 0
+    assert main([*common, "--out", str(tmp_path / "strict"), "--strict"]) == 1
+    assert SliceStore(tmp_path / "strict").subjects()  # strict still writes the good subjects
+    (tmp_path / "empty").mkdir()
+    assert main(["prepare", "--profile", tiny, "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "none")]) == 1
+    assert (tmp_path / "none" / "rejected.csv").read_text() == "subject,file,reason\n"
+    assert main(["prepare", "--profile", tiny, "--source", str(src), "--out", str(tmp_path / "w"), "--workers", "0"]) == 2
+
+
+def test_sigkilled_prepare_resumes_to_a_byte_identical_store(tmp_path, tiny_config):
+    """A real SIGKILL mid-run (no clean-up runs), then the same command again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "brats"
+    write_phantom_dataset(src, dataclasses.replace(tiny_config.phantom, subjects=12, shape=(64, 64, 40)))
+    tiny = str(Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml")
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "synthmri", "prepare", "--profile", tiny, "--source", str(src), "--out", str(out),
+                "--workers", "1", "--seed", "3", "--set", "data.shard_size=8"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "clean"), check=True, capture_output=True, env=env, timeout=300)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((killed / "shards").glob("shard-*.npy"))) < 2:
+            assert process.poll() is None, "prepare finished before it could be killed"
+            assert time.monotonic() < deadline, "no shard written in 120 s"
+            time.sleep(0.002)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed / "manifest.json").exists(), "killed after the store was complete: nothing to resume"
+    shards_before = {p.name: p.read_bytes() for p in (killed / "shards").glob("shard-*.npy")}
+
+    subprocess.run(command(killed), check=True, capture_output=True, env=env, timeout=300)
+    clean_manifest = json.loads((tmp_path / "clean" / "manifest.json").read_text())
+    resumed_manifest = json.loads((killed / "manifest.json").read_text())
+    assert resumed_manifest["shards"] == clean_manifest["shards"]  # names, rows and sha256 of every shard
+    assert resumed_manifest["content_hash"] == clean_manifest["content_hash"]
+    for name in ("index.csv", "subjects.csv", "rejected.csv", "manifest.json"):
+        assert (killed / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+    for shard in clean_manifest["shards"]:
+        assert hashlib.sha256((killed / "shards" / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+    # The shards finished before the kill were kept, not rewritten.
+    for name, data in shards_before.items():
+        assert (killed / "shards" / name).read_bytes() == data
+    SliceStore(killed, verify=True)
+
+
+def test_worker_count_does_not_change_the_bytes(tmp_path, phantoms, tiny_config):
+    one = prepare(phantoms, tmp_path / "one", tiny_config, workers=1).manifest
+    two = prepare(phantoms, tmp_path / "two", tiny_config, workers=2).manifest
+    assert one["shards"] == two["shards"] and one["content_hash"] == two["content_hash"]
+    assert (tmp_path / "one" / "index.csv").read_bytes() == (tmp_path / "two" / "index.csv").read_bytes()
+
+
+@pytest.mark.parametrize("threshold", [-1, 0, 49.5, 50, 51, 254, 255])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+def test_foreground_in_voxel_units_equals_scaling_every_voxel(threshold, dtype):
+    from synthmri.data.prepare import _foreground, _to_uint8, foreground_fraction
+
+    rng = np.random.default_rng(int(threshold * 10) % 97)
+    high = 250 if dtype == np.uint8 else 3001
+    volume = rng.integers(0 if dtype == np.uint8 else -20, high, size=(20, 18, 30)).astype(dtype)
+    peak = float(np.float32(volume.max()))
+    data = dataclasses.replace(load_config(None).data, intensity_threshold=threshold, pad_to=32)
+    expected = foreground_fraction(_to_uint8(volume, peak), threshold, 32)
+    assert np.array_equal(_foreground(volume, peak, data), expected)

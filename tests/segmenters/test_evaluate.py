@@ -30,7 +30,7 @@ from . import blob_volume, write_blob_store
 
 SUMMARY_KEYS = {"model", "data_hash", "eval_slices", "subjects", "dice", "hausdorff", "hausdorff95", "mean_dice",
                 "repeats", "runs"}
-MODEL_KEYS = {"arch", "train", "augment", "seed", "synthetic", "name", "real_share"}
+MODEL_KEYS = {"arch", "train", "augment", "seed", "synthetic", "name", "real_share", "synthetic_versions", "repeat"}
 
 
 def test_restack_follows_the_index_z_not_file_order(tmp_path):
@@ -112,7 +112,7 @@ def test_evaluate_writes_the_summary_schema_and_an_mlflow_run(phantom_store, tin
     assert set(summary) == SUMMARY_KEYS and set(summary["model"]) == MODEL_KEYS
     assert summary["model"] == {"arch": "unet", "train": "real", "augment": tiny_config.segmenter.augment,
                                 "seed": tiny_config.seed, "synthetic": [], "name": "unet-real-orig-s0",
-                                "real_share": None}
+                                "real_share": None, "synthetic_versions": [], "repeat": None}
     store = SliceStore(phantom_store)
     assert summary["data_hash"] == store.content_hash and summary["eval_slices"] == "filtered"
     assert summary["subjects"] == len(store.subjects("test"))

@@ -54,7 +54,7 @@ def test_training_raises_validation_dice_and_records_everything(phantom_store, t
     assert checkpoint["config"]["segmenter"]["augment"] is False
 
     runs = mlflow.search_runs(experiment_names=["synthmri-segmenters"], output_format="list")
-    assert [r.info.run_name for r in runs] == ["unet-real-orig-s0"]
+    assert [r.info.run_name for r in runs] == ["unet-real-orig-r0"]
     run = runs[0]
     assert run.data.tags["synthmri.train"] == "real"
     assert run.data.tags["synthmri.data.real"] == SliceStore(phantom_store).content_hash
@@ -63,21 +63,23 @@ def test_training_raises_validation_dice_and_records_everything(phantom_store, t
     # The trained model scores in 3D better than nothing on at least the largest label.
     summary = evaluate_segmenter(tmp_path / "real", phantom_store, tmp_path / "eval", cfg).summary
     assert json.loads((tmp_path / "eval" / "summary.json").read_text()) == summary
-    assert summary["model"]["name"] == "unet-real-orig-s0" and summary["dice"]["ED"] > 0.05
+    assert summary["model"]["name"] == "unet-real-orig-r0" and summary["dice"]["ED"] > 0.05
 
     # Mixed and synthetic-only runs record their generators; without a real store there
     # is no validation and the last weights are kept.
     synthetic = write_blob_store(tmp_path / "syn", {"train": 2}, size=cfg.data.size, depth=6, generator="ddpm")
     short = _config(tiny_config, train_samples=32, val_every=32)
     mixed = train_segmenter("mixed", phantom_store, [synthetic], tmp_path / "mixed", short)
-    assert mixed.name == "unet-mixed-aug-s0" and mixed.best_val_dice is not None
+    assert mixed.name == "ddpm-unet-mixed-aug-r0" and mixed.best_val_dice is not None
     assert torch.load(mixed.checkpoint, weights_only=True)["synthetic"] == ["ddpm"]
     alone = train_segmenter("synthetic", None, [synthetic], tmp_path / "alone", short, name="syn-only")
     assert alone.best_val_dice is None and alone.best_step == 2
     assert torch.load(alone.checkpoint, weights_only=True)["step"] == 2
     runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["synthmri-segmenters"], output_format="list")}
-    assert set(runs) == {"unet-real-orig-s0", "unet-mixed-aug-s0", "syn-only"}
-    assert runs["unet-mixed-aug-s0"].data.tags["synthmri.synthetic"] == "ddpm"
+    assert set(runs) == {"unet-real-orig-r0", "ddpm-unet-mixed-aug-r0", "syn-only"}
+    assert runs["ddpm-unet-mixed-aug-r0"].data.tags["synthmri.synthetic"] == "ddpm"
+    assert runs["ddpm-unet-mixed-aug-r0"].data.tags["synthmri.generator"] == "ddpm"
+    assert runs["unet-real-orig-r0"].data.tags["synthmri.generator"] == "real"
     assert "synthmri.data.synthetic-0" in runs["syn-only"].data.tags
 
 
@@ -111,7 +113,7 @@ def test_swin_training_raises_validation_dice(phantom_store_64, mlflow_uri, tmp_
         dice = [float(r["val_dice"]) for r in csv.DictReader(handle)]
     assert len(dice) == 4 and max(dice[1:]) > dice[0] + 0.05, f"validation Dice did not rise: {dice}"
     checkpoint = torch.load(result.checkpoint, weights_only=True)
-    assert checkpoint["arch"] == "swin" and result.name == "swin-real-orig-s0"
+    assert checkpoint["arch"] == "swin" and result.name == "swin-real-orig-r0"
     # The checkpoint rebuilds and scores in 3D.
     summary = evaluate_segmenter(tmp_path / "swin", store, tmp_path / "eval", cfg).summary
     assert summary["model"]["arch"] == "swin" and 0.0 <= summary["mean_dice"] <= 1.0
@@ -125,7 +127,7 @@ def test_repeats_get_their_own_seeds_and_resume(phantom_store, tiny_config, mlfl
     cfg = replace(cfg, segmenter=replace(cfg.segmenter, ratio_total=20))
     results = train_repeats("ratio", phantom_store, [synthetic], tmp_path / "out", cfg, repeats=2, real_share=0.5)
     assert [r.seed for r in results] == [0, 1] and [r.out.name for r in results] == ["repeat-00", "repeat-01"]
-    assert [r.name for r in results] == ["unet-ratio50-aug-s0", "unet-ratio50-aug-s1"]
+    assert [r.name for r in results] == ["ddpm-unet-ratio50-aug-r0", "ddpm-unet-ratio50-aug-r1"]
     checkpoints = [torch.load(r.checkpoint, weights_only=True) for r in results]
     assert [c["seed"] for c in checkpoints] == [0, 1] and all(c["real_share"] == 0.5 for c in checkpoints)
     assert not torch.equal(*(c["state_dict"]["input_block.conv1.conv.weight"] for c in checkpoints))
@@ -144,3 +146,12 @@ def test_repeats_get_their_own_seeds_and_resume(phantom_store, tiny_config, mlfl
     # One repeat writes into out itself and clears the repeat folders, which evaluation would score.
     single = train_repeats("ratio", phantom_store, [synthetic], tmp_path / "out", cfg, repeats=1, real_share=0.25)
     assert single[0].out == tmp_path / "out" and not list((tmp_path / "out").glob("repeat-*"))
+
+
+def test_run_names_line_generators_up():
+    from synthmri.segmenters.train import run_name
+
+    assert run_name("unet", "synthetic", True, 3, ["stylegan2"]) == "stylegan2-unet-synthetic-aug-r3"
+    assert run_name("swin", "mixed", False, 0, ["ddpm", "stylegan2"]) == "ddpm+stylegan2-swin-mixed-orig-r0"
+    assert run_name("unet", "real", True, 1, ["ignored"]) == "unet-real-aug-r1"
+    assert run_name("unet", "ratio", True, 0, ["ddpm"], real_share=0.4) == "ddpm-unet-ratio40-aug-r0"

@@ -31,6 +31,30 @@ class LabelError(ValueError):
     """A segmentation holds a label the label map does not know."""
 
 
+def check_labels(seg: np.ndarray, label_map: Mapping[int, int]) -> None:
+    """Raise unless every voxel holds 0 or a label id of `label_map`.
+
+    Integer volumes with a narrow value range (every BraTS segmentation) are checked by
+    looking only for the ids in ``min..max`` that are not allowed: usually one or two
+    comparisons instead of sorting every voxel (``np.unique``).
+
+    Raises:
+        LabelError: the unknown label ids, named with the map.
+    """
+    seg = np.asarray(seg)
+    if seg.size == 0:
+        return
+    low, high = seg.min(), seg.max()
+    if seg.dtype.kind in "biu" and int(high) - int(low) <= 256:
+        suspects = [v for v in range(int(low), int(high) + 1) if v != 0 and v not in label_map]
+        unknown: list[float] = [v for v in suspects if (seg == v).any()]
+    else:
+        unknown = [float(v) for v in np.unique(seg) if v != 0 and (v != round(v) or int(v) not in label_map)]
+    if unknown:
+        shown = [int(v) if v == round(v) else v for v in unknown]
+        raise LabelError(f"labels {shown} not in label map {dict(label_map)}")
+
+
 def encode_labels(seg: np.ndarray, label_map: Mapping[int, int]) -> np.ndarray:
     """Map BraTS label ids to annotation values (uint8); 0 stays 0.
 
@@ -38,14 +62,11 @@ def encode_labels(seg: np.ndarray, label_map: Mapping[int, int]) -> np.ndarray:
         LabelError: a voxel holds a label id that is neither 0 nor in `label_map`.
     """
     seg = np.asarray(seg)
-    present = np.unique(seg)
-    unknown = [int(v) for v in present if v != 0 and int(v) not in label_map]
-    if unknown or np.any(present != np.round(present)):
-        raise LabelError(f"labels {unknown or present.tolist()} not in label map {dict(label_map)}")
-    lut = np.zeros(int(max(max(label_map), present.max(initial=0))) + 1, dtype=np.uint8)
+    check_labels(seg, label_map)
+    lut = np.zeros(int(max(max(label_map), seg.max(initial=0))) + 1, dtype=np.uint8)
     for label, value in label_map.items():
         lut[int(label)] = value
-    return lut[seg.astype(np.int64)]
+    return lut[seg.astype(np.intp, copy=False)]
 
 
 def snap_labels(channel: np.ndarray, values: tuple[int, ...] = LABEL_VALUES) -> np.ndarray:

@@ -1,10 +1,13 @@
 """``prepare``: BraTS volumes -> the slice store, split by subject (DESIGN.md, 'Paper fidelity').
 
-Per subject, as in the paper and its published code:
+The source is a directory or ``s3://bucket/prefix`` (downloaded by :mod:`.sources`), in a
+BraTS 2020, 2021 or 2023 layout (:mod:`.layouts`). Per subject, as in the paper and its
+published code:
 
-1. read each of ``t1, t1ce, t2, flair, seg`` once (whole-file decompression, no lazy access);
+1. read each of ``t1, t1ce, t2, flair, seg`` once (whole-file decompression, no lazy access),
+   and check it: a 3D numeric finite volume on t1's grid (shape and affine), labels in the map;
 2. scale every image volume by its own maximum to 0..255 (uint8);
-3. map the BraTS labels to 0/51/102/204 through ``data.label_map``;
+3. map the BraTS labels to 0/51/102/204 through ``data.label_map`` (default: the layout's);
 4. cut axial slices (last axis), zero-pad each symmetrically to ``pad_to`` x ``pad_to``;
 5. keep a slice when more than ``min_foreground_fraction`` of its padded pixels exceed
    ``intensity_threshold`` in ``filter_channel`` (paper: 15 % above 50 in T1);
@@ -13,7 +16,9 @@ Per subject, as in the paper and its published code:
 Subjects are shuffled with ``data.seed`` and split into test / val / train *before* any
 volume is decoded, from the subjects whose five files are present: a subject that later
 turns out unreadable drops out of its split without reshuffling the others. Unusable
-subjects are listed in ``rejected.csv``; the others are still prepared.
+subjects are listed in ``rejected.csv`` (subject, file, reason); the others are still
+prepared. Subjects run in ``workers`` processes; the parent writes shards in subject order,
+so the store's bytes do not depend on the worker count or on an interruption.
 
 ``subjects.csv`` records per subject its split, the slices kept and examined, and the
 voxel size in mm from the T1 header (``spacing_x, spacing_y, spacing_z``), which the 3D
@@ -31,11 +36,9 @@ import io
 import logging
 import math
 import multiprocessing
-import re
-import tempfile
+import shutil
 import zlib
-from collections import Counter, deque
-from contextlib import ExitStack
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,33 +47,23 @@ import nibabel as nib
 import numpy as np
 
 from synthmri.config import Config, DataConfig, dump_config
-from synthmri.data.labels import LabelError, encode_labels
+from synthmri.data.labels import LabelError, check_labels, encode_labels
+from synthmri.data.layouts import Rejection, Subject, find_subjects
+from synthmri.data.sources import fetch_s3, is_s3_uri
 from synthmri.data.store import CHANNELS, SPLITS, SliceRow, StoreError, StoreWriter
 from synthmri.io import atomic_write_text, sha256_file
 from synthmri.monitoring import StageMonitor
 
 log = logging.getLogger(__name__)
 
-#: File-name suffix -> channel. BraTS 2020/2021 (``_t1ce``) and BraTS 2023 (``-t1c``) names.
-SUFFIXES: dict[str, str] = {
-    "t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg",
-    "t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair",
-}
 SPACING_COLUMNS = ("spacing_x", "spacing_y", "spacing_z")  # subjects.csv: voxel size in mm
-_NIFTI = re.compile(r"^(?P<subject>.+)[_-](?P<suffix>[A-Za-z0-9]+)\.nii(\.gz)?$")
+
+#: Largest difference between a modality's affine and t1's that still counts as the same grid.
+AFFINE_TOLERANCE = 1e-4
 
 
 class PrepareError(StoreError):
     """Nothing could be prepared, or the source cannot make the requested split."""
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A subject left out, the file at fault (relative to the source) and why."""
-
-    subject: str
-    file: str
-    reason: str
 
 
 @dataclass
@@ -111,13 +104,6 @@ class PrepareResult:
 
 
 @dataclass
-class _Subject:
-    name: str
-    folder: str  # relative to the source
-    files: dict[str, Path]  # channel -> path
-
-
-@dataclass
 class _Prepared:
     name: str
     hashes: dict[str, str]  # relative path -> sha256 of the file's bytes
@@ -126,40 +112,6 @@ class _Prepared:
     total: int = 0
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # voxel size in mm (x, y, z) from the t1 header
     rejection: Rejection | None = None
-
-
-def find_subjects(source: Path) -> tuple[list[_Subject], list[Rejection], list[Path]]:
-    """Subjects under `source`: folders of ``<id>_<channel>.nii[.gz]`` files.
-
-    Returns:
-        Complete subjects sorted by name, rejections for incomplete or ambiguous ones, and
-        the files of the rejected subjects (they still count towards the source's hash).
-    """
-    groups: dict[tuple[Path, str], dict[str, list[Path]]] = {}
-    for path in sorted(source.rglob("*.nii*")):
-        match = _NIFTI.match(path.name)
-        if not path.is_file() or not match or match["suffix"].lower() not in SUFFIXES:
-            continue
-        channel = SUFFIXES[match["suffix"].lower()]
-        groups.setdefault((path.parent, match["subject"]), {}).setdefault(channel, []).append(path)
-    subjects, rejected, leftover = [], [], []
-    names = Counter(name for _, name in groups)
-    for (folder, name), files in sorted(groups.items(), key=lambda item: (item[0][1], str(item[0][0]))):
-        where = folder.relative_to(source).as_posix()
-        missing = [c for c in CHANNELS if c not in files]
-        doubled = [c for c in CHANNELS if len(files.get(c, [])) > 1]
-        if names[name] > 1:
-            rejected.append(Rejection(name, where, f"subject id {name} occurs in {names[name]} folders"))
-        elif missing:
-            rejected.append(Rejection(name, f"{where}/{name}_{missing[0]}.nii.gz", f"missing {', '.join(missing)}"))
-        elif doubled:
-            paths = ", ".join(p.name for p in files[doubled[0]])
-            rejected.append(Rejection(name, where, f"more than one {doubled[0]} file: {paths}"))
-        else:
-            subjects.append(_Subject(name, where, {c: files[c][0] for c in CHANNELS}))
-            continue
-        leftover.extend(p for paths in files.values() for p in paths)
-    return subjects, rejected, leftover
 
 
 def split_subjects(names: list[str], data: DataConfig) -> dict[str, str]:
@@ -257,107 +209,157 @@ def foreground_fraction(channel: np.ndarray, threshold: float, pad_to: int) -> n
     return above / float(pad_to * pad_to)
 
 
-def _read_nifti(raw: bytes, name: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Decode a whole (optionally gzipped) NIfTI file held in memory: (voxels, voxel size in mm)."""
-    if name.endswith(".gz"):
-        raw = gzip.decompress(raw)
+def gunzip(raw: bytes, name: str) -> bytes:
+    """The file's bytes decompressed in one call when `name` ends in ``.gz``, else as they are."""
+    return gzip.decompress(raw) if name.endswith(".gz") else raw
+
+
+def _read_nifti(raw: bytes, name: str) -> tuple[nib.Nifti1Header, np.ndarray]:
+    """Decode a whole (optionally gzipped) NIfTI-1 or NIfTI-2 file held in memory.
+
+    Returns:
+        The header (affine, voxel size) and the voxels. Without intensity scaling in the
+        header (the usual case) the voxels are a view of the decompressed bytes, not a copy.
+    """
+    raw = gunzip(raw, name)
     klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
-    image = klass.from_bytes(raw)
-    data = np.asarray(image.dataobj)
+    header = klass.header_class.from_fileobj(io.BytesIO(raw))
+    slope, inter = header.get_slope_inter()
+    dtype, shape, offset = header.get_data_dtype(), header.get_data_shape(), int(header.get_data_offset())
+    unscaled = slope in (None, 1.0) and inter in (None, 0.0)
+    if unscaled and offset >= header.sizeof_hdr and offset + dtype.itemsize * math.prod(shape) <= len(raw):
+        return header, np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, order="F")
+    image = klass.from_bytes(raw)  # scaled or short: nibabel applies the scaling, or raises
+    return image.header, np.asarray(image.dataobj)
+
+
+def _checked_voxels(header: nib.Nifti1Header, data: np.ndarray, reference: nib.Nifti1Header | None) -> np.ndarray:
+    """The voxels of one file, checked: 3D, numeric, finite, on the reference's (t1's) grid.
+
+    Raises:
+        ValueError: what is wrong, in words.
+    """
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
-    return data, tuple(float(v) for v in image.header.get_zooms()[:3])
+    if data.ndim != 3:
+        raise ValueError(f"not a 3D volume (shape {list(data.shape)})")
+    if data.dtype.kind not in "biuf":
+        raise ValueError(f"non-numeric voxel type {data.dtype}")
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise ValueError("NaN or Inf voxels")
+    if reference is not None:
+        if data.shape != reference.get_data_shape()[:3]:
+            raise ValueError(f"shape {list(data.shape)} differs from t1 {list(reference.get_data_shape()[:3])}")
+        affine, expected = header.get_best_affine(), reference.get_best_affine()
+        if not np.allclose(affine, expected, rtol=0.0, atol=AFFINE_TOLERANCE):
+            raise ValueError(f"affine differs from t1's (largest difference {float(np.abs(affine - expected).max()):.3g})")
+    return data
 
 
-def _prepare_subject(subject: _Subject, source: Path, data: DataConfig) -> _Prepared:
-    """Read, check, scale, slice, filter and resample one subject (runs in a worker)."""
-    raw, hashes = {}, {}
-    for channel, path in subject.files.items():
-        rel = path.relative_to(source).as_posix()
-        raw[channel] = path.read_bytes()
-        hashes[rel] = hashlib.sha256(raw[channel]).hexdigest()
-    result = _Prepared(subject.name, hashes)
-    volumes: dict[str, np.ndarray] = {}
-    for channel, path in subject.files.items():
+def _to_uint8(part: np.ndarray, peak: float) -> np.ndarray:
+    """``part`` scaled by ``255 / peak``, rounded, clipped to 0..255 (as :func:`scale_to_uint8`).
+
+    `peak` is the volume's maximum, so nothing exceeds 255 and only negatives need clipping.
+    """
+    scaled = np.multiply(part, np.float32(255.0 / peak), dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    if part.dtype.kind != "u" and part.min(initial=0) < 0:
+        np.maximum(scaled, 0, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def _foreground(volume: np.ndarray, peak: float, data: DataConfig) -> np.ndarray:
+    """:func:`foreground_fraction` of the scaled volume, per axial slice, without scaling all of it.
+
+    For integer voxels the threshold moves into voxel units: scaling is monotonic, so a voxel
+    is foreground when it reaches the smallest value whose scaled value exceeds the threshold.
+    """
+    threshold = data.intensity_threshold
+    if threshold < 0:  # every pixel, the padding too, is above a negative threshold
+        return np.ones(volume.shape[-1])
+    if volume.dtype.kind not in "iu" or peak > 1 << 20:
+        return foreground_fraction(_to_uint8(volume, peak), threshold, data.pad_to)
+    scaled = _to_uint8(np.arange(int(peak) + 1, dtype=np.int64), peak)  # every value the volume can hold
+    first_above = int(np.searchsorted(scaled, threshold, side="right"))
+    return (volume >= first_above).sum(axis=(0, 1), dtype=np.int64) / float(data.pad_to * data.pad_to)
+
+
+def _prepare_subject(subject: Subject, source: Path, data: DataConfig, label_map: dict[int, int]) -> _Prepared:
+    """Read, check, scale, slice, filter and resample one subject (runs in a worker).
+
+    Every check looks at the whole volume; the work after the foreground filter (scaling,
+    label encoding, padding) touches only the kept slices.
+    """
+    result = _Prepared(subject.name, hashes={})
+    voxels: dict[str, np.ndarray] = {}
+    peaks: dict[str, float] = {}
+    reference = None
+    for channel in CHANNELS:
+        path = subject.files[channel]
         rel = path.relative_to(source).as_posix()
         try:
-            volume, zooms = _read_nifti(raw.pop(channel), path.name)
-            if volume.ndim != 3:
-                raise ValueError(f"not a 3D volume (shape {list(volume.shape)})")
+            raw = path.read_bytes()
+            result.hashes[rel] = hashlib.sha256(raw).hexdigest()
+            header, volume = _read_nifti(raw, path.name)
+            del raw
+            volume = _checked_voxels(header, volume, reference)
             if channel == "t1":
+                reference = header
+                zooms = tuple(float(v) for v in header.get_zooms()[:3])
                 if len(zooms) != 3 or not all(math.isfinite(v) and v > 0 for v in zooms):
                     raise ValueError(f"voxel size {list(zooms)} mm in the header is not 3 positive numbers")
                 result.spacing = (zooms[0], zooms[1], zooms[2])
-            first = volumes.get("t1")
-            if first is not None and first.shape != volume.shape:
-                raise ValueError(f"shape {list(volume.shape)} differs from t1 {list(first.shape)}")
-            if channel == "seg":
-                if volume.dtype.kind == "f":
-                    if not np.isfinite(volume).all():
-                        raise ValueError("NaN or Inf labels")
-                    if np.array_equal(volume, np.rint(volume)) and np.abs(volume).max(initial=0) < 2**15:
-                        volume = volume.astype(np.int16)
-                volume = encode_labels(volume, data.label_map)
-            else:
-                volume = scale_to_uint8(volume)
             if max(volume.shape[:2]) > data.pad_to:
                 raise ValueError(f"slice {volume.shape[0]}x{volume.shape[1]} larger than data.pad_to {data.pad_to}")
-            volumes[channel] = volume
+            if channel == "seg":
+                if volume.dtype.kind == "f":
+                    if not np.array_equal(volume, np.rint(volume)):
+                        raise LabelError("non-integer label values")
+                    volume = volume.astype(np.int32)
+                check_labels(volume, label_map)
+            else:
+                peaks[channel] = float(np.float32(volume.max()))
+                if peaks[channel] <= 0:
+                    raise ValueError("all-zero image (maximum <= 0)")
+            voxels[channel] = volume
         except (OSError, EOFError, zlib.error, LabelError, ValueError, nib.filebasedimages.ImageFileError) as exc:
             result.rejection = Rejection(subject.name, rel, str(exc) or type(exc).__name__)
             return result
         except Exception as exc:  # nibabel raises assorted errors on corrupt headers
             result.rejection = Rejection(subject.name, rel, f"unreadable: {type(exc).__name__}: {exc}")
             return result
-    stack = np.stack([volumes[c] for c in CHANNELS])  # [5, X, Y, Z]
-    del volumes
-    fraction = foreground_fraction(stack[CHANNELS.index(data.filter_channel)], data.intensity_threshold, data.pad_to)
+    fraction = _foreground(voxels[data.filter_channel], peaks[data.filter_channel], data)
     keep = np.flatnonzero(fraction > data.min_foreground_fraction)
-    result.total, result.z = stack.shape[-1], keep.tolist()
-    kept = np.moveaxis(stack[..., keep], -1, 0)  # [k, 5, X, Y]
-    result.slices = resample_slices(pad_slices(kept, data.pad_to), data.size)
+    result.total, result.z = int(fraction.size), keep.tolist()
+    h, w = voxels["t1"].shape[:2]
+    top, left = (data.pad_to - h) // 2, (data.pad_to - w) // 2
+    padded = np.zeros((len(keep), len(CHANNELS), data.pad_to, data.pad_to), dtype=np.uint8)
+    for index, channel in enumerate(CHANNELS):
+        if channel == "seg":
+            part = encode_labels(voxels[channel][..., keep], label_map)
+        else:
+            part = _to_uint8(voxels[channel][..., keep], peaks[channel])
+        padded[:, index, top:top + h, left:left + w] = np.moveaxis(part, -1, 0)  # [k, X, Y]
+    result.slices = resample_slices(padded, data.size)
     return result
 
 
-def _run(subjects: list[_Subject], source: Path, data: DataConfig, workers: int) -> Iterator[_Prepared]:
+def _run(subjects: list[Subject], source: Path, data: DataConfig, label_map: dict[int, int],
+         workers: int) -> Iterator[_Prepared]:
     """Prepared subjects in input order; `workers` > 1 runs them in a process pool."""
     if workers <= 1:
         for subject in subjects:
-            yield _prepare_subject(subject, source, data)
+            yield _prepare_subject(subject, source, data, label_map)
         return
     context = multiprocessing.get_context("spawn")
     with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         pending: deque[futures.Future] = deque()
         for subject in subjects:  # at most 2 x workers subjects in flight (bounded memory)
-            pending.append(pool.submit(_prepare_subject, subject, source, data))
+            pending.append(pool.submit(_prepare_subject, subject, source, data, label_map))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def _fetch_s3(uri: str, dest: Path) -> Path:
-    """Download the NIfTI files under ``s3://bucket/prefix`` into `dest`, keeping relative paths.
-
-    Credentials and endpoint come from the environment (boto3's usual chain,
-    ``AWS_ENDPOINT_URL`` for MinIO).
-    """
-    import boto3
-
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    client = boto3.client("s3")
-    count = 0
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            key = item["Key"]
-            if key.endswith((".nii", ".nii.gz")):
-                target = dest / key[len(prefix):]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, key, str(target))
-                count += 1
-    log.info("prepare: downloaded %d NIfTI files from %s", count, uri)
-    return dest
 
 
 def _content_hash(hashes: dict[str, str]) -> str:
@@ -376,7 +378,8 @@ def _csv(rows: list[list[Any]], header: list[str]) -> str:
     return buffer.getvalue()
 
 
-def prepare(source: str | Path, out: Path, cfg: Config, *, workers: int = 1) -> PrepareResult:
+def prepare(source: str | Path, out: Path, cfg: Config, *, workers: int = 1, endpoint_url: str | None = None,
+            download_dir: Path | None = None) -> PrepareResult:
     """Slice a BraTS dataset into a slice store at `out`, split by subject.
 
     Args:
@@ -387,6 +390,11 @@ def prepare(source: str | Path, out: Path, cfg: Config, *, workers: int = 1) -> 
         cfg: the resolved config (``cfg.data`` drives everything here).
         workers: processes reading subjects in parallel (1: in this process). Workers are
             spawned, so a calling script needs the usual ``if __name__ == "__main__":`` guard.
+        endpoint_url: S3 endpoint for an ``s3://`` source (default ``$AWS_ENDPOINT_URL``);
+            credentials come from the environment only.
+        download_dir: where an ``s3://`` source is downloaded and kept. By default a folder
+            beside `out`, kept when the run fails (a re-run resumes the download) and removed
+            when it succeeds.
 
     Returns:
         Counts per split, rejected subjects and the manifest.
@@ -394,30 +402,42 @@ def prepare(source: str | Path, out: Path, cfg: Config, *, workers: int = 1) -> 
     Raises:
         PrepareError: the source is missing, has too few subjects for the split, or no
             subject could be prepared; the message names the source.
+        SourceError: an ``s3://`` source cannot be listed or downloaded (named).
     """
     out, label = Path(out), str(source)
-    with ExitStack() as stack:
-        if label.startswith("s3://"):
-            parent = out.parent if out.parent.is_dir() else None
-            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix=".prepare-source-", dir=parent))
-            root = _fetch_s3(label, Path(cache))
-        elif "://" in label:
-            raise PrepareError(f"{label}: unsupported URI scheme (use a directory or s3://bucket/prefix)")
-        else:
-            root = Path(source)
-            if not root.is_dir():
-                raise PrepareError(f"{label}: source directory not found")
-        return _prepare_dir(label, root, out, cfg, workers)
+    if is_s3_uri(label):
+        root = Path(download_dir) if download_dir is not None else out.parent / f".{out.name}.download"
+        with StageMonitor("download", unit="files", instance=out.name) as monitor:
+            fetched = fetch_s3(label, root, endpoint_url=endpoint_url, workers=max(4, 2 * workers),
+                               progress=lambda done, total: monitor.progress(done, total))
+        log.info("prepare: %s: %d files (%d downloaded, %d already complete) in %s", label, fetched.files,
+                 fetched.downloaded, fetched.skipped, root)
+        result = _prepare_dir(label, root, out, cfg, workers)
+        if download_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+        return result
+    if "://" in label:
+        raise PrepareError(f"{label}: unsupported URI scheme (use a directory or s3://bucket/prefix)")
+    root = Path(source)
+    if not root.is_dir():
+        raise PrepareError(f"{label}: source directory not found")
+    return _prepare_dir(label, root, out, cfg, workers)
 
 
 def _prepare_dir(label: str, root: Path, out: Path, cfg: Config, workers: int) -> PrepareResult:
     data = cfg.data
-    subjects, rejected, leftover = find_subjects(root)
+    try:
+        layout, subjects, rejected, leftover = find_subjects(root, data.layout)
+    except StoreError as exc:
+        raise PrepareError(f"{label}: {exc}") from None
+    label_map = dict(data.label_map) if data.label_map is not None else dict(layout.label_map)
+    log.info("prepare: %s layout, label map %s", layout.name, label_map)
     for rejection in rejected:
         log.warning("prepare: rejected subject %s (%s): %s", rejection.subject, rejection.file, rejection.reason)
     if not subjects:
         _write_rejected(out, rejected)
-        raise PrepareError(f"{label}: no complete BraTS subject found (need *_t1, *_t1ce, *_t2, *_flair, *_seg .nii.gz per subject)"
+        raise PrepareError(f"{label}: no complete BraTS subject found (need five files per subject: "
+                           f"<id>_{{t1,t1ce,t2,flair,seg}}.nii.gz, or <id>-{{t1n,t1c,t2w,t2f,seg}}.nii.gz for 2023)"
                            + (f"; {len(rejected)} incomplete, see {out / 'rejected.csv'}" if rejected else ""))
     try:
         splits = split_subjects([s.name for s in subjects], data)
@@ -430,7 +450,7 @@ def _prepare_dir(label: str, root: Path, out: Path, cfg: Config, workers: int) -
     spacings: set[tuple[float, float, float]] = set()
     total = 0
     with StageMonitor("prepare", unit="subjects", total=len(subjects)) as monitor:
-        for done, result in enumerate(_run(subjects, root, data, workers), start=1):
+        for done, result in enumerate(_run(subjects, root, data, label_map, workers), start=1):
             hashes.update(result.hashes)
             if result.rejection is not None:
                 rejected.append(result.rejection)
@@ -453,7 +473,8 @@ def _prepare_dir(label: str, root: Path, out: Path, cfg: Config, workers: int) -
         writer.source = {"path": label, "content_hash": _content_hash(hashes)}
         writer.extra = {
             "split_seed": data.seed,
-            "label_map": {str(k): v for k, v in data.label_map.items()},
+            "layout": layout.name,
+            "label_map": {str(k): v for k, v in label_map.items()},
             "pad_to": data.pad_to,
             "filter": {"channel": data.filter_channel, "intensity_threshold": data.intensity_threshold,
                        "min_foreground_fraction": data.min_foreground_fraction},

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from synthmri.data.labels import LABEL_VALUES
-from synthmri.io import atomic_save_npy, atomic_write_json, atomic_write_text, sha256_file
+from synthmri.io import atomic_save_npy_parts, atomic_write_json, atomic_write_text, sha256_file
 
 SCHEMA_VERSION = 1
 CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair", "seg")
@@ -159,11 +159,10 @@ class StoreWriter:
 
     def _flush(self) -> None:
         number = len(self._done)
-        data = np.concatenate(self._buffer)
-        digest = atomic_save_npy(self._shards_dir / shard_name(number), data)
+        digest = atomic_save_npy_parts(self._shards_dir / shard_name(number), self._buffer)
         record = {
             "shard": shard_name(number),
-            "count": len(data),
+            "count": sum(len(part) for part in self._buffer),
             "sha256": digest,
             "rows": [[r.slice_id, r.subject, r.z, r.split] for r in self._rows],
         }

@@ -37,6 +37,7 @@ import csv
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 
 SCORES: tuple[str, ...] = ("dice", "hausdorff", "hausdorff95")
 PER_SUBJECT_COLUMNS = ("subject", "structure", *SCORES)
+#: One fixed test slice with its prediction, for the report's figures (see :func:`write_example`).
+EXAMPLE = "example.npz"
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,7 @@ def model_info(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
         "arch": checkpoint["arch"], "train": checkpoint.get("train"), "augment": bool(trained.get("augment", False)),
         "seed": checkpoint.get("seed"), "synthetic": list(checkpoint.get("synthetic") or []),
         "real_share": checkpoint.get("real_share"), "name": checkpoint.get("name") or path.parent.name,
+        "synthetic_versions": list(checkpoint.get("synthetic_versions") or []), "repeat": checkpoint.get("repeat"),
     }
 
 
@@ -302,7 +306,9 @@ def _evaluate_checkpoint(checkpoint_path: Path, store: SliceStore, out: Path, cf
     rows: list[dict[str, Any]] = []
     filled = 0
     tags = {"synthmri.train": str(info["train"]), "synthmri.arch": info["arch"],
-            "synthmri.augment": str(info["augment"]).lower(), "synthmri.model": info["name"]}
+            "synthmri.augment": str(info["augment"]).lower(), "synthmri.model": info["name"],
+            "synthmri.generator": "+".join(info["synthetic"]) if info["train"] != "real" and info["synthetic"]
+            else "real", "synthmri.generator_version": ",".join(info["synthetic_versions"])}
     with stage_run(cfg, stage="evaluate-segmenter", experiment="evaluation", run_name=f"{info['name']}-eval",
                    datasets={"real": store}, tags=tags) as run, \
             StageMonitor("evaluate-segmenter", unit="subjects", total=len(subjects), instance=info["name"]) as monitor:
@@ -319,6 +325,8 @@ def _evaluate_checkpoint(checkpoint_path: Path, store: SliceStore, out: Path, cf
             filled += fill
             for name, scores in score_volumes(pred_volume, ref_volume, spacings[subject]).items():
                 rows.append({"subject": subject, "structure": name, **scores})
+            if number == 1:  # the first subject by sorted id: every evaluated model shows the same slice
+                write_example(out / EXAMPLE, store.slice_id[positions], z, slices, pred)
             monitor.progress(number)
         summary = {"model": info, "data_hash": store.content_hash, "eval_slices": mode, "subjects": len(subjects),
                    **_mean_scores(rows), "repeats": 1, "runs": []}
@@ -329,6 +337,7 @@ def _evaluate_checkpoint(checkpoint_path: Path, store: SliceStore, out: Path, cf
         mlflow.log_metrics(_metrics(summary))
         mlflow.log_artifact(str(out / "summary.json"))
         mlflow.log_artifact(str(out / "per_subject.csv"))
+        mlflow.log_artifact(str(out / EXAMPLE))
         run_id = run.info.run_id
     return EvaluationSummary(summary=summary, per_subject=rows, spacing_note=spacing_note, filled_slices=filled,
                              out=out, run_id=run_id, notes=notes)
@@ -357,7 +366,7 @@ def aggregate_repeats(summaries: list[dict[str, Any]], runs: list[str]) -> dict[
         return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
     model = {**first["model"], "seeds": [s["model"]["seed"] for s in summaries],
-             "name": first["model"]["name"].rsplit("-s", 1)[0]}
+             "name": re.sub(r"-[rs]\d+$", "", first["model"]["name"])}
     summary: dict[str, Any] = {"model": model, "data_hash": first["data_hash"], "eval_slices": first["eval_slices"],
                                "subjects": first["subjects"], "repeats": len(summaries), "runs": runs}
     sd: dict[str, Any] = {}
@@ -380,7 +389,8 @@ def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> Evalu
         out: output directory: ``per_subject.csv`` (subject, structure, dice, hausdorff,
             hausdorff95) and ``summary.json`` (model, data_hash, eval_slices, subjects, dice,
             hausdorff, hausdorff95 per structure as means over subjects, mean_dice, repeats,
-            runs and, over repeats, sd). Several repeats write ``out/repeat-*/`` each.
+            runs and, over repeats, sd), ``example.npz`` (one test slice with its prediction,
+            :func:`write_example`). Several repeats write ``out/repeat-*/`` each.
         cfg: ``evaluation`` (eval_slices, batch_size), ``data.pad_to`` and ``tracking``.
 
     Returns:
@@ -420,6 +430,29 @@ def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> Evalu
                              filled_slices=sum(r.filled_slices for r in results), out=out, run_id=run_id, notes=notes)
 
 
+def write_example(path: Path, slice_ids: np.ndarray, z: np.ndarray, slices: np.ndarray, pred: np.ndarray) -> str:
+    """Save one subject's slice with the largest tumour area (lowest z among ties) and its prediction.
+
+    Args:
+        path: the ``.npz`` to write: ``image`` (uint8 [4, H, W]), ``truth`` and ``prediction``
+            (annotation values, uint8 [H, W]), ``slice_id`` and ``z``.
+        slice_ids: the subject's slice ids.
+        z: their positions in the volume.
+        slices: its stored slices (uint8 [n, 5, H, W]), in the order of `z`.
+        pred: the predicted annotation values (uint8 [n, H, W]), same order.
+
+    Returns:
+        The chosen slice's id.
+    """
+    area = (slices[:, IMAGE_CHANNELS] > 0).sum(axis=(1, 2))
+    pick = int(np.lexsort((z, -area))[0])
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, image=slices[pick, :IMAGE_CHANNELS], truth=slices[pick, IMAGE_CHANNELS],
+                        prediction=pred[pick], slice_id=str(slice_ids[pick]), z=int(z[pick]))
+    atomic_write_bytes(path, buffer.getvalue())
+    return str(slice_ids[pick])
+
+
 def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     columns = (("run",) if rows and "run" in rows[0] else ()) + PER_SUBJECT_COLUMNS
     buffer = io.StringIO()
@@ -437,7 +470,7 @@ def gather_evaluations(evaluations: list[Path], out: Path) -> dict[str, Any]:
     """Copy several evaluate-segmenter outputs into one directory that lists them.
 
     A pipeline fans a grid of segmenter runs out and back in; what comes back is many small
-    output directories. This puts their ``summary.json`` and ``per_subject.csv`` under
+    output directories. This puts their ``summary.json``, ``per_subject.csv`` and ``example.npz`` under
     ``out/runs/NNN-<model name>/`` and writes ``out/summary.json`` with ``runs``: the form
     the report and the promotion gate read, settings and repeats kept apart.
 
@@ -462,8 +495,9 @@ def gather_evaluations(evaluations: list[Path], out: Path) -> dict[str, Any]:
             source = Path(summary.pop("_path"))
             rel = f"runs/{len(runs):03d}-{summary['model'].get('name') or source.parent.name}"
             atomic_write_json(out / rel / "summary.json", summary)
-            if (source.parent / "per_subject.csv").is_file():
-                atomic_write_bytes(out / rel / "per_subject.csv", (source.parent / "per_subject.csv").read_bytes())
+            for name in ("per_subject.csv", EXAMPLE):
+                if (source.parent / name).is_file():
+                    atomic_write_bytes(out / rel / name, (source.parent / name).read_bytes())
             runs.append(f"{rel}/summary.json")
     gathered = {"stage": "gather", "evaluations": len(runs), "runs": runs}
     atomic_write_json(out / "summary.json", gathered)

@@ -134,10 +134,22 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def run_name(arch: str, train: str, augment: bool, seed: int, real_share: float | None = None) -> str:
-    """``<arch>-<train>-<aug|orig>-s<seed>``; a ratio run's train reads ``ratio<percent real>``."""
+def run_name(arch: str, train: str, augment: bool, repeat: int, generators: Sequence[str] = (),
+             real_share: float | None = None) -> str:
+    """``<generators>-<arch>-<train>-<aug|orig>-r<repeat>``, e.g. ``stylegan2-unet-synthetic-aug-r3``.
+
+    The generators are joined by ``+`` (an ensemble) and left out for real-only training
+    (``unet-real-aug-r0``); a ratio run's train reads ``ratio<percent real>``. Every setting of
+    a grid gets its own name, so MLflow's compare view lines generators up by name.
+    """
     source = f"ratio{round(real_share * 100):d}" if train == "ratio" else train
-    return f"{arch}-{source}-{'aug' if augment else 'orig'}-s{seed}"
+    prefix = "+".join(generators) + "-" if generators and train != "real" else ""
+    return f"{prefix}{arch}-{source}-{'aug' if augment else 'orig'}-r{repeat}"
+
+
+def generator_versions(stores: Sequence[SliceStore]) -> list[str]:
+    """Each synthetic store's registered generator version from its manifest ('' if unknown)."""
+    return [str((store.manifest.get("generator") or {}).get("version") or "") for store in stores]
 
 
 def _inputs(train: str, real: SliceStore | None, synthetic: Sequence[SliceStore], real_share: float | None) -> dict[str, Any]:
@@ -147,7 +159,7 @@ def _inputs(train: str, real: SliceStore | None, synthetic: Sequence[SliceStore]
 
 
 def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: Path, cfg: Config,
-                    name: str | None = None, real_share: float | None = None) -> TrainResult:
+                    name: str | None = None, real_share: float | None = None, repeat: int = 0) -> TrainResult:
     """Train one segmenter and keep its best checkpoint.
 
     Args:
@@ -162,6 +174,7 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
         cfg: the resolved config (``segmenter``, ``seed``, ``tracking``).
         name: MLflow run name; default :func:`run_name`.
         real_share: ``ratio`` only: the share of real slices in the pool, in [0, 1].
+        repeat: which repeat of its setting this run is (in the default run name).
 
     Returns:
         The TrainResult.
@@ -185,7 +198,6 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
                           f"({section.batch_size})")
     val_every = max(1, section.val_every_samples // section.batch_size)
     augment, seed = cfg.segmenter.augment, cfg.seed
-    name = name or run_name(arch.name, train, augment, seed, real_share)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -211,13 +223,17 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
     dump_config(cfg, out / "config.yaml")
 
     names = generator_names(synthetic_stores)
+    name = name or run_name(arch.name, train, augment, repeat, names, real_share)
     checkpoint_path = out / "model.pt"
+    versions = generator_versions(synthetic_stores)
     base = {"arch": arch.name, "model_args": model_args, "config": to_dict(cfg), "train": train,
-            "synthetic": names, "seed": seed, "name": name, "real_share": real_share}
+            "synthetic": names, "synthetic_versions": versions, "seed": seed, "repeat": repeat, "name": name,
+            "real_share": real_share}
     datasets = {"real": real_store} if real_store is not None else {}
     datasets.update({f"synthetic-{i}": s for i, s in enumerate(synthetic_stores)})
     tags = {"synthmri.train": train, "synthmri.arch": arch.name, "synthmri.augment": str(augment).lower(),
-            "synthmri.synthetic": ",".join(names)}
+            "synthmri.synthetic": ",".join(names), "synthmri.generator": "+".join(names) or "real",
+            "synthmri.generator_version": ",".join(versions), "synthmri.repeat": str(repeat)}
     if sampler.pool_counts is not None:
         tags["synthmri.real_share"] = f"{real_share:g}"
         log.info("%s: ratio pool of %d real + %d synthetic slices", name, *sampler.pool_counts)
@@ -334,7 +350,7 @@ def _clear_stale_runs(out: Path, repeats: int) -> None:
 
 def train_repeats(train: str, real: Path | None, synthetic: list[Path], out: Path, cfg: Config,
                   repeats: int | None = None, name: str | None = None,
-                  real_share: float | None = None) -> list[TrainResult]:
+                  real_share: float | None = None, first_repeat: int = 0) -> list[TrainResult]:
     """Train `repeats` segmenters that differ only in their seed (the paper's repeated runs).
 
     One repeat trains into `out` itself, as :func:`train_segmenter`; several train into
@@ -346,7 +362,9 @@ def train_repeats(train: str, real: Path | None, synthetic: list[Path], out: Pat
         train, real, synthetic, cfg, real_share: as :func:`train_segmenter`.
         out: output directory.
         repeats: number of seeds; default ``segmenter.repeats``.
-        name: run-name prefix; each repeat appends ``-s<seed>`` (default :func:`run_name`).
+        first_repeat: index of the first repeat in run names (a pipeline task that runs
+            repeat 3 of a grid alone passes 3).
+        name: run-name prefix; each repeat appends ``-r<repeat>`` (default :func:`run_name`).
 
     Returns:
         One TrainResult per repeat, in seed order.
@@ -372,6 +390,7 @@ def train_repeats(train: str, real: Path | None, synthetic: list[Path], out: Pat
             results.append(done)
             continue
         log.info("repeat %d/%d (seed %d) -> %s", number + 1, repeats, seeded.seed, folder)
-        label = name if repeats == 1 or not name else f"{name}-s{seeded.seed}"
-        results.append(train_segmenter(train, real, synthetic, folder, seeded, name=label, real_share=real_share))
+        label = name if repeats == 1 or not name else f"{name}-r{first_repeat + number}"
+        results.append(train_segmenter(train, real, synthetic, folder, seeded, name=label, real_share=real_share,
+                                       repeat=first_repeat + number))
     return results

@@ -1,0 +1,25 @@
+"""``synthmri reader-study``: a blinded real-vs-synthetic reading by a radiologist (the paper's Table 8).
+
+:mod:`synthmri.reader.study` plans the study (which slices, in which order, behind which
+tokens) and keeps the answers; :mod:`synthmri.reader.server` serves the page, the JSON API
+and the images; :mod:`synthmri.reader.results` writes the confusion table to CSV and MLflow.
+"""
+
+from synthmri.reader.results import StudyResult, confusion_rows, finish
+from synthmri.reader.server import ReaderServer, render_png, run_until_done, serve
+from synthmri.reader.study import ForegroundRule, ReaderStudy, StudyError, build_plan, open_study
+
+__all__ = [
+    "ForegroundRule",
+    "ReaderServer",
+    "ReaderStudy",
+    "StudyError",
+    "StudyResult",
+    "build_plan",
+    "confusion_rows",
+    "finish",
+    "open_study",
+    "render_png",
+    "run_until_done",
+    "serve",
+]
