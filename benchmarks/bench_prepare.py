@@ -11,6 +11,7 @@ Usage::
 
     python benchmarks/bench_prepare.py --out benchmarks/results/prepare.json
     python benchmarks/bench_prepare.py --subjects 4 --shape 120 120 80 --out /tmp/p.json
+    python benchmarks/bench_prepare.py --profile --out benchmarks/results/prepare.json  # + where time goes
 
 Target (issue 7): ``ratio_vs_gzip_floor`` at most 1.3 on at least 20 full-size subjects.
 """
@@ -61,6 +62,22 @@ def prepare_seconds(source: Path, out: Path, workers: int) -> float:
     return time.perf_counter() - start
 
 
+def profile_breakdown(source: Path, out: Path, top: int = 12) -> list[dict[str, object]]:
+    """Where a single-process prepare spends its time: the `top` functions by own time (cProfile)."""
+    import cProfile
+    import pstats
+
+    shutil.rmtree(out, ignore_errors=True)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    prepare(source, out, load_config("paper", {"data.test_subjects": 2}), workers=1)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, _, own s, cumulative s, _)
+    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    return [{"function": f"{Path(where[0]).name}:{where[2]}", "calls": value[0], "own_seconds": round(value[2], 4),
+             "cumulative_seconds": round(value[3], 4)} for where, value in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subjects", type=int, default=20)
@@ -68,6 +85,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=3, help="alternating prepare/floor rounds; medians reported")
     parser.add_argument("--data", type=Path, help="phantom directory to reuse (made there when missing)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one single-process prepare and record where its time goes")
     parser.add_argument("--out", type=Path, required=True, help="JSON result file")
     args = parser.parse_args()
 
@@ -102,6 +121,8 @@ def main() -> None:
             "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                         "python": platform.python_version()},
         }
+        if args.profile:
+            result["single_process_profile"] = profile_breakdown(source, scratch / "profiled")
         atomic_write_json(args.out, result)
         print(json.dumps({k: result[k] for k in ("subjects", "workers", "seconds", "gzip_floor_seconds",
                                                  "subjects_per_s", "ratio_vs_gzip_floor")}, indent=2))

@@ -16,7 +16,6 @@ also points ``champion`` at it. Registry stages are deprecated in MLflow and nev
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -100,7 +99,15 @@ def load_evaluation(path: Path, expected_train: str, role: str) -> dict[str, Any
         summary = read_stage_summary(path, stage="evaluate-segmenter", required=("model", "mean_dice"))
     except ValueError as exc:
         raise PromotionError(str(exc)) from None
-    file = Path(path) if Path(path).suffix == ".json" else Path(path) / "summary.json"
+    return _checked(summary, _summary_file(Path(path)), expected_train, role)
+
+
+def _summary_file(path: Path) -> Path:
+    return path if path.suffix == ".json" else path / "summary.json"
+
+
+def _checked(summary: dict[str, Any], file: Path, expected_train: str, role: str) -> dict[str, Any]:
+    """`summary` (read from `file`) if it is an evaluation of training on `expected_train` data."""
     model = summary.get("model")
     if not isinstance(model, dict) or "train" not in model or "mean_dice" not in summary:
         raise PromotionError(f"{file}: not an evaluate-segmenter summary (needs model.train and mean_dice)")
@@ -109,14 +116,6 @@ def load_evaluation(path: Path, expected_train: str, role: str) -> dict[str, Any
             f"{file}: the {role} evaluation must come from a segmenter trained on '{expected_train}' slices only, "
             f"but model.train is '{model['train']}'")
     return summary
-
-
-def _lists_runs(path: Path) -> bool:
-    file = path if path.suffix == ".json" else path / "summary.json"
-    try:
-        return bool(json.loads(file.read_text()).get("runs"))
-    except (OSError, ValueError, AttributeError):
-        return False  # load_evaluation reports what is wrong with it
 
 
 def load_gate_evaluation(paths: list[Path], expected_train: str, role: str, arch: str) -> dict[str, Any]:
@@ -134,14 +133,14 @@ def load_gate_evaluation(paths: list[Path], expected_train: str, role: str, arch
     """
     from synthmri.segmenters.evaluate import evaluation_runs
 
-    if len(paths) == 1 and not _lists_runs(Path(paths[0])):
-        return load_evaluation(Path(paths[0]), expected_train, role)
     if not paths:
         raise PromotionError(f"no {role} evaluation given")
     try:
         summaries = [run for path in paths for run in evaluation_runs(Path(path))]
     except ValueError as exc:
         raise PromotionError(str(exc)) from None
+    if len(paths) == 1 and [Path(s["_path"]) for s in summaries] == [_summary_file(Path(paths[0]))]:
+        return _checked(summaries[0], _summary_file(Path(paths[0])), expected_train, role)  # one plain evaluation
     chosen = [s for s in summaries if s["model"].get("train") == expected_train and s["model"].get("arch") == arch
               and s["model"].get("augment", True)]
     if not chosen:

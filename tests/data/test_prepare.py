@@ -351,13 +351,9 @@ def _corrupt(src: Path, case: str) -> None:
         _nifti(t2, np.stack([volume, volume], axis=-1))
     elif case == "2D volume":
         _nifti(t2, _volume(src, "t2")[:, :, 0])
-    elif case == "NaN voxels":
+    elif case in ("NaN voxels", "Inf voxels"):
         volume = _volume(src, "t2").astype(np.float32)
-        volume[3, 3, 3] = np.nan
-        _nifti(t2, volume)
-    elif case == "Inf voxels":
-        volume = _volume(src, "t2").astype(np.float32)
-        volume[3, 3, 3] = np.inf
+        volume[3, 3, 3] = np.nan if case == "NaN voxels" else np.inf
         _nifti(t2, volume)
     elif case == "all-zero volume":
         _nifti(t2, np.zeros_like(_volume(src, "t2")))

@@ -55,14 +55,21 @@ def check_labels(seg: np.ndarray, label_map: Mapping[int, int]) -> None:
         raise LabelError(f"labels {shown} not in label map {dict(label_map)}")
 
 
-def encode_labels(seg: np.ndarray, label_map: Mapping[int, int]) -> np.ndarray:
+def encode_labels(seg: np.ndarray, label_map: Mapping[int, int], check: bool = True) -> np.ndarray:
     """Map BraTS label ids to annotation values (uint8); 0 stays 0.
+
+    Args:
+        seg: label ids.
+        label_map: BraTS label id -> annotation value.
+        check: run :func:`check_labels` first; False when the caller already checked a volume
+            that `seg` is part of.
 
     Raises:
         LabelError: a voxel holds a label id that is neither 0 nor in `label_map`.
     """
     seg = np.asarray(seg)
-    check_labels(seg, label_map)
+    if check:
+        check_labels(seg, label_map)
     lut = np.zeros(int(max(max(label_map), seg.max(initial=0))) + 1, dtype=np.uint8)
     for label, value in label_map.items():
         lut[int(label)] = value

@@ -136,26 +136,6 @@ def split_subjects(names: list[str], data: DataConfig) -> dict[str, str]:
     return splits
 
 
-def scale_to_uint8(volume: np.ndarray) -> np.ndarray:
-    """Scale by the volume's own maximum to 0..255 (rounded, negatives clipped to 0).
-
-    Raises:
-        ValueError: NaN/Inf values, or no positive value to scale by.
-    """
-    volume = np.asarray(volume)
-    if volume.dtype.kind not in "biuf":
-        raise ValueError(f"unsupported data type {volume.dtype}")
-    if volume.dtype.kind == "f" and not np.isfinite(volume).all():
-        raise ValueError("NaN or Inf values")
-    volume = volume.astype(np.float32, copy=False)
-    peak = float(volume.max(initial=0.0))
-    if peak <= 0:
-        raise ValueError("all-zero image (maximum <= 0)")
-    scaled = volume * np.float32(255.0 / peak)
-    np.rint(scaled, out=scaled)
-    return np.clip(scaled, 0, 255).astype(np.uint8)
-
-
 def pad_slices(slices: np.ndarray, pad_to: int) -> np.ndarray:
     """Zero-pad [..., H, W] symmetrically to pad_to x pad_to (an odd remainder goes after)."""
     h, w = slices.shape[-2:]
@@ -257,7 +237,7 @@ def _checked_voxels(header: nib.Nifti1Header, data: np.ndarray, reference: nib.N
 
 
 def _to_uint8(part: np.ndarray, peak: float) -> np.ndarray:
-    """``part`` scaled by ``255 / peak``, rounded, clipped to 0..255 (as :func:`scale_to_uint8`).
+    """``part`` scaled by ``255 / peak`` in float32, rounded half to even, clipped to 0..255.
 
     `peak` is the volume's maximum, so nothing exceeds 255 and only negatives need clipping.
     """
@@ -336,7 +316,7 @@ def _prepare_subject(subject: Subject, source: Path, data: DataConfig, label_map
     padded = np.zeros((len(keep), len(CHANNELS), data.pad_to, data.pad_to), dtype=np.uint8)
     for index, channel in enumerate(CHANNELS):
         if channel == "seg":
-            part = encode_labels(voxels[channel][..., keep], label_map)
+            part = encode_labels(voxels[channel][..., keep], label_map, check=False)  # checked whole above
         else:
             part = _to_uint8(voxels[channel][..., keep], peaks[channel])
         padded[:, index, top:top + h, left:left + w] = np.moveaxis(part, -1, 0)  # [k, X, Y]
