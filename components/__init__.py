@@ -16,7 +16,7 @@ from components.report import report
 from components.resources import STAGE_RESOURCES, Cluster, StageResources, place
 from components.share import share
 from components.train_generator import train_generator
-from components.train_segmenter import train_segmenter
+from components.train_segmenter import train_segmenter, train_segmenter_real
 
 __all__ = [
     "CPU_IMAGE",
@@ -37,4 +37,5 @@ __all__ = [
     "share",
     "train_generator",
     "train_segmenter",
+    "train_segmenter_real",
 ]

@@ -58,3 +58,14 @@ def optional_flag(input_name: str, flag: str, value: Any) -> dsl.IfPresentPlaceh
 def optional_override(input_name: str, key: str, value: Any) -> dsl.IfPresentPlaceholder:
     """``--set key=value`` only when the optional input `input_name` was given."""
     return dsl.IfPresentPlaceholder(input_name=input_name, then=["--set", f"{key}={value}"])
+
+
+def metrics_args(metrics: Any) -> list[Any]:
+    """Report a step's scores on its ``Metrics`` output `metrics`, for the Kubeflow UI.
+
+    ``--metrics-out`` writes them as the artifact's file (flat JSON); ``--executor-input``
+    hands the verb the executor input, so it also writes the executor output whose artifact
+    metadata the launcher records and the UI shows as the run's metrics (what a Python
+    component's ``Metrics.log_metric`` produces).
+    """
+    return ["--metrics-out", metrics.path, "--executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER]

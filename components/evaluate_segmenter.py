@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
-from components.common import GPU_IMAGE, config_args
+from components.common import GPU_IMAGE, config_args, metrics_args
 
 
 @dsl.container_component
@@ -39,6 +39,6 @@ def evaluate_segmenter(
             "--model", segmenter.path,
             "--data", real.path,
             "--out", evaluation.path,
-            "--metrics-out", metrics.path,
+            *metrics_args(metrics),
         ],
     )

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
-from components.common import GPU_IMAGE, config_args
+from components.common import GPU_IMAGE, config_args, metrics_args
 
 
 @dsl.container_component
@@ -11,10 +11,10 @@ def evaluate_synthetic(
     real: Input[Dataset],
     synthetic: Input[Dataset],
     evaluation: Output[Artifact],
+    segmenter: Input[Model],
     metrics: Output[Metrics],
     profile: str,
     mlflow_tracking_uri: str,
-    segmenter: Input[Model] = None,
 ) -> dsl.ContainerSpec:
     """Judge synthetic slices: memorization, FID/IS and in-domain distribution metrics.
 
@@ -32,7 +32,8 @@ def evaluate_synthetic(
             Inception weights; ``memorization.*`` the search).
         mlflow_tracking_uri: MLflow tracking server URI.
         segmenter: A segmenter trained on real slices, whose features give the in-domain
-            FD, KID and precision/recall; without it those are skipped.
+            FD, KID and precision/recall. Required: the backend decides an ``IfPresent``
+            from parameters only, so an optional artifact could never be passed.
 
     Returns:
         The container spec running ``synthmri evaluate-synthetic``.
@@ -44,8 +45,8 @@ def evaluate_synthetic(
             *config_args(profile, mlflow_tracking_uri),
             "--real", real.path,
             "--synthetic", synthetic.path,
-            dsl.IfPresentPlaceholder(input_name="segmenter", then=["--segmenter", segmenter.path]),
+            "--segmenter", segmenter.path,
             "--out", evaluation.path,
-            "--metrics-out", metrics.path,
+            *metrics_args(metrics),
         ],
     )

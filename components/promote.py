@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
-from components.common import CPU_IMAGE, config_args
+from components.common import CPU_IMAGE, config_args, metrics_args
 
 
 @dsl.container_component
@@ -55,7 +55,7 @@ def promote(
             "--real-evaluation", real_evaluations.path,
             "--synthetic-evaluation", synthetic_evaluations.path,
             "--out", decision.path,
-            "--metrics-out", metrics.path,
+            *metrics_args(metrics),
             "--exit-zero",
         ],
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from kfp import dsl, kubernetes
+from kfp.dsl import pipeline_channel
 
 #: ConfigMap of k8s/base with the in-cluster endpoints (Pushgateway, S3/MinIO).
 ENDPOINTS_CONFIG_MAP = "synthmri-endpoints"
@@ -82,7 +83,9 @@ class Cluster:
 
     Attributes:
         gpu_type: Accelerator resource of the GPU node pool, e.g. ``nvidia.com/gpu``.
-        gpu_count: GPUs for multi-GPU stages (``train-generator``).
+        gpu_count: GPUs for multi-GPU stages (``train-generator``), as a string (``"2"``):
+            the backend reads a pod resource given by a parameter as a string, and a number
+            there silently gives the pod no GPU limit at all.
         gpu_node_selector: Node labels of the GPU node pool, a dict.
         gpu_tolerations: Tolerations for the GPU node pool's taints, a list of dicts.
         s3_secret: Name of the Secret with the S3 credentials.
@@ -130,8 +133,15 @@ def place(task: dsl.PipelineTask, cluster: Optional[Cluster],
     if cluster is None:
         return task
     if resources.gpu:
+        gpu_count = cluster.gpu_count if resources.multi_gpu else 1
         task.set_accelerator_type(cluster.gpu_type)
-        task.set_accelerator_limit(cluster.gpu_count if resources.multi_gpu else 1)
+        task.set_accelerator_limit(gpu_count)
+        # kfp 2.17 writes a parameter given to the two calls above into the task's resources but
+        # does not register it as an input of the task, so no enclosing ParallelFor declares it
+        # and the backend's driver fails ("parent DAG does not have input parameter"). Register
+        # them as kfp-kubernetes does for its own settings; every loop level then passes them on.
+        task.register_pipeline_channels(
+            [value for value in (cluster.gpu_type, gpu_count) if isinstance(value, pipeline_channel.PipelineChannel)])
         kubernetes.add_node_selector_json(task, cluster.gpu_node_selector)
         kubernetes.add_toleration_json(task, cluster.gpu_tolerations)
         # A container's /dev/shm is 64 MiB; NCCL between GPU processes and loader workers need more.

@@ -14,7 +14,7 @@ def train_generator(
     seed: int,
     profile: str,
     mlflow_tracking_uri: str,
-    gpu_count: int = 1,
+    gpu_count: str,
 ) -> dsl.ContainerSpec:
     """Train a generator on the training split and register it in the MLflow registry.
 
@@ -31,8 +31,9 @@ def train_generator(
         seed: Random seed.
         profile: Config profile name or YAML path inside the image.
         mlflow_tracking_uri: MLflow tracking and registry server URI.
-        gpu_count: GPUs of the pod; above 1 the verb runs one data-parallel process per GPU
-            under ``torchrun`` (gradients averaged every step).
+        gpu_count: GPUs of the pod, a whole number as a string (the pipeline's ``gpu_count``,
+            which also sets the pod's GPU limit); above 1 the verb runs one data-parallel
+            process per GPU under ``torchrun`` (gradients averaged every step).
 
     Returns:
         The container spec running ``synthmri train-generator``.

@@ -6,6 +6,7 @@
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -22,13 +23,15 @@ TOKEN_ENV = "KFP_TOKEN"
 NAMESPACE_ENV = "KFP_NAMESPACE"
 
 
-def compile_pipeline(name: str, path: Path, parallelism: int) -> Path:
+def compile_pipeline(name: str, path: Path, parallelism: int, defaults: dict[str, Any] | None = None) -> Path:
     """Compile the pipeline `name` (a key of :data:`PIPELINES`) to `path`, with its defaults.
 
     Args:
         name: ``quick`` or ``paper``.
         path: Where the YAML goes (parent directories are created).
         parallelism: Concurrent tasks per fan-out loop.
+        defaults: Parameter defaults to compile in on top of the pipeline's own (a cluster's
+            GPU type, say); a run can still override each one.
 
     Returns:
         `path`.
@@ -37,22 +40,23 @@ def compile_pipeline(name: str, path: Path, parallelism: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(
         pipeline_func=build_pipeline(parallelism), package_path=str(path), pipeline_name=pipeline.name,
-        pipeline_display_name=pipeline.display_name, pipeline_parameters=pipeline.defaults,
+        pipeline_display_name=pipeline.display_name, pipeline_parameters={**pipeline.defaults, **(defaults or {})},
     )
     return path
 
 
-def compile_pipelines(out_dir: Path, parallelism: int) -> list[Path]:
+def compile_pipelines(out_dir: Path, parallelism: int, defaults: dict[str, Any] | None = None) -> list[Path]:
     """Compile every registered pipeline to ``<out_dir>/<name>.yaml``.
 
     Args:
         out_dir: Directory for the compiled pipeline specs; created if missing.
         parallelism: Concurrent tasks per fan-out loop.
+        defaults: Parameter defaults compiled into every pipeline (see :func:`compile_pipeline`).
 
     Returns:
         The written YAML paths, in registry order.
     """
-    return [compile_pipeline(name, out_dir / f"{name}.yaml", parallelism) for name in PIPELINES]
+    return [compile_pipeline(name, out_dir / f"{name}.yaml", parallelism, defaults) for name in PIPELINES]
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
@@ -73,11 +77,26 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def _check_params(name: str, params: dict[str, Any]) -> None:
-    known = set(build_pipeline().component_spec.inputs or {})
-    unknown = sorted(set(params) - known)
+def check_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate `params` against the pipeline's parameters, and type them as the backend reads them.
+
+    A scalar given for a string parameter becomes a string (``--param gpu_count=2`` parses
+    as the number 2, but ``gpu_count`` is a string parameter: the backend reads a pod's GPU
+    limit from a parameter as a string only).
+
+    Raises:
+        ValueError: an unknown parameter, or a ``gpu_count`` that is not a whole number of
+            at least 1 (named).
+    """
+    inputs = build_pipeline().component_spec.inputs or {}
+    unknown = sorted(set(params) - set(inputs))
     if unknown:
-        raise ValueError(f"pipeline {name!r} has no parameter(s) {unknown}; it takes {sorted(known)}")
+        raise ValueError(f"pipeline {name!r} has no parameter(s) {unknown}; it takes {sorted(inputs)}")
+    typed = {key: str(value) if inputs[key].type == "String" and isinstance(value, (int, float)) else value
+             for key, value in params.items()}
+    if "gpu_count" in typed and not re.fullmatch(r"[1-9][0-9]*", str(typed["gpu_count"])):
+        raise ValueError(f"gpu_count={typed['gpu_count']!r}: expected a whole number of GPUs, at least 1")
+    return typed
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -87,8 +106,7 @@ def submit(args: argparse.Namespace) -> int:
     host = args.host or os.environ.get(HOST_ENV)
     if not host:
         raise ValueError(f"no Kubeflow Pipelines endpoint: pass --host or set ${HOST_ENV}")
-    params = parse_params(args.param)
-    _check_params(args.pipeline, params)
+    params = check_params(args.pipeline, parse_params(args.param))
     namespace = args.namespace or os.environ.get(NAMESPACE_ENV) or None
     # Without a token kfp.Client falls back to the in-cluster service-account token, if any.
     client = kfp.Client(host=host, existing_token=os.environ.get(TOKEN_ENV) or None, namespace=namespace)
@@ -106,8 +124,7 @@ def run_local_command(args: argparse.Namespace) -> int:
     """Run a pipeline on this machine with ``kfp.local.SubprocessRunner``."""
     from pipelines.local import run_local
 
-    params = parse_params(args.param)
-    _check_params(args.pipeline, params)
+    params = check_params(args.pipeline, parse_params(args.param))
     root = Path(args.pipeline_root)
     arguments = {**PIPELINES[args.pipeline].defaults,
                  "mlflow_tracking_uri": f"sqlite:///{root.resolve() / 'mlflow.db'}", **params}
@@ -129,7 +146,8 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
         if args.action == "compile":
             if args.out is None:
                 raise ValueError("compile needs --out DIR")
-            for path in compile_pipelines(Path(args.out), args.parallelism):
+            defaults = check_params(args.pipeline, parse_params(args.param))
+            for path in compile_pipelines(Path(args.out), args.parallelism, defaults):
                 print(path)
             return 0
         if args.action == "submit":

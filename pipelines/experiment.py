@@ -36,6 +36,7 @@ from components import (
     share,
     train_generator,
     train_segmenter,
+    train_segmenter_real,
 )
 
 #: MLflow service as the project's Kubernetes manifests name it (same namespace as the run).
@@ -85,7 +86,7 @@ def build_pipeline(parallelism: int = DEFAULT_PARALLELISM, kubernetes: bool = Tr
         seed: int = 0,
         mlflow_tracking_uri: str = DEFAULT_MLFLOW_TRACKING_URI,
         gpu_type: str = "nvidia.com/gpu",
-        gpu_count: int = 1,
+        gpu_count: str = "1",
         gpu_node_selector: dict = DEFAULT_GPU_NODE_SELECTOR,
         gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
         s3_secret: str = DEFAULT_S3_SECRET,
@@ -111,7 +112,9 @@ def build_pipeline(parallelism: int = DEFAULT_PARALLELISM, kubernetes: bool = Tr
             seed: Seed of the data split, the generators, sampling and the first repeat.
             mlflow_tracking_uri: MLflow tracking and registry server, reachable from the pods.
             gpu_type: Accelerator resource of the GPU node pool.
-            gpu_count: GPUs for generator training (above 1: torchrun, one process per GPU).
+            gpu_count: GPUs for generator training, a whole number given as a string
+                (``"2"``; above 1: torchrun, one process per GPU). A string because the
+                backend reads a pod's GPU limit from a parameter as a string only.
             gpu_node_selector: Node labels of the GPU node pool.
             gpu_tolerations: Tolerations for the GPU node pool's taints.
             s3_secret: Secret with ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` for S3 data.
@@ -161,8 +164,8 @@ def experiment(
                                profile=profile), cluster)
     baseline_grid.set_display_name("grid-real-baseline")
     with dsl.ParallelFor(baseline_grid.outputs["cells"], parallelism=parallelism, name="real-baseline") as cell:
-        baseline = place(train_segmenter(real=real, train="real", arch=cell.arch, augment=cell.augment,
-                                         seed=cell.seed, repeat=cell.repeat, **tracked), cluster)
+        baseline = place(train_segmenter_real(real=real, arch=cell.arch, augment=cell.augment, seed=cell.seed,
+                                              repeat=cell.repeat, **tracked), cluster)
         baseline_evaluation = place(evaluate_segmenter(segmenter=baseline.outputs["segmenter"], real=real, **tracked),
                                     cluster)
     real_evaluations = place(gather(evaluations=dsl.Collected(baseline_evaluation.outputs["evaluation"]),
@@ -170,15 +173,16 @@ def experiment(
     real_evaluations.set_display_name("gather-real-baseline")
 
     # A network that has seen real MR slices: its features give evaluate-synthetic's in-domain metrics.
-    features = place(train_segmenter(real=real, train="real", seed=seed, **tracked), cluster)
+    # (repeat given although optional: kfp.local cannot pass an optional integer left out.)
+    features = place(train_segmenter_real(real=real, seed=seed, repeat=0, **tracked), cluster)
     features.set_display_name("train-segmenter-features")
 
     synthetic_grid = place(grid(archs=archs, train=segmenter_data, augment=augmentation, repeats=repeats, seed=seed,
                                 profile=profile), cluster)
     synthetic_grid.set_display_name("grid-synthetic")
     with dsl.ParallelFor(generators, parallelism=parallelism, name="generators") as generator:
-        trained = place(train_generator(slices=real, model=generator, seed=seed, gpu_count=cluster.gpu_count if cluster else 1,
-                                        **tracked), cluster)
+        trained = place(train_generator(slices=real, model=generator, seed=seed,
+                                        gpu_count=cluster.gpu_count if cluster else "1", **tracked), cluster)
         synthetic = place(generate(generator=trained.outputs["generator"], n_synthetic=n_synthetic, seed=seed,
                                    **tracked), cluster).outputs["synthetic"]
         judged = place(evaluate_synthetic(real=real, synthetic=synthetic, segmenter=features.outputs["segmenter"],

@@ -283,10 +283,22 @@ def _switch(value: str) -> bool:
     raise UsageError(f"--augment takes on/off (or true/false), got {value!r}")
 
 
+def _add_metrics_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--metrics-out", type=Path, help=f"also write {what} as flat JSON here (pipeline metrics)")
+    p.add_argument("--executor-input", metavar="JSON",
+                   help=f"Kubeflow executor input ({{{{$}}}}): write {what} into the executor output it names, "
+                        "as the metadata of the step's Metrics outputs, so the Kubeflow UI shows them")
+
+
 def _write_metrics(args: argparse.Namespace, summary: dict[str, Any]) -> None:
-    """``--metrics-out``: the finite scores of the summary, flat, for a pipeline's metrics artifact."""
+    """``--metrics-out``/``--executor-input``: the finite scores of the summary, flat, for a pipeline."""
+    metrics = scalar_metrics(summary)
     if getattr(args, "metrics_out", None) is not None:
-        atomic_write_json(args.metrics_out, scalar_metrics(summary))
+        atomic_write_json(args.metrics_out, metrics)
+    if getattr(args, "executor_input", None) is not None:
+        from synthmri.executor_output import write_executor_output
+
+        write_executor_output(args.executor_input, metrics)
 
 
 def _reader_study(args: argparse.Namespace) -> int:
@@ -393,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory (memorization.csv, summary.json)")
     p.add_argument("--segmenter", type=Path, help="segmenter trained on real slices (train-segmenter output): "
                    "its features give the in-domain metrics; without it they are skipped")
-    p.add_argument("--metrics-out", type=Path, help="also write the scores as flat JSON here (pipeline metrics)")
+    _add_metrics_flags(p, "the scores")
 
     p = verb("share", _share, "A shareable synthetic store: every near-copy of a training slice removed, with reasons.")
     p.add_argument("--synthetic", type=Path, required=True, help="synthetic slice store")
@@ -429,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="real slice store (its test split is scored)")
     p.add_argument("--out", type=Path, required=True, help="output directory (per_subject.csv, summary.json)")
     p.add_argument("--eval-slices", choices=("filtered", "all"), help="restack filtered slices (paper) or all")
-    p.add_argument("--metrics-out", type=Path, help="also write the scores as flat JSON here (pipeline metrics)")
+    _add_metrics_flags(p, "the scores")
 
     p = verb("promote", _promote, "Gate a registered generator; passing sets the alias 'champion'.")
     p.add_argument("--model", required=True, help="registered model name, e.g. synthmri-ddpm")
@@ -443,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate-segmenter output of synthetic-only training (repeatable, as --real-evaluation)")
     p.add_argument("--out", type=Path, help="write the decision as JSON here")
     p.add_argument("--exit-zero", action="store_true", help="record a failing gate but exit 0 (for DVC demos)")
-    p.add_argument("--metrics-out", type=Path, help="also write the criteria's values as flat JSON here")
+    _add_metrics_flags(p, "the criteria's values and the verdict (passed 0/1)")
 
     p = verb("report", _report, "Write the Markdown/HTML report: the paper's Figures 1-4 and Tables 1-7, "
              "memorization and promotion.")
@@ -499,7 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "run-local: run --pipeline here, every task a local process")
     p.add_argument("--pipeline", choices=("quick", "paper"), default="quick", help="which pipeline (default: quick)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                   help="pipeline parameter, the value as YAML, e.g. --param 'generators=[ddpm, stylegan2]' (repeatable)")
+                   help="pipeline parameter, the value as YAML, e.g. --param 'generators=[ddpm, stylegan2]' (repeatable; "
+                        "compile: a default compiled into the YAML)")
     p.add_argument("--parallelism", type=int, default=8,
                    help="concurrent tasks per fan-out loop, fixed when compiling (default: 8)")
     p.add_argument("--out", type=Path, help="compile: directory for the compiled YAML")

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -21,6 +22,17 @@ from synthmri.config import Config, TrackingConfig, dump_config, flatten
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "SYNTHMRI_PARENT_RUN_ID"
+
+#: Experiment tag that tells the MLflow UI what an experiment is for. Untagged, MLflow 3 opens
+#: an experiment on its GenAI traces overview; tagged as classic model development, on the
+#: runs table, where synthmri's runs and their compare view are.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+#: MLflow keeps a dataset digest in 36 characters (``MAX_DATASET_DIGEST_SIZE``; a VARCHAR(36)
+#: in PostgreSQL): the first 32 hex digits of a store's sha256 (128 bits) fit, the full hash is
+#: the run's ``synthmri.data.<name>`` tag.
+DATASET_DIGEST_CHARS = 32
 
 
 #: Values this process's MLflow exported to its own environment: ``mlflow.set_tracking_uri``
@@ -65,6 +77,47 @@ def experiment_name(cfg: TrackingConfig, kind: str) -> str:
     return f"{cfg.experiment_prefix}-{kind}"
 
 
+def ensure_experiment(cfg: TrackingConfig, kind: str) -> str:
+    """The id of experiment `kind` (see :func:`experiment_name`), created if missing.
+
+    The experiment is tagged :data:`EXPERIMENT_KIND` (classic model development), so the MLflow
+    UI opens it on the runs table; an experiment a user tagged otherwise keeps its tag.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    name = experiment_name(cfg, kind)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)  # a parallel stage created it first
+            if experiment is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def slice_store_dataset(store: Any) -> Any:
+    """A slice store as an MLflow dataset: its directory name, its location, its content hash.
+
+    Logged as a run input (``mlflow.log_input``), it fills the runs table's Dataset column and
+    the run page's lineage; the digest is the first :data:`DATASET_DIGEST_CHARS` hex digits of
+    the store's content hash.
+    """
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():
+        # A local path matches MLflow's local-artifact source under two names; either is right.
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(store.path).absolute()))
+    return MetaDataset(source=source, name=Path(store.path).name, digest=store.content_hash[:DATASET_DIGEST_CHARS])
+
+
 def registered_model_name(cfg: TrackingConfig, model: str) -> str:
     """Registry name of a generator, e.g. ``synthmri-ddpm``."""
     return f"{cfg.registered_model_prefix}-{model}"
@@ -98,9 +151,7 @@ def pipeline_parent_run(cfg: TrackingConfig) -> str | None:
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    name = experiment_name(cfg, "pipeline")
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
+    experiment_id = ensure_experiment(cfg, "pipeline")
     query = f"tags.`synthmri.pipeline_run` = '{cfg.pipeline_run}' and tags.`synthmri.stage` = 'pipeline'"
 
     def parents() -> list[Any]:
@@ -143,7 +194,8 @@ def stage_run(
         experiment: experiment kind (see :func:`experiment_name`).
         run_name: readable run name, e.g. ``ddpm-unet-synthetic-aug-r0``.
         datasets: name -> SliceStore read by this stage; each content hash becomes a tag
-            ``synthmri.data.<name>`` and a param ``data.<name>.hash``.
+            ``synthmri.data.<name>`` and a param ``data.<name>.hash``, and each store an
+            MLflow dataset input of the run with context `name`.
         tags: more tags.
 
     Yields:
@@ -152,7 +204,7 @@ def stage_run(
     import mlflow
 
     configure(cfg.tracking)
-    mlflow.set_experiment(experiment_name(cfg.tracking, experiment))
+    mlflow.set_experiment(experiment_id=ensure_experiment(cfg.tracking, experiment))
     all_tags = {
         "synthmri.stage": stage,
         "synthmri.profile": cfg.profile,
@@ -170,6 +222,8 @@ def stage_run(
         params[f"data.{name}.slices"] = str(len(store))
     with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
         mlflow.log_params(params)
+        for name, store in (datasets or {}).items():
+            mlflow.log_input(slice_store_dataset(store), context=name)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "config.yaml"
             dump_config(cfg, path)

@@ -405,6 +405,27 @@ def test_pipeline_params_parse_as_yaml() -> None:
         parse_params(["repeats"])
 
 
+def test_params_are_typed_as_the_backend_reads_them() -> None:
+    """``gpu_count=2`` parses as a number; the pipeline's gpu_count is a string parameter."""
+    from pipelines.cli import check_params, parse_params
+
+    typed = check_params("paper", parse_params(["gpu_count=2", "repeats=3", "gpu_type=amd.com/gpu"]))
+    assert typed == {"gpu_count": "2", "repeats": 3, "gpu_type": "amd.com/gpu"}
+    for bad in ("0", "two", "1.5", "-1"):
+        with pytest.raises(ValueError, match=f"gpu_count='{bad}': expected a whole number of GPUs"):
+            check_params("paper", parse_params([f"gpu_count={bad}"]))
+
+
+def test_compile_takes_other_defaults(tmp_path: Path) -> None:
+    assert main(["pipeline", "compile", "--project-root", str(REPO), "--out", str(tmp_path),
+                 "--param", "gpu_type=amd.com/gpu", "--param", "gpu_count=2"]) == 0
+    for name in PIPELINES:
+        spec = next(yaml.safe_load_all((tmp_path / f"{name}.yaml").read_text()))
+        parameters = spec["root"]["inputDefinitions"]["parameters"]
+        assert parameters["gpu_type"]["defaultValue"] == "amd.com/gpu"
+        assert parameters["gpu_count"] == {**parameters["gpu_count"], "defaultValue": "2", "parameterType": "STRING"}
+
+
 def test_unknown_pipeline_parameter_is_named(capsys: pytest.CaptureFixture) -> None:
     status = main(["pipeline", "run-local", "--project-root", str(REPO), "--param", "repeat=3"])
     assert status == 1

@@ -75,6 +75,18 @@ def test_gate_decision_and_metrics_reach_their_artifacts(quick_run: Path) -> Non
         assert 0.0 <= scores["mean_dice"] <= 1.0 and "dice.WT" in scores
 
 
+def test_metrics_reach_the_executor_output_that_kubeflow_shows(quick_run: Path) -> None:
+    """Each Metrics step wrote the executor output; its Metrics artifact carries the scores as metadata."""
+    run_dir = _only(quick_run / "artifacts", "synthmri-*")
+    steps = sorted({p.parent for p in run_dir.glob("**/metrics")})
+    assert {step.name.split("-")[0] for step in steps} >= {"promote", "evaluate"}
+    for step in steps:
+        output = json.loads((step / "executor_output.json").read_text())
+        (artifact,) = output["artifacts"]["metrics"]["artifacts"]
+        assert artifact["uri"] == str(step / "metrics")
+        assert artifact["metadata"] == json.loads((step / "metrics").read_text()), step.name
+
+
 def test_generator_is_registered_in_the_runs_mlflow(quick_run: Path) -> None:
     from mlflow import MlflowClient
 
