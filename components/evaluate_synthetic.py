@@ -22,8 +22,8 @@ def evaluate_synthetic(
     training slice, compared with the same statistic for held-out real test slices.
 
     Args:
-        real: Real slice store; its train split is the reference, its test split the
-            held-out baseline.
+        real: Real slice store; its train and val splits (the generator's training set) are
+            the reference, its test split the held-out baseline.
         synthetic: Synthetic slice store from ``generate``.
         evaluation: Output directory (``memorization.csv``, ``summary.json``) read by
             ``promote`` and ``report``.

@@ -22,7 +22,8 @@ def share(
 
     Args:
         synthetic: Synthetic slice store from ``generate``.
-        real: Real slice store (train split: what must not leak; test split: the baseline).
+        real: Real slice store (train and val splits, the generator's training set: what must
+            not leak; test split: the baseline).
         shareable: Output slice store with ``removed.csv`` and ``share_report.json``.
         profile: Config profile name or YAML path inside the image.
         mlflow_tracking_uri: MLflow tracking server URI.

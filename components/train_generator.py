@@ -25,7 +25,8 @@ def train_generator(
     ``promote`` stage later decides whether it becomes ``champion``.
 
     Args:
-        slices: Real slice store; only its train split is used.
+        slices: Real slice store; its train and val splits are used (every non-test subject,
+            as the paper trained its generators).
         generator: Output directory with checkpoints and sample grids; ``generate`` reads it.
         model: Generator family: ``progan``, ``stylegan1``, ``stylegan2``, ``stylegan3`` or ``ddpm``.
         seed: Random seed.

@@ -30,7 +30,7 @@ class Pipeline:
 PIPELINES: dict[str, Pipeline] = {
     "quick": Pipeline("synthmri-quick", "synthmri quick: one generator, one segmenter setting, phantom data", {
         "data_uri": "", "phantom_subjects": 20, "profile": "demo", "image_size": 64, "n_synthetic": 400,
-        "generators": ["ddpm"], "archs": ["unet"], "augmentation": ["on"], "repeats": 1,
+        "generators": ["ddpm"], "archs": ["nnunet"], "augmentation": ["on"], "repeats": 1,
     }),
     "paper": Pipeline("synthmri-paper", "synthmri paper: 5 generators x U-Net/Swin x data x augmentation x 10 repeats"),
 }

@@ -103,7 +103,8 @@ def build_pipeline(parallelism: int = DEFAULT_PARALLELISM, kubernetes: bool = Tr
             n_synthetic: Synthetic slices per generator (paper: 100,000).
             generators: Generator families, one loop iteration each: ``progan``,
                 ``stylegan1``, ``stylegan2``, ``stylegan3``, ``ddpm``.
-            archs: Segmentation architectures (``unet``, ``swin``); must include the
+            archs: Segmentation architectures (``unet``, ``swin``: the paper's; ``nnunet``,
+                ``swinunetr``: cheaper ones of this product); must include the
                 profile's, which the gate and the in-domain features use.
             segmenter_data: ``synthetic`` (without real slices) and/or ``mixed`` (with them,
                 each source drawn half the time).

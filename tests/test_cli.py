@@ -90,10 +90,10 @@ def test_train_segmenter_ratio_sweeps_the_configured_shares(phantom_store, mlflo
     from tests.segmenters import write_blob_store
 
     synthetic = write_blob_store(tmp_path / "syn", {"train": 2}, size=32, depth=6, generator="ddpm")
-    settings = ["segmenter.ratio_shares=[0.0, 1.0]", "segmenter.ratio_total=12", "segmenter.unet.train_samples=16",
-                "segmenter.unet.batch_size=8", "segmenter.unet.val_every_samples=16", "segmenter.repeats=1",
-                "data.size=32", "data.pad_to=64", "segmenter.unet.filters=[8, 16, 32]",
-                "segmenter.unet.deep_supervision_heads=1"]
+    settings = ["segmenter.ratio_shares=[0.0, 1.0]", "segmenter.ratio_total=12", "segmenter.nnunet.train_samples=16",
+                "segmenter.nnunet.batch_size=8", "segmenter.nnunet.val_every_samples=16", "segmenter.repeats=1",
+                "data.size=32", "data.pad_to=64", "segmenter.nnunet.filters=[8, 16, 32]",
+                "segmenter.nnunet.deep_supervision_heads=1"]
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # mlflow_uri changes directory
     code = main(["train-segmenter", "--profile", str(demo), "--train", "ratio", "--real", str(phantom_store),
                  "--synthetic", str(synthetic), "--out", str(tmp_path / "sweep"),

@@ -183,14 +183,14 @@ def test_gate_reads_a_gathered_grid_in_the_reference_setting(tmp_path, tiny_conf
     register_version(tmp_path)
     paths = write_evidence(tmp_path / "evidence", 0.0, 0.0, 0.8, 0.7)
     grid = tmp_path / "grid"
-    # The grid a pipeline fans in: only unet/synthetic/aug may count (two repeats, mean Dice 0.6).
-    cells = [("unet", "synthetic", True, 0, 0.5), ("unet", "synthetic", True, 1, 0.7),
-             ("unet", "synthetic", False, 0, 0.99), ("unet", "mixed", True, 0, 0.99), ("swin", "synthetic", True, 0, 0.01)]
+    # The grid a pipeline fans in: only nnunet/synthetic/aug (the tiny profile's arch) may count (two repeats, mean Dice 0.6).
+    cells = [("nnunet", "synthetic", True, 0, 0.5), ("nnunet", "synthetic", True, 1, 0.7),
+             ("nnunet", "synthetic", False, 0, 0.99), ("nnunet", "mixed", True, 0, 0.99), ("swin", "synthetic", True, 0, 0.01)]
     gathered = gather_evaluations([_evaluation(grid / f"cell-{i}", *cell) for i, cell in enumerate(cells)],
                                   tmp_path / "gathered")
     assert gathered["evaluations"] == 5
-    real_grid = gather_evaluations([_evaluation(tmp_path / "real" / f"r{s}", "unet", "real", True, s, 0.8)
-                                    for s in (0, 1)] + [_evaluation(tmp_path / "real" / "orig", "unet", "real", False,
+    real_grid = gather_evaluations([_evaluation(tmp_path / "real" / f"r{s}", "nnunet", "real", True, s, 0.8)
+                                    for s in (0, 1)] + [_evaluation(tmp_path / "real" / "orig", "nnunet", "real", False,
                                                                     0, 0.1)], tmp_path / "real-gathered")
     assert real_grid["evaluations"] == 3
     decision = promote(model=MODEL, version="candidate", memorization=paths["memorization"],
@@ -207,7 +207,7 @@ def test_gate_names_the_settings_a_grid_lacks(tmp_path, tiny_config, registry):
     paths = write_evidence(tmp_path / "evidence", 0.0, 0.0, 0.8, 0.7)
     only_swin = [_evaluation(tmp_path / "s0", "swin", "synthetic", True, 0, 0.5),
                  _evaluation(tmp_path / "s1", "swin", "synthetic", False, 0, 0.5)]
-    with pytest.raises(PromotionError, match=r"none of the 2 evaluations given as synthetic-only is unet trained on "
+    with pytest.raises(PromotionError, match=r"none of the 2 evaluations given as synthetic-only is nnunet trained on "
                                              r"'synthetic' slices with augmentation.*swin/synthetic/aug"):
         promote(model=MODEL, version="candidate", memorization=paths["memorization"],
                 real_evaluation=[paths["real"]], synthetic_evaluation=only_swin, out=None, cfg=tiny_config)

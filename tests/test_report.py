@@ -31,10 +31,16 @@ RUNS = {
     ("synthetic", True, ("synthetic/ddpm",)): [(0.61, 0.52, 0.43, 12.0, 15.0, 13.0), (0.55, 0.58, 0.41, 14.5, 13.0, 12.0)],
     ("mixed", True, ("synthetic/ddpm",)): [(0.83, 0.73, 0.64, 5.0, 9.0, 6.5), (0.80, 0.75, 0.66, 5.5, 8.0, 7.0)],
 }
-# Where each RUNS key lands: (table heading, row) in the Markdown.
-TABLE_ROWS = {("real", True, ()): ("### Table 4", 0), ("real", False, ()): ("### Table 3", 0),
-              ("synthetic", True, ("synthetic/ddpm",)): ("### Table 4", 1),
-              ("mixed", True, ("synthetic/ddpm",)): ("### Table 4", 2)}
+# Where each RUNS key lands: its row in the Dice and Hausdorff tables, in the paper's order (Orig and Aug,
+# Orig, Aug, neither; real images only first).
+TABLE_ROWS = {("real", True, ()): 0, ("mixed", True, ("synthetic/ddpm",)): 1, ("real", False, ()): 2,
+              ("synthetic", True, ("synthetic/ddpm",)): 3}
+# The column of each structure in those tables: Architecture, Model, Orig, Aug, n, ET, ED, NCR/NET, Mean, WT, TC.
+COLUMNS = {"ET": 5, "ED": 6, "NCR": 7, "WT": 9, "TC": 10}
+MEAN_COLUMN = 8
+DICE_HEADER, HD_HEADER = "### Dice scores", "### Hausdorff distances"
+# The cheap registered architecture the checkpoints of these tests are built with.
+ARCH = "nnunet"
 
 
 def scores(values: tuple[float, ...]) -> dict[str, dict[str, float]]:
@@ -118,7 +124,7 @@ def md_table(markdown: str, header_start: str, after: str | None = None) -> list
     for line in lines[start + 2:]:
         if not line.startswith("|"):
             break
-        rows.append([c.strip() for c in line.strip("|").split(" | ")])
+        rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])])
     return rows
 
 
@@ -146,33 +152,44 @@ def test_report_tables_equal_inputs(tmp_path, tiny_config, registry):
     assert (tmp_path / "report" / "figures" / "samples-ddpm.png").is_file()
 
     hd95 = md_table(markdown, "arch | training | setting | HD95 ET |")
-    relative = md_table(markdown, "training | U-Net orig | U-Net aug |")
+    relative = md_table(markdown, "Architecture | Model | Orig | Aug | n | Relative Dice |")
     rows = json.loads((tmp_path / "report" / "report.json").read_text())["segmentation"]
     assert [(r["train"], r["augment"]) for r in rows] == [("real", True), ("real", False), ("synthetic", True), ("mixed", True)]
     real_aug = np.mean([np.mean(v[:3]) for v in RUNS[("real", True, ())]])
     for row, hd95_cells, key in zip(rows, hd95, [("real", True, ()), ("real", False, ()),
                                     ("synthetic", True, ("synthetic/ddpm",)), ("mixed", True, ("synthetic/ddpm",))]):
-        heading, index = TABLE_ROWS[key]
-        cells = md_table(markdown, "training | n | Dice ET |", after=heading)[index]
+        index = TABLE_ROWS[key]
+        cells = md_table(markdown, "Architecture | Model | Orig | Aug | n | ET |", after=DICE_HEADER)[index]
+        hd_cells = md_table(markdown, "Architecture | Model | Orig | Aug | n | ET |", after=HD_HEADER)[index]
+        assert cells[:4] == hd_cells[:4] == ["U-Net", "None" if key[0] == "real" else "Diffusion",
+                                             "✓" if key[0] != "synthetic" else "", "✓" if key[1] else ""]
         repeats = [scores(v) for v in RUNS[key]]
-        assert row["n"] == 2 and cells[1] == "2"
+        assert row["n"] == 2 and cells[4] == "2"
         for j, name in enumerate(STRUCTURES):
             for score in SCORES:
                 values = np.array([r[score][name] for r in repeats])
                 assert row[score][name]["mean"] == pytest.approx(values.mean(), abs=1e-12)
                 assert row[score][name]["sd"] == pytest.approx(values.std(ddof=1), abs=1e-12)
             dice = np.array([r["dice"][name] for r in repeats])
-            assert cells[2 + j] == f"{dice.mean():.4f} ± {dice.std(ddof=1):.4f}"
+            assert cells[COLUMNS[name]] == f"{dice.mean():.4f} ± {dice.std(ddof=1):.4f}"
             hd = np.array([r["hausdorff"][name] for r in repeats])
             hd95_values = np.array([r["hausdorff95"][name] for r in repeats])
-            assert cells[8 + j] == f"{hd.mean():.2f} ± {hd.std(ddof=1):.2f}"
+            assert hd_cells[COLUMNS[name]] == f"{hd.mean():.2f} ± {hd.std(ddof=1):.2f}"
             assert hd95_cells[3 + j] == f"{hd95_values.mean():.2f} ± {hd95_values.std(ddof=1):.2f}"
         mean_dice = np.asarray(RUNS[key])[:, :3].mean(axis=1)
-        assert cells[7] == f"{mean_dice.mean():.4f} ± {mean_dice.std(ddof=1):.4f}"
+        assert cells[MEAN_COLUMN] == f"{mean_dice.mean():.4f} ± {mean_dice.std(ddof=1):.4f}"
+        mean_hd = np.asarray(RUNS[key])[:, 3:].mean(axis=1)
+        assert hd_cells[MEAN_COLUMN] == f"{mean_hd.mean():.2f} ± {mean_hd.std(ddof=1):.2f}"
         assert row["relative_dice"] == pytest.approx(mean_dice.mean() / real_aug, abs=1e-12)
     real_orig = np.mean([np.mean(v[:3]) for v in RUNS[("real", False, ())]])
-    assert relative[0] == ["real", f"{real_orig / real_aug:.4f}", "1.0000"]
-    assert [r[0] for r in relative] == ["real", "synthetic (ddpm)", "mixed (ddpm)"] and relative[1][1] == "–"
+    assert relative[0] == ["U-Net", "None", "✓", "✓", "2", "100.00%"]
+    assert relative[2] == ["U-Net", "None", "✓", "", "2", f"{100 * real_orig / real_aug:.2f}%"]
+    assert [r[1:4] for r in relative] == [["None", "✓", "✓"], ["Diffusion", "✓", "✓"], ["None", "✓", ""],
+                                          ["Diffusion", "", "✓"]]
+    # A handmade run records no dataset and the real store no layout: the paper's layout, no dataset claimed.
+    assert "### Dice scores in the layout of Table 3/4" in markdown and "### Table 5: Relative Dice" in markdown
+    assert "### Hausdorff distances (mm) in the layout of Table 6/7" in markdown
+    assert "(paper)" not in markdown and "Metric convention: penalise" in markdown
 
     memo = md_table(markdown, "set")
     assert memo[0][:2] == ["synthetic", "0.4100"] and memo[1][-1] == "10"
@@ -312,19 +329,19 @@ FAKE_INCEPTION = {"ddpm": (12.5 + 1 / 3, 2.25 + 1 / 7), "stylegan2": (8.75 + 1 /
 
 
 def _checkpoint(path: Path, cfg, seed: int, name: str, train: str, augment: bool, synthetic=(), real_share=None):
-    """An untrained U-Net checkpoint that records the given training setting."""
+    """An untrained checkpoint (architecture ARCH) that records the given training setting."""
     import torch
 
     from synthmri.config import to_dict
     from synthmri.segmenters import get_architecture
     from synthmri.segmenters.train import save_checkpoint
 
-    arch = get_architecture("unet")
+    arch = get_architecture(ARCH)
     args = arch.model_args(arch.settings(cfg.segmenter))
     torch.manual_seed(seed)
     config = to_dict(replace(cfg, seed=seed, segmenter=replace(cfg.segmenter, augment=augment)))
     save_checkpoint(path / "model.pt", {
-        "arch": "unet", "model_args": args, "state_dict": arch.build(**args).state_dict(), "config": config,
+        "arch": ARCH, "model_args": args, "state_dict": arch.build(**args).state_dict(), "config": config,
         "train": train, "synthetic": list(synthetic), "seed": seed, "name": name, "real_share": real_share})
     return path
 
@@ -413,13 +430,19 @@ def test_report_numbers_equal_the_mlflow_metrics(phantom_store, tiny_config, reg
             assert real_aug[score][name]["mean"] == aggregate_run[f"{score}_{name}"]
             assert real_aug[score][name]["sd"] == aggregate_run[f"{score}_{name}_sd"]
     assert real_aug["mean_dice"]["sd"] == aggregate_run["mean_dice_sd"]
-    table4 = md_table(markdown, "training | n | Dice ET |", after="### Table 4")
-    assert table4[0][:3] == ["real", "2", f"{aggregate_run['dice_ET']:.4f} ± {aggregate_run['dice_ET_sd']:.4f}"]
+    # Dice and Hausdorff tables in the paper's row order: real+aug, mixed ddpm+aug, real, stylegan2+aug, ddpm+aug.
+    dice_table = md_table(markdown, "Architecture | Model | Orig | Aug | n | ET |", after=DICE_HEADER)
+    hd_table = md_table(markdown, "Architecture | Model | Orig | Aug | n | ET |", after=HD_HEADER)
+    assert [r[1:4] for r in dice_table] == [["None", "✓", "✓"], ["Diffusion", "✓", "✓"], ["None", "✓", ""],
+                                            ["StyleGAN 2", "", "✓"], ["Diffusion", "", "✓"]]
+    assert dice_table[0][4:6] == ["2", f"{aggregate_run['dice_ET']:.4f} ± {aggregate_run['dice_ET_sd']:.4f}"]
     synthetic_ddpm = metrics("unet-synthetic-ddpm-aug-s0-eval")
-    assert table4[1][0] == "synthetic (ddpm)" and table4[1][8] == f"{synthetic_ddpm['hausdorff_ET']:.2f} ± –"
-    table3 = md_table(markdown, "training | n | Dice ET |", after="### Table 3")
-    assert table3 == [["real", "1", *(f"{metrics('unet-real-orig-s0-eval')[f'dice_{k}']:.4f} ± –" for k in STRUCTURES),
-                       *table3[0][7:]]]
+    assert hd_table[4][COLUMNS["ET"]] == f"{synthetic_ddpm['hausdorff_ET']:.2f} ± –"
+    real_orig = metrics("unet-real-orig-s0-eval")
+    assert [dice_table[2][COLUMNS[k]] for k in STRUCTURES] == [f"{real_orig[f'dice_{k}']:.4f} ± –" for k in STRUCTURES]
+    # The phantom store has the BraTS 2021 layout but not the paper's test subjects: no dataset, no paper values.
+    assert report["tables"]["dataset"]["layout"] == "brats2021" and report["tables"]["dataset"]["release"] is None
+    assert report["tables"]["reproduction"]["shown"] is False and "(paper)" not in markdown
     # Table 5: relative Dice = mean Dice / that of real-only training with augmentation.
     row = rows["synthetic", True, ("ddpm",), None]
     assert abs(row["relative_dice"] - synthetic_ddpm["mean_dice"] / aggregate_run["mean_dice"]) <= 1e-12
@@ -450,7 +473,7 @@ def test_report_numbers_equal_the_mlflow_metrics(phantom_store, tiny_config, reg
     first = test[real.subject[test] == min(real.subject[test])]
     area = (real.read(first)[:, 4] > 0).sum(axis=(1, 2))
     expected = real.slice_id[first][np.lexsort((real.z[first], -area))[0]]
-    shown = report["examples"]["unet"]
+    shown = report["examples"][ARCH]
     assert len(shown) == 5 and {e["slice_id"] for e in shown} == {expected}  # ratio runs are in Figure 4
     assert all((p.parent / "example.npz").is_file() for p in (tmp_path / "gathered").glob("runs/*/summary.json"))
     assert [s["real_share"] for s in report["ratio"]] == [[0.0, 0.5]]

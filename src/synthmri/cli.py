@@ -71,6 +71,8 @@ def _prepare(args: argparse.Namespace) -> int:
         from synthmri.data.phantom import write_phantom_dataset
 
         phantom = replace(cfg.phantom, subjects=args.phantom_subjects, seed=cfg.seed if args.seed is None else args.seed)
+        # Phantoms carry BraTS 2021 names but are none of the published subjects: a seeded split.
+        cfg = replace(cfg, data=replace(cfg.data, split="seeded"))
         with tempfile.TemporaryDirectory(prefix="synthmri-phantom-") as scratch:
             write_phantom_dataset(Path(scratch), phantom)
             result = prepare(scratch, args.out, cfg, workers=workers)
@@ -400,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("evaluate-synthetic", _evaluate_synthetic,
              "Memorization against every training slice; FID/IS and in-domain FD, KID, precision/recall.")
-    p.add_argument("--real", type=Path, required=True, help="real slice store (train split is the reference)")
+    p.add_argument("--real", type=Path, required=True, help="real slice store (train+val: the generator's training set, the reference; test: the baseline)")
     p.add_argument("--synthetic", type=Path, required=True, help="synthetic slice store")
     p.add_argument("--out", type=Path, required=True, help="output directory (memorization.csv, summary.json)")
     p.add_argument("--segmenter", type=Path, help="segmenter trained on real slices (train-segmenter output): "
@@ -410,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("share", _share, "A shareable synthetic store: every near-copy of a training slice removed, with reasons.")
     p.add_argument("--synthetic", type=Path, required=True, help="synthetic slice store")
     p.add_argument("--real", type=Path, required=True,
-                   help="real slice store (train split: what must not leak; test split: the baseline)")
+                   help="real slice store (train+val: what must not leak; test split: the baseline)")
     p.add_argument("--out", type=Path, required=True, help="directory of the shareable store (removed.csv, share_report.json)")
     p.add_argument("--threshold", type=float, help="remove slices with max r above this (default: "
                    "memorization.share_threshold, else the baseline's maximum)")

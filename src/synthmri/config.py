@@ -49,6 +49,10 @@ class DataConfig:
     # BraTS 2023 {1: 51, 2: 102, 3: 204}: enhancing tumour is 3 there).
     label_map: dict[int, int] | None = None
     test_subjects: int = 56
+    # Test subjects: published (the authors' 56 test subjects of BraTS 2020 or 2021, shipped in
+    # synthmri/data/paper_splits/; a source of another layout falls back to seeded, saying so)
+    # or seeded (test_subjects drawn with `seed`). Validation subjects are always seeded.
+    split: str = "published"
     val_fraction: float = 0.2  # share of training subjects used to validate the segmenter
     seed: int = 0
     shard_size: int = 1024  # slices per shard file
@@ -177,7 +181,9 @@ class StyleGAN3Config(StyleGANConfig):
 
 #: Generator families, each with its section below (the networks: ``synthmri.generators.FAMILIES``).
 GENERATOR_MODELS = ("ddpm", "progan", "stylegan1", "stylegan2", "stylegan3")
-SEGMENTER_ARCHS = ("unet", "swin")  # synthmri.segmenters.ARCHITECTURES; a test keeps them equal
+DATA_SPLITS = ("published", "seeded")  # see DataConfig.split
+EVALUATION_CONVENTIONS = ("paper", "penalise")  # see EvaluationConfig.convention
+SEGMENTER_ARCHS = ("unet", "swin", "nnunet", "swinunetr")  # synthmri.segmenters.ARCHITECTURES; a test keeps them equal
 
 
 @dataclass(frozen=True)
@@ -196,7 +202,52 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """nnU-Net-like 2D U-Net on MONAI DynUNet (paper, 'Segmentation')."""
+    """The authors' U-Net (their ``Segmentation/learning/models.py``; paper, 'U-Net').
+
+    Valid 3x3 convolutions, each followed by leaky ReLU then instance norm, max-pooling down,
+    bilinear upsampling plus a 1x1 convolution up, an output per decoder level (deep
+    supervision). Depth 6 with 64 filters doubling to 2048: 116,014,272 parameters.
+    """
+
+    depth: int = 6  # resolution levels
+    base_filters: int = 64  # filters of the first level, doubled at every level below
+    batch_size: int = 32  # the authors' base batch lives in an unpublished config.ini
+    train_samples: int = 32_000_000  # the authors' code (the paper text: 3e7 or 3 days)
+    lr: float = 2e-2  # the authors' code (the paper text: 5e-2)
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    poly_power: float = 0.9
+    val_every_samples: int = 200_000
+    negative_slope: float = 0.01
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """Swin-Base with a UPerNet head and an FCN auxiliary head, as MMSegmentation builds it
+    and the authors trained it (paper, 'Swin transformer'; about 121 M parameters)."""
+
+    patch_size: int = 4
+    window_size: int = 7
+    embed_dim: int = 128
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    drop_path: float = 0.3  # stochastic depth rate of the last block (linear from 0)
+    decode_channels: int = 512  # UPerNet's channels
+    pool_scales: tuple[int, ...] = (1, 2, 3, 6)  # UPerNet's pyramid pooling
+    aux_channels: int = 256  # the FCN auxiliary head on the third stage
+    aux_weight: float = 0.4
+    batch_size: int = 8
+    epochs: int = 25  # passes over the training pool, the last short batch of each dropped
+    train_samples: int = 0  # 0: `epochs` decides the length; else this many samples
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 1500  # linear warm-up, then linear decay to 0
+    val_every_samples: int = 0  # 0: after every epoch (the authors' code)
+
+
+@dataclass(frozen=True)
+class NNUNetConfig:
+    """nnU-Net-like 2D U-Net on MONAI DynUNet (``--arch nnunet``; this product's, cheaper than the paper's)."""
 
     filters: tuple[int, ...] = (32, 64, 128, 256, 480, 480, 480)
     deep_supervision_heads: int = 3
@@ -211,8 +262,8 @@ class UNetConfig:
 
 
 @dataclass(frozen=True)
-class SwinConfig:
-    """MONAI SwinUNETR in 2D with the paper's Swin recipe (AdamW, warm-up, linear decay)."""
+class SwinUNETRConfig:
+    """MONAI SwinUNETR in 2D (``--arch swinunetr``) with the paper's Swin optimiser (AdamW, warm-up, linear decay)."""
 
     feature_size: int = 48  # embedding width of the first stage (divisible by 12)
     depths: tuple[int, ...] = (2, 2, 2, 2)  # Swin blocks per stage
@@ -242,6 +293,12 @@ class SegmenterConfig:
     ratio_shares: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     unet: UNetConfig = field(default_factory=UNetConfig)
     swin: SwinConfig = field(default_factory=SwinConfig)
+    nnunet: NNUNetConfig = field(default_factory=NNUNetConfig)
+    swinunetr: SwinUNETRConfig = field(default_factory=SwinUNETRConfig)
+    # Checkpoint selection of runs without real training data: on a share of the synthetic
+    # images held out of training (the authors' code), so synthetic-only runs never read real
+    # data before evaluation. Runs with real data select on the real store's val subjects.
+    synthetic_holdout: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -250,6 +307,12 @@ class EvaluationConfig:
 
     eval_slices: str = "filtered"  # filtered (the paper) | all
     batch_size: int = 64
+    # How undefined scores count. paper (the authors' code): Dice of a structure absent from
+    # both prediction and reference, and Hausdorff when either is empty, are NaN and left out
+    # of means (each mean says how many subjects it covers); sd over repeats is the population
+    # sd. penalise: both empty scores Dice 1 and distance 0, one empty Dice 0 and the volume's
+    # diagonal; sample sd.
+    convention: str = "paper"
 
 
 @dataclass(frozen=True)
@@ -504,6 +567,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
     if data.filter_channel not in ("t1", "t1ce", "t2", "flair"):
         raise ConfigError(f"data.filter_channel must be an image channel, got {data.filter_channel!r}")
+    if data.split not in DATA_SPLITS:
+        raise ConfigError(f"data.split must be one of {', '.join(DATA_SPLITS)}, got {data.split!r}")
     if data.layout not in ("auto", "brats2020", "brats2021", "brats2023", "generic"):
         raise ConfigError(f"data.layout must be auto, brats2020, brats2021, brats2023 or generic, got {data.layout!r}")
     values = sorted((data.label_map or {1: 1}).values())
@@ -527,12 +592,25 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"segmenter.ratio_total must be 0 (the real train split's size) or positive, got {seg.ratio_total}")
     if not seg.ratio_shares or any(not 0.0 <= s <= 1.0 for s in seg.ratio_shares):
         raise ConfigError(f"segmenter.ratio_shares must be shares in [0, 1], got {list(seg.ratio_shares)}")
+    if not 0.0 < seg.synthetic_holdout < 1.0:
+        raise ConfigError(f"segmenter.synthetic_holdout must be a share in (0, 1), got {seg.synthetic_holdout}")
+    swinunetr = seg.swinunetr
+    if swinunetr.feature_size % 12:
+        raise ConfigError(f"segmenter.swinunetr.feature_size must be a multiple of 12, got {swinunetr.feature_size}")
+    if len(swinunetr.depths) != len(swinunetr.num_heads):
+        raise ConfigError(f"segmenter.swinunetr.depths {list(swinunetr.depths)} and num_heads "
+                          f"{list(swinunetr.num_heads)} need one entry per stage")
     swin = seg.swin
-    if swin.feature_size % 12:
-        raise ConfigError(f"segmenter.swin.feature_size must be a multiple of 12, got {swin.feature_size}")
     if len(swin.depths) != len(swin.num_heads):
         raise ConfigError(f"segmenter.swin.depths {list(swin.depths)} and num_heads {list(swin.num_heads)} "
                           "need one entry per stage")
+    if swin.epochs < 0 or swin.train_samples < 0 or (swin.epochs == 0) == (swin.train_samples == 0):
+        raise ConfigError(f"segmenter.swin: give the length as epochs or as train_samples, one of them "
+                          f"(got epochs {swin.epochs}, train_samples {swin.train_samples})")
+    unet = seg.unet
+    if unet.depth < 2 or unet.base_filters < 1:
+        raise ConfigError(f"segmenter.unet.depth must be at least 2 and base_filters at least 1, "
+                          f"got {unet.depth} and {unet.base_filters}")
     mem = config.memorization
     if mem.max_shift < 0:
         raise ConfigError(f"memorization.max_shift must be 0 or more, got {mem.max_shift}")
@@ -544,6 +622,9 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"quality.inception_channels: unknown channel(s) {unknown}; use t1, t1ce, t2, flair, seg")
     if quality.max_images < 2 or quality.pr_k < 1 or quality.is_splits < 1:
         raise ConfigError("quality.max_images must be at least 2, quality.pr_k and quality.is_splits at least 1")
+    if config.evaluation.convention not in EVALUATION_CONVENTIONS:
+        raise ConfigError(f"evaluation.convention must be one of {', '.join(EVALUATION_CONVENTIONS)}, "
+                          f"got {config.evaluation.convention!r}")
     if config.evaluation.eval_slices not in ("filtered", "all"):
         raise ConfigError(f"evaluation.eval_slices must be filtered or all, got {config.evaluation.eval_slices!r}")
 

@@ -115,6 +115,10 @@ def _checked(summary: dict[str, Any], file: Path, expected_train: str, role: str
         raise PromotionError(
             f"{file}: the {role} evaluation must come from a segmenter trained on '{expected_train}' slices only, "
             f"but model.train is '{model['train']}'")
+    mean = summary["mean_dice"]
+    if isinstance(mean, bool) or not isinstance(mean, (int, float)) or not math.isfinite(mean):
+        raise PromotionError(f"{file}: mean_dice is {mean!r}, not a number the gate can judge (undefined for "
+                             "every test subject?)")
     return summary
 
 

@@ -27,7 +27,8 @@ CHANNEL_TITLES = ("T1", "T1Gd", "T2", "FLAIR")
 FLAIR = 3
 DPI = 90
 SAMPLES_PER_STORE = 4
-ARCH_NAMES = {"unet": "U-Net", "swin": "Swin"}
+#: Display names: the paper's two architectures as its tables name them, then this product's own.
+ARCH_NAMES = {"unet": "U-Net", "swin": "Swin", "nnunet": "nnU-Net (DynUNet)", "swinunetr": "Swin UNETR"}
 FIGURE_NUMBERS = {"unet": 2, "swin": 3}  # the paper's prediction figures
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", name, caption, png)
@@ -179,11 +180,11 @@ def source_name(row: dict[str, Any]) -> str:
 
 
 def fmt_stats(stats: dict[str, Any] | None, digits: int) -> str:
-    """``mean ± sd`` with `digits` decimals; an undefined sd (one repeat) as a dash."""
-    if stats is None:
+    """``mean ± sd`` with `digits` decimals; an undefined sd (one repeat) as a dash, an undefined mean as one dash."""
+    if stats is None or stats["mean"] is None or math.isnan(stats["mean"]):
         return "–"
     mean, sd = stats["mean"], stats["sd"]
-    if math.isnan(sd):
+    if sd is None or math.isnan(sd):
         return f"{mean:.{digits}f} ± –"
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from synthmri.config import Config
+from synthmri.report_figures import ARCH_NAMES
 from synthmri.tracking import configure, tracking_uri
 
 #: Where dvc.yaml puts each stage's output, relative to the project root.
@@ -17,6 +18,11 @@ LAYOUT = {
     "evaluations": {source: f"outputs/evaluation-{source}/summary.json" for source in ("real", "synthetic", "mixed")},
 }
 
+
+
+def _score(value: float | None) -> str:
+    """A score to three decimals; undefined (null/NaN, the paper's convention) as 'n/a'."""
+    return "n/a" if value is None or value != value else f"{value:.3f}"
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
@@ -41,9 +47,9 @@ def print_summary(root: Path, cfg: Config) -> int:
         if summary is None:
             missing.append(rel)
             continue
-        dice = "  ".join(f"{label} {summary['dice'][label]:.3f}" for label in ("ET", "ED", "NCR"))
-        arch = {"unet": "U-Net", "swin": "Swin UNETR"}.get(summary["model"].get("arch"), summary["model"].get("arch"))
-        print(f"  {arch} trained on {source:<9} 3D Dice  {dice}  (mean {summary['mean_dice']:.3f}, "
+        dice = "  ".join(f"{label} {_score(summary['dice'][label])}" for label in ("ET", "ED", "NCR"))
+        arch = ARCH_NAMES.get(summary["model"].get("arch"), summary["model"].get("arch"))
+        print(f"  {arch} trained on {source:<9} 3D Dice  {dice}  (mean {_score(summary['mean_dice'])}, "
               f"{summary['subjects']} test subjects)")
 
     registrations = sorted(root.glob(LAYOUT["registrations"]))

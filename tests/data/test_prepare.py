@@ -24,8 +24,8 @@ CHANNELS = ("t1", "t1ce", "t2", "flair", "seg")
 
 
 def _config(base: Config | None = None, **data) -> Config:
-    """`base` (default: paper settings with no held-out subjects) with data.* replaced."""
-    base = base or load_config(None, {"data.test_subjects": 0, "data.val_fraction": 0.0})
+    """`base` (default: paper settings with no held-out subjects, seeded split) with data.* replaced."""
+    base = base or load_config(None, {"data.test_subjects": 0, "data.val_fraction": 0.0, "data.split": "seeded"})
     return dataclasses.replace(base, data=dataclasses.replace(base.data, **data))
 
 

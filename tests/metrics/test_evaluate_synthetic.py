@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthmri.data.store import SliceRow, StoreError, StoreWriter
+from synthmri.data.splits import GENERATOR_TRAIN_SPLITS
+from synthmri.data.store import SliceRow, SliceStore, StoreError, StoreWriter
 from synthmri.metrics.evaluate_synthetic import evaluate_synthetic
 
 SIZE = 16
@@ -71,7 +72,10 @@ def test_evaluate_synthetic_outputs(stores, tmp_path, tiny_config, registry):
     assert max(others) < 0.5  # independent noise images
     baseline = read_csv(out / "memorization_baseline.csv")
     assert [r["slice_id"] for r in baseline] == [f"real-{i:03d}" for i in range(0, 40, 4)]
-    assert all(r["train_slice_id"] in set(train_ids) for r in baseline)
+    real_store = SliceStore(real)  # the reference: every slice the generator trained on (train and val)
+    reference_ids = set(real_store.slice_id[real_store.indices(GENERATOR_TRAIN_SPLITS)].tolist())
+    assert all(r["train_slice_id"] in reference_ids for r in baseline)
+    assert json.loads((out / "summary.json").read_text())["train_slices"] == len(reference_ids) == 30
 
     summary = json.loads((out / "summary.json").read_text())
     threshold = tiny_config.memorization.threshold
@@ -116,9 +120,9 @@ def _untrained_unet(path: Path, cfg) -> Path:
     from synthmri.segmenters import get_architecture
     from synthmri.segmenters.train import save_checkpoint
 
-    arch = get_architecture("unet")
+    arch = get_architecture("nnunet")
     args = {**arch.model_args(arch.settings(cfg.segmenter)), "filters": [8, 16, 32], "deep_supervision_heads": 1}
-    save_checkpoint(path / "model.pt", {"arch": "unet", "model_args": args, "state_dict": arch.build(**args).state_dict(),
+    save_checkpoint(path / "model.pt", {"arch": "nnunet", "model_args": args, "state_dict": arch.build(**args).state_dict(),
                                         "config": to_dict(cfg), "train": "real", "synthetic": [], "seed": 0})
     return path
 
@@ -135,8 +139,9 @@ def test_in_domain_metrics_and_per_channel_scores(stores, tmp_path, tiny_config,
     flat = evaluate_synthetic(real, syn, tmp_path / "mem", cfg, segmenter=segmenter)
     summary = json.loads((tmp_path / "mem" / "summary.json").read_text())
     domain = summary["quality"]["in_domain"]
-    assert domain["status"] == "computed" and domain["arch"] == "unet" and domain["feature_dim"] == 32
-    assert summary["quality"]["real_images"] == 20 and summary["quality"]["synthetic_images"] == 12
+    assert domain["status"] == "computed" and domain["arch"] == "nnunet" and domain["feature_dim"] == 32
+    # the real reference is the generator's training set: train + val (paper Table 2: the real training images)
+    assert summary["quality"]["real_images"] == 30 and summary["quality"]["synthetic_images"] == 12
     assert np.isfinite(domain["frechet_distance"]) and domain["frechet_distance"] >= 0
     assert 0 <= domain["precision"] <= 1 and 0 <= domain["recall"] <= 1 and domain["k"] == 2
     assert flat["in_domain_fd"] == pytest.approx(domain["frechet_distance"])
@@ -147,7 +152,7 @@ def test_in_domain_metrics_and_per_channel_scores(stores, tmp_path, tiny_config,
 
     model, arch = load_feature_network(segmenter)
     real_store, syn_store = SliceStore(real), SliceStore(syn)
-    a = segmenter_features(model, arch, real_store.read(real_store.indices("train")))
+    a = segmenter_features(model, arch, real_store.read(real_store.indices(("train", "val"))))
     b = segmenter_features(model, arch, syn_store.read(syn_store.indices()))
     assert domain["frechet_distance"] == pytest.approx(frechet_distance(a, b), rel=1e-6)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from synthmri.config import to_dict
-from synthmri.metrics.features import FEATURE_LAYERS, load_feature_network, segmenter_features
-from synthmri.segmenters import get_architecture
+from synthmri.metrics.features import load_feature_network, segmenter_features
+from synthmri.segmenters import ARCHITECTURES, get_architecture
 from synthmri.segmenters.data import prepare_batch
 from synthmri.segmenters.train import save_checkpoint
 
@@ -18,8 +18,8 @@ UNET_ARGS = {"in_channels": 4, "out_channels": 4, "filters": [8, 16, 32], "deep_
 # drop_path > 0: stochastic depth makes train mode random, so determinism shows eval mode.
 SWIN_ARGS = {"in_channels": 4, "out_channels": 4, "feature_size": 12, "depths": [1, 1, 1, 1],
              "num_heads": [3, 6, 12, 24], "window_size": 4, "drop_path": 0.2}
-SIDES = {"unet": 32, "swin": 64}
-WIDTHS = {"unet": 32, "swin": 16 * 12}
+SIDES = {"nnunet": 32, "swinunetr": 64}
+WIDTHS = {"nnunet": 32, "swinunetr": 16 * 12}
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def _model(arch: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return get_architecture(arch).build(**(UNET_ARGS if arch == "unet" else SWIN_ARGS))
+    return get_architecture(arch).build(**(UNET_ARGS if arch == "nnunet" else SWIN_ARGS))
 
 
 def _slices(n: int, side: int, seed: int = 0) -> np.ndarray:
@@ -41,7 +41,7 @@ def _direct_features(model: torch.nn.Module, arch: str, slices: np.ndarray) -> n
     """The deepest encoder output, computed by calling the encoder's modules by hand."""
     images, _ = prepare_batch(slices, None, "cpu")
     with torch.inference_mode():
-        if arch == "unet":
+        if arch == "nnunet":
             x = model.input_block(images)
             for block in model.downsamples:
                 x = block(x)
@@ -53,11 +53,11 @@ def _direct_features(model: torch.nn.Module, arch: str, slices: np.ndarray) -> n
     return deepest.mean(dim=(2, 3)).double().numpy()
 
 
-@pytest.mark.parametrize("arch", ["unet", "swin"])
+@pytest.mark.parametrize("arch", ["nnunet", "swinunetr"])
 def test_features_are_the_pooled_deepest_encoder_layer(arch):
     model = _model(arch).train()
     slices = _slices(5, SIDES[arch])
-    layer = model.get_submodule(FEATURE_LAYERS[arch])
+    layer = model.get_submodule(ARCHITECTURES[arch].feature_layer)
     seen_training = []
     handle = layer.register_forward_hook(lambda module, inputs, output: seen_training.append(model.training))
     try:
@@ -79,35 +79,35 @@ def test_features_are_the_pooled_deepest_encoder_layer(arch):
 
 
 def test_unet_feature_width_follows_the_last_filter():
-    model = get_architecture("unet").build(**{**UNET_ARGS, "filters": [8, 16, 24, 40]})
-    assert segmenter_features(model, "unet", _slices(2, 32)).shape == (2, 40)
+    model = get_architecture("nnunet").build(**{**UNET_ARGS, "filters": [8, 16, 24, 40]})
+    assert segmenter_features(model, "nnunet", _slices(2, 32)).shape == (2, 40)
 
 
 def test_segmenter_features_reject_bad_inputs():
-    model = _model("unet")
+    model = _model("nnunet")
     with pytest.raises(ValueError, match=r"no feature layer"):
         segmenter_features(model, "vit", _slices(2, 32))
     with pytest.raises(ValueError, match=r"no submodule"):
-        segmenter_features(model, "swin", _slices(2, 32))
+        segmenter_features(model, "swinunetr", _slices(2, 32))
     with pytest.raises(ValueError, match=r"\[n, 5, H, W\]"):
-        segmenter_features(model, "unet", _slices(2, 32)[:, :4])
+        segmenter_features(model, "nnunet", _slices(2, 32)[:, :4])
     with pytest.raises(ValueError, match=r"no slices"):
-        segmenter_features(model, "unet", _slices(2, 32)[:0])
+        segmenter_features(model, "nnunet", _slices(2, 32)[:0])
     with pytest.raises(ValueError, match=r"batch_size"):
-        segmenter_features(model, "unet", _slices(2, 32), batch_size=0)
+        segmenter_features(model, "nnunet", _slices(2, 32), batch_size=0)
 
 
 def test_a_trainer_checkpoint_loads_as_feature_network(tmp_path, tiny_config):
-    model = _model("unet")
+    model = _model("nnunet")
     save_checkpoint(tmp_path / "model" / "model.pt", {
-        "arch": "unet", "model_args": UNET_ARGS, "state_dict": model.state_dict(), "config": to_dict(tiny_config),
+        "arch": "nnunet", "model_args": UNET_ARGS, "state_dict": model.state_dict(), "config": to_dict(tiny_config),
         "train": "real", "synthetic": [], "seed": tiny_config.seed, "name": "unet-real-orig-s0",
         "best_val_dice": 0.1, "step": 0,
     })
     loaded, arch = load_feature_network(tmp_path / "model")
-    assert arch == "unet" and not loaded.training
+    assert arch == "nnunet" and not loaded.training
     slices = _slices(3, 32)
-    np.testing.assert_allclose(segmenter_features(loaded, arch, slices), segmenter_features(model, "unet", slices),
+    np.testing.assert_allclose(segmenter_features(loaded, arch, slices), segmenter_features(model, "nnunet", slices),
                                rtol=1e-6, atol=1e-7)
     with pytest.raises(FileNotFoundError):
         load_feature_network(tmp_path / "missing")

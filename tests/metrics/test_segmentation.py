@@ -132,3 +132,75 @@ def test_bad_inputs_are_named():
         dice(a.astype(float), a, 204)
     with pytest.raises(ValueError, match="percentile"):
         hausdorff(a, a, 204, percentile=120)
+
+
+# ---------------------------------------------------------------------------- conventions
+
+
+def _convention_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Small 3D (pred, target) pairs: both empty, prediction only, target only, overlapping."""
+    shape = (6, 7, 8)
+    empty = np.zeros(shape, dtype=np.uint8)
+    a, b = empty.copy(), empty.copy()
+    a[1:4, 2:5, 2:6] = 204
+    b[2:5, 3:6, 1:5] = 204
+    return {"both empty": (empty, empty), "pred only": (a, empty), "target only": (empty, b), "overlap": (a, b)}
+
+
+def _numpy_dice(p: np.ndarray, t: np.ndarray, convention: str) -> float:
+    """Dice written out: 2|P∩T| / (|P|+|T|); both empty: NaN (paper) or 1 (penalise)."""
+    p, t = p == 204, t == 204
+    total = int(p.sum()) + int(t.sum())
+    if total == 0:
+        return math.nan if convention == "paper" else 1.0
+    return 2.0 * int((p & t).sum()) / total
+
+
+def _numpy_hausdorff(p: np.ndarray, t: np.ndarray, spacing, convention: str) -> float:
+    """Maximum surface distance by brute force; an empty mask: NaN (paper), else 0 / the diagonal (penalise)."""
+    p, t = p == 204, t == 204
+    if not p.any() or not t.any():
+        if convention == "paper":
+            return math.nan
+        return 0.0 if not p.any() and not t.any() else float(np.linalg.norm(np.asarray(p.shape) * spacing))
+    a, b = _surface_points(p, spacing), _surface_points(t, spacing)
+    distances = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)
+    return float(max(distances.min(axis=1).max(), distances.min(axis=0).max()))
+
+
+def _same(value: float, expected: float) -> bool:
+    return (math.isnan(value) and math.isnan(expected)) or value == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("convention", ["paper", "penalise"])
+@pytest.mark.parametrize("case", ["both empty", "pred only", "target only", "overlap"])
+def test_conventions_match_numpy(case, convention):
+    pred, target = _convention_cases()[case]
+    spacing = (2.0, 1.0, 0.5)
+    expected_dice = _numpy_dice(pred, target, convention)
+    expected_hd = _numpy_hausdorff(pred, target, spacing, convention)
+    assert _same(dice(pred, target, 204, convention=convention), expected_dice)
+    assert _same(hausdorff(pred, target, 204, spacing=spacing, convention=convention), expected_hd)
+    # what each case must give, spelled out
+    if case == "both empty":
+        assert math.isnan(expected_dice) and math.isnan(expected_hd) if convention == "paper" else (
+            expected_dice == 1.0 and expected_hd == 0.0)
+    elif case != "overlap":
+        assert expected_dice == 0.0
+        assert math.isnan(expected_hd) if convention == "paper" else expected_hd == pytest.approx(
+            math.sqrt(12**2 + 7**2 + 4**2))
+    else:
+        assert 0.0 < expected_dice < 1.0 and 0.0 < expected_hd < math.inf
+
+
+def test_the_default_convention_is_penalise_and_unknown_ones_are_named():
+    from synthmri.config import EVALUATION_CONVENTIONS
+    from synthmri.metrics.segmentation import CONVENTIONS
+
+    assert CONVENTIONS == EVALUATION_CONVENTIONS
+    empty = np.zeros((4, 4, 4), dtype=np.uint8)
+    assert dice(empty, empty, 204) == 1.0 and hausdorff(empty, empty, 204) == 0.0  # today's callers unchanged
+    with pytest.raises(ValueError, match="convention must be one of paper, penalise"):
+        dice(empty, empty, 204, convention="brats")
+    with pytest.raises(ValueError, match="convention must be one of"):
+        hausdorff(empty, empty, 204, convention="")

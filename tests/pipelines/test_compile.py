@@ -315,7 +315,7 @@ def test_paper_defaults_are_the_papers_grid(compiled: tuple[str, dict, dict]) ->
     name, spec, _ = compiled
     defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
     if name == "quick":
-        assert defaults["generators"] == ["ddpm"] and defaults["archs"] == ["unet"] and defaults["repeats"] == 1
+        assert defaults["generators"] == ["ddpm"] and defaults["archs"] == ["nnunet"] and defaults["repeats"] == 1
         return
     assert defaults["generators"] == ["progan", "stylegan1", "stylegan2", "stylegan3", "ddpm"]
     assert defaults["archs"] == ["unet", "swin"] and defaults["segmenter_data"] == ["synthetic", "mixed"]

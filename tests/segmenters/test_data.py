@@ -8,10 +8,10 @@ import torch
 
 from synthmri.data.labels import values_to_classes
 from synthmri.data.store import SliceStore, StoreError
+from synthmri.segmenters.augment import Augmenter
 from synthmri.segmenters.data import (
     REAL,
     SYNTHETIC,
-    Augmenter,
     BatchSampler,
     prepare_batch,
     ratio_pool,
@@ -174,3 +174,43 @@ def test_disabled_augmentation_is_identity_before_the_zscore(stores):
     images, classes = prepare_batch(slices, Augmenter(seed=0, enabled=False))
     raw_images, raw_classes = to_tensors(slices)
     assert torch.equal(images, zscore(raw_images)) and torch.equal(classes, raw_classes)
+
+
+def test_synthetic_holdout_is_a_seeded_disjoint_share_never_trained_on(stores):
+    _, small, large = stores
+    sampler = BatchSampler("synthetic", None, [small, large], batch_size=8, seed=3, holdout=0.25)
+    total = len(small) + len(large)
+    held_stores, held_positions = sampler.holdout_positions
+    held = set(zip(held_stores.tolist(), held_positions.tolist()))
+    assert len(held) == round(0.25 * total)
+    _, store, positions, _ = _draw(sampler, 200)
+    drawn = set(zip(store.tolist(), positions.tolist()))
+    assert not drawn & held  # never a training sample
+    assert len(drawn) == total - len(held)  # every other slice is
+    again = BatchSampler("synthetic", None, [small, large], batch_size=8, seed=3, holdout=0.25)
+    assert set(zip(*(a.tolist() for a in again.holdout_positions))) == held
+    listed = np.concatenate(list(sampler.holdout_batches(5)))
+    expected = np.concatenate([[small, large][s].read(np.array([p])) for s, p in zip(held_stores, held_positions)])
+    np.testing.assert_array_equal(listed, expected)
+
+
+def test_holdout_is_refused_where_real_data_selects(stores):
+    real, small, _ = stores
+    with pytest.raises(ValueError, match="holdout is for train='synthetic' only"):
+        BatchSampler("mixed", real, [small], batch_size=4, seed=0, holdout=0.2)
+    with pytest.raises(StoreError, match="cannot be split into training and a 0.99 hold-out"):
+        BatchSampler("synthetic", None, [small], batch_size=4, seed=0, holdout=0.99)
+
+
+def test_epoch_mode_visits_every_slice_once_per_epoch_and_drops_the_short_batch(stores):
+    real, _, _ = stores
+    n_train = len(real.indices("train"))
+    batch = 5
+    sampler = BatchSampler("real", real, [], batch_size=batch, seed=4, epochs=True)
+    assert sampler.steps_per_epoch() == n_train // batch
+    for _ in range(2):
+        _, _, positions, _ = _draw(sampler, n_train // batch)
+        assert len(set(positions.tolist())) == len(positions) == (n_train // batch) * batch
+        assert set(positions.tolist()) <= set(real.indices("train").tolist())
+    with pytest.raises(StoreError, match="fewer than one batch"):
+        BatchSampler("real", real, [], batch_size=n_train + 1, seed=0, epochs=True).sample()

@@ -29,7 +29,10 @@ from synthmri.segmenters.train import save_checkpoint
 from . import blob_volume, write_blob_store
 
 SUMMARY_KEYS = {"model", "data_hash", "eval_slices", "subjects", "dice", "hausdorff", "hausdorff95", "mean_dice",
-                "repeats", "runs"}
+                "repeats", "runs", "convention", "dataset", "subjects_scored"}
+DATASET_KEYS = {"layout", "source", "split", "training_subjects", "test_subjects"}
+# The cheap registered architecture the checkpoints of these tests are built with.
+ARCH = "nnunet"
 MODEL_KEYS = {"arch", "train", "augment", "seed", "synthetic", "name", "real_share", "synthetic_versions", "repeat"}
 
 
@@ -91,11 +94,11 @@ def _write_subjects_csv(store_path, spacing_by_subject):
 
 
 def _untrained_checkpoint(path, cfg, name="unet-real-orig-s0"):
-    arch = get_architecture("unet")
+    arch = get_architecture(ARCH)
     args = arch.model_args(arch.settings(cfg.segmenter))
     model = arch.build(**args)
     save_checkpoint(path / "model.pt", {
-        "arch": "unet", "model_args": args, "state_dict": model.state_dict(), "config": to_dict(cfg),
+        "arch": ARCH, "model_args": args, "state_dict": model.state_dict(), "config": to_dict(cfg),
         "train": "real", "synthetic": [], "seed": cfg.seed, "name": name, "best_val_dice": 0.1, "step": 0,
     })
     return path
@@ -110,32 +113,52 @@ def test_evaluate_writes_the_summary_schema_and_an_mlflow_run(phantom_store, tin
     result = evaluate_segmenter(model, phantom_store, tmp_path / "eval", tiny_config)
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert set(summary) == SUMMARY_KEYS and set(summary["model"]) == MODEL_KEYS
-    assert summary["model"] == {"arch": "unet", "train": "real", "augment": tiny_config.segmenter.augment,
+    assert summary["model"] == {"arch": ARCH, "train": "real", "augment": tiny_config.segmenter.augment,
                                 "seed": tiny_config.seed, "synthetic": [], "name": "unet-real-orig-s0",
                                 "real_share": None, "synthetic_versions": [], "repeat": None}
     store = SliceStore(phantom_store)
     assert summary["data_hash"] == store.content_hash and summary["eval_slices"] == "filtered"
     assert summary["subjects"] == len(store.subjects("test"))
     assert summary["repeats"] == 1 and summary["runs"] == []
+    assert summary["convention"] == tiny_config.evaluation.convention == "paper"
+    assert set(summary["dataset"]) == DATASET_KEYS and summary["dataset"]["test_subjects"] == store.subjects("test")
+    assert summary["dataset"]["layout"] == "brats2021"  # the phantom is written in the BraTS 2021 layout
     for name in STRUCTURES:
         assert 0.0 <= summary["dice"][name] <= 1.0
-        assert 0 <= summary["hausdorff95"][name] <= summary["hausdorff"][name] < np.inf
+        assert 0 < summary["subjects_scored"]["dice"][name] <= summary["subjects"]
+        # The paper's convention: no distance where the untrained network predicts none of a structure.
+        if summary["subjects_scored"]["hausdorff"][name] == 0:
+            assert summary["hausdorff"][name] is None and summary["hausdorff95"][name] is None
+        else:
+            assert 0 <= summary["hausdorff95"][name] <= summary["hausdorff"][name] < np.inf
     assert summary["mean_dice"] == pytest.approx(np.mean([summary["dice"][k] for k in ("ET", "ED", "NCR")]))
     with open(tmp_path / "eval" / "per_subject.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 5 * summary["subjects"]
     assert list(rows[0]) == ["subject", "structure", "dice", "hausdorff", "hausdorff95"]
     assert {r["structure"] for r in rows} == {"ET", "ED", "NCR", "WT", "TC"}
+    for name in STRUCTURES:  # each mean covers the subjects with a defined score, and says how many
+        for score in ("dice", "hausdorff"):
+            values = np.array([r[score] for r in result.per_subject if r["structure"] == name], dtype=float)
+            defined = values[~np.isnan(values)]
+            assert summary["subjects_scored"][score][name] == len(defined)
+            if len(defined):
+                assert summary[score][name] == pytest.approx(defined.mean(), rel=1e-12)
     assert "summary.json" in result.describe() and "WT" in result.describe()
 
     runs = mlflow.search_runs(experiment_names=["synthmri-evaluation"], output_format="list")
     assert [r.info.run_name for r in runs] == ["unet-real-orig-s0-eval"]
     metrics = runs[0].data.metrics
     assert metrics["mean_dice"] == pytest.approx(summary["mean_dice"])
-    assert {f"{score}_{k}" for score in ("dice", "hausdorff", "hausdorff95") for k in STRUCTURES} <= set(metrics)
+    defined = {f"{score}_{k}" for score in ("dice", "hausdorff", "hausdorff95") for k in STRUCTURES
+               if summary[score][k] is not None}
+    assert defined <= set(metrics) and {f"dice_{k}_n" for k in STRUCTURES} <= set(metrics)
+    undefined = {f"{score}_{k}" for score in ("dice", "hausdorff", "hausdorff95") for k in STRUCTURES} - defined
+    assert set(filter(None, runs[0].data.tags.get("synthmri.undefined_metrics", "").split(","))) == undefined
+    assert runs[0].data.tags["synthmri.convention"] == "paper"
 
     # An oracle that returns the reference: the volumes line up, so every score is perfect.
-    def oracle(network, slices, batch_size, dev):
+    def oracle(network, slices, batch_size, dev, normalization):
         return slices[:, 4].copy()
 
     monkeypatch.setattr(evaluation, "segment", oracle)
@@ -153,7 +176,7 @@ def test_scores_use_each_subjects_anisotropic_spacing(tiny_config, mlflow_uri, t
     _write_subjects_csv(store_path, {"S000": (1, 1, 1), "S001": (0.7, 0.9, 3.0), "S002": (1.1, 0.6, 2.0)})
     zoom = tiny_config.data.pad_to / 32  # the blob store records no pad_to: the config's applies
 
-    def shifted(network, slices, batch_size, dev):
+    def shifted(network, slices, batch_size, dev, normalization):
         return np.roll(slices[:, 4], 1, axis=1)
 
     monkeypatch.setattr(evaluation, "segment", shifted)
@@ -173,6 +196,8 @@ def test_scores_use_each_subjects_anisotropic_spacing(tiny_config, mlflow_uri, t
 
 
 def test_repeats_are_scored_one_by_one_and_aggregated(phantom_store, tiny_config, mlflow_uri, tmp_path):
+    # penalise: every score is defined and the sd over repeats is the sample sd
+    tiny_config = replace(tiny_config, evaluation=replace(tiny_config.evaluation, convention="penalise"))
     for number in range(3):
         cfg = replace(tiny_config, seed=number)
         _untrained_checkpoint(tmp_path / "model" / f"repeat-{number:02d}", cfg, name=f"unet-real-orig-s{number}")

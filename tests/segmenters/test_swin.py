@@ -1,4 +1,4 @@
-"""The 2D Swin UNETR and its training recipe (AdamW, warm-up, linear decay, Dice + CE)."""
+"""Swin-Base + UPerNet + FCN auxiliary head and the authors' training recipe."""
 
 from __future__ import annotations
 
@@ -7,26 +7,37 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from synthmri.config import SwinConfig
+from synthmri.config import SegmenterConfig, SwinConfig
 from synthmri.segmenters.swin import (
+    FEATURE_LAYER,
     IN_CHANNELS,
     OUT_CLASSES,
     build_swin,
     loss,
+    lr_factor,
     model_args,
     optimizer,
     parameter_groups,
     settings,
 )
 
-SMALL = {"feature_size": 12, "depths": [1, 1, 1, 1], "window_size": 4, "drop_path": 0.0}
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SMALL = {"embed_dim": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 6], "window_size": 4, "drop_path": 0.0,
+         "decode_channels": 16, "aux_channels": 8}
+PAPER_PARAMETERS = 121_000_000  # the Swin paper's "UperNet Swin-B"
 
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def paper_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_swin(**model_args(SwinConfig()))
 
 
 @pytest.fixture(scope="module")
@@ -35,171 +46,163 @@ def small_model() -> torch.nn.Module:
     return build_swin(**SMALL)
 
 
-def test_swin_shapes_in_train_and_eval_mode(tiny_config):
-    section = settings(tiny_config.segmenter)
-    assert section is tiny_config.segmenter.swin
-    args = model_args(section)
-    # Plain JSON values (lists, not tuples): they go into checkpoints and come back intact.
+def test_paper_settings_give_swin_base_upernet_of_121m_parameters(paper_model):
+    count = n_params(paper_model)
+    print(f"Swin-B UPerNet, 4 in / 4 classes: {count:,} parameters")
+    assert abs(count - PAPER_PARAMETERS) < 0.03 * PAPER_PARAMETERS
+    backbone = paper_model.backbone.swin
+    assert backbone.patch_embed.proj.in_channels == IN_CHANNELS
+    assert backbone.patch_embed.proj.kernel_size == backbone.patch_embed.proj.stride == (4, 4)
+    stages = (backbone.layers1, backbone.layers2, backbone.layers3, backbone.layers4)
+    assert [len(stage[0].blocks) for stage in stages] == [2, 2, 18, 2]
+    assert backbone.layers4[0].downsample is None  # no merging after the last stage, as in MMSegmentation
+    # Stochastic depth rises linearly to 0.3 on the last block.
+    assert backbone.layers4[0].blocks[-1].drop_path.drop_prob == pytest.approx(0.3)
+    head = paper_model.decode_head
+    assert [m[0].output_size for m in head.psp_modules] == [1, 2, 3, 6]
+    assert head.conv_seg.in_channels == 512 and head.conv_seg.out_channels == OUT_CLASSES
+    assert head.bottleneck.conv.in_channels == 1024 + 4 * 512 and head.fpn_bottleneck.conv.in_channels == 4 * 512
+    assert paper_model.auxiliary_head.convs[0].conv.in_channels == 512
+    assert paper_model.auxiliary_head.conv_seg.in_channels == 256
+
+
+def test_paper_model_maps_a_256_slice_to_full_size_logits(paper_model):
+    paper_model.eval()
+    with torch.no_grad():
+        out = paper_model(torch.rand(1, IN_CHANNELS, 256, 256) * 255)
+    assert out.shape == (1, OUT_CLASSES, 256, 256) and torch.isfinite(out).all()
+
+
+def test_shapes_in_train_and_eval_mode_and_json_args():
+    segmenter = SegmenterConfig()
+    section = settings(segmenter)
+    assert section is segmenter.swin
+    args = model_args(dataclasses.replace(section, **SMALL))
     assert json.loads(json.dumps(args)) == args and isinstance(args["depths"], list)
     model = build_swin(**json.loads(json.dumps(args)))
-    # The tiny slices (32 px) are too small for Swin UNETR: the bottleneck would be 1x1.
-    assert tiny_config.data.size == 32
-    for size in (64, 96):
-        x = torch.randn(2, IN_CHANNELS, size, size)
+    for size in ((64, 64), (32, 96)):
+        x = torch.randn(2, IN_CHANNELS, *size)
         model.train()
-        assert model(x).shape == (2, OUT_CLASSES, size, size)  # no deep-supervision stack
+        main, aux = model(x)
+        assert main.shape == aux.shape == (2, OUT_CLASSES, *size)
         model.eval()
         with torch.no_grad():
-            assert model(x).shape == (2, OUT_CLASSES, size, size)
-    # The first layer (the 2x2 patch embedding) reads the 4 MR contrasts.
-    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    assert first is model.swinViT.patch_embed.proj
-    assert first.in_channels == IN_CHANNELS and first.out_channels == section.feature_size
-    assert first.kernel_size == first.stride == (2, 2)
-    assert model.encoder1.layer.conv1.conv.in_channels == IN_CHANNELS
-    assert model.out.conv.conv.out_channels == OUT_CLASSES
+            assert model(x).shape == (2, OUT_CLASSES, *size)
 
 
-def test_parameter_count_grows_with_feature_size():
-    small, wide = build_swin(**SMALL), build_swin(**{**SMALL, "feature_size": 24})
-    assert 3 * n_params(small) < n_params(wide) < 5 * n_params(small)  # widths double: ~4x the weights
-    # State-dict keys are SwinUNETR's own.
-    assert any(k.startswith("swinViT.layers4.0.blocks.0.attn") for k in small.state_dict())
+def test_stage_features_have_mmsegmentation_strides_and_widths(small_model):
+    small_model.eval()
+    with torch.no_grad():
+        features = small_model.backbone(torch.randn(1, IN_CHANNELS, 64, 64))
+    assert [tuple(f.shape[1:]) for f in features] == [(12, 16, 16), (24, 8, 8), (48, 4, 4), (96, 2, 2)]
+    # Each stage output goes through its own LayerNorm over the channels.
+    assert torch.allclose(features[3].mean(dim=1), torch.zeros(1, 2, 2), atol=1e-5)
 
 
-def test_swin_rejects_impossible_settings_naming_the_value(small_model):
-    with pytest.raises(ValueError, match="multiple of 12, got 18"):
-        build_swin(**{**SMALL, "feature_size": 18})
+def test_feature_layer_is_the_normed_last_stage(small_model):
+    layer = small_model.get_submodule(FEATURE_LAYER)
+    captured = []
+    handle = layer.register_forward_hook(lambda m, i, o: captured.append(o))
+    small_model.eval()
+    with torch.no_grad():
+        small_model(torch.randn(2, IN_CHANNELS, 64, 64))
+    handle.remove()
+    assert captured[0].shape == (2, 8 * SMALL["embed_dim"], 2, 2)  # channels first, side / 32
+
+
+def test_rejects_impossible_settings_and_sizes_naming_the_value(small_model):
     with pytest.raises(ValueError, match=r"depths must name 4 stages.*got \[1, 1, 1\]"):
-        build_swin(**{**SMALL, "depths": [1, 1, 1], "num_heads": [3, 6, 12]})
-    with pytest.raises(ValueError, match=r"num_heads must name 4 stages.*got \[3, 6, 12\]"):
-        build_swin(**{**SMALL, "num_heads": [3, 6, 12]})
-    with pytest.raises(ValueError, match=r"num_heads \[5, 6, 12, 24\] must divide the stage widths \[12, 24, 48, 96\]"):
-        build_swin(**{**SMALL, "num_heads": [5, 6, 12, 24]})
-    with pytest.raises(ValueError, match="window_size must be at least 1, got 0"):
-        build_swin(**{**SMALL, "window_size": 0})
+        build_swin(**{**SMALL, "depths": [1, 1, 1]})
+    with pytest.raises(ValueError, match=r"num_heads \[5, 2, 3, 6\] must divide the stage widths \[12, 24, 48, 96\]"):
+        build_swin(**{**SMALL, "num_heads": [5, 2, 3, 6]})
     with pytest.raises(ValueError, match="drop_path must be in"):
-        build_swin(**{**SMALL, "drop_path": 1.5})
-    with pytest.raises(ValueError, match="multiples of 32 and at least 64, got 48x48"):
-        small_model(torch.randn(1, IN_CHANNELS, 48, 48))
-    with pytest.raises(ValueError, match="got 32x32"):
-        small_model(torch.randn(1, IN_CHANNELS, 32, 32))
-    with pytest.raises(ValueError, match="got 64x80"):
-        small_model(torch.randn(1, IN_CHANNELS, 64, 80))
+        build_swin(**{**SMALL, "drop_path": 1.0})
+    with pytest.raises(ValueError, match="pool_scales"):
+        build_swin(**{**SMALL, "pool_scales": []})
+    for shape, size in (((1, 4, 48, 48), "48x48"), ((1, 4, 64, 80), "64x80"), ((1, 4, 16, 16), "16x16")):
+        with pytest.raises(ValueError, match=f"multiples of 32, got {size}"):
+            small_model(torch.randn(*shape))
 
 
-def test_loss_has_gradients_and_prefers_a_perfect_prediction():
-    torch.manual_seed(0)
-    fn = loss(SwinConfig())
-    target = torch.randint(0, OUT_CLASSES, (2, 1, 16, 16))
-    logits = torch.randn(2, OUT_CLASSES, 16, 16, requires_grad=True)
-    value = fn(logits, target)
-    value.backward()
-    assert torch.isfinite(value) and logits.grad.abs().sum() > 0
-    perfect = F.one_hot(target[:, 0], OUT_CLASSES).permute(0, 3, 1, 2).float() * 20
-    assert fn(perfect, target) < fn(torch.randn(2, OUT_CLASSES, 16, 16), target)
-
-
-def test_loss_is_cross_entropy_plus_batch_dice_of_the_tumour_classes():
-    """Matches a reference written out by hand: background left out of the Dice, batch Dice."""
+def test_loss_is_dice_ce_of_both_heads_with_aux_weight():
     torch.manual_seed(0)
     target = torch.zeros(3, 1, 16, 16, dtype=torch.int64)
     target[0, 0, 2:8, 2:8] = 1
     target[1, 0, 4:12, 4:12] = 2
     target[1, 0, 6:9, 6:9] = 3  # the third slice is all background
-    logits = torch.randn(3, OUT_CLASSES, 16, 16)
-    probs = logits.softmax(dim=1)
-    onehot = F.one_hot(target[:, 0], OUT_CLASSES).permute(0, 3, 1, 2).float()
-
-    def dice_loss(channels: slice) -> torch.Tensor:
-        p, y = probs[:, channels], onehot[:, channels]
-        inter, sums = (p * y).sum(dim=(0, 2, 3)), (p + y).sum(dim=(0, 2, 3))  # over the batch
-        return (1 - (2 * inter + 1e-5) / (sums + 1e-5)).mean()
-
-    ce = F.cross_entropy(logits, target[:, 0])
-    value = loss(SwinConfig())(logits, target)
-    assert value.item() == pytest.approx((ce + dice_loss(slice(1, None))).item(), rel=1e-5)
-    # Not the Dice with background.
-    assert value.item() != pytest.approx((ce + dice_loss(slice(None))).item(), rel=1e-3)
-    with_background = DiceCELoss(include_background=True, to_onehot_y=True, softmax=True, batch=True)
-    assert with_background(logits, target).item() == pytest.approx((ce + dice_loss(slice(None))).item(), rel=1e-5)
+    main, aux = torch.randn(3, OUT_CLASSES, 16, 16), torch.randn(3, OUT_CLASSES, 16, 16)
+    reference = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, squared_pred=True, batch=False)
+    expected = reference(main, target) + 0.4 * reference(aux, target)
+    fn = loss(SwinConfig())
+    assert fn((main, aux), target) == pytest.approx(expected.item(), rel=1e-6)
+    assert fn(main, target) == pytest.approx(reference(main, target).item(), rel=1e-6)  # eval output
+    # The squared-prediction Dice per sample and class, written out by hand.
+    probs = main.softmax(dim=1)
+    onehot = torch.nn.functional.one_hot(target[:, 0], OUT_CLASSES).permute(0, 3, 1, 2).float()
+    inter = (probs * onehot)[:, 1:].sum(dim=(2, 3))
+    denominator = (probs**2 + onehot**2)[:, 1:].sum(dim=(2, 3))
+    dice = (1 - (2 * inter + 1e-5) / (denominator + 1e-5)).mean()
+    ce = torch.nn.functional.cross_entropy(main, target[:, 0])
+    assert fn(main, target) == pytest.approx((dice + ce).item(), rel=1e-5)
 
 
-def rates(optimiser, schedule, steps: int) -> list[float]:
-    """The learning rate used by each of `steps` optimiser steps, then the one after the last."""
-    out = []
-    for _ in range(steps):
-        out.append(schedule.get_last_lr()[0])
-        optimiser.step()
-        schedule.step()
-    return out + [schedule.get_last_lr()[0]]
+def test_lr_warms_up_from_zero_then_decays_linearly_to_zero(small_model):
+    cfg = dataclasses.replace(SwinConfig(), lr=1e-3, warmup_steps=10)
+    opt, scheduler = optimizer(small_model, cfg, total_steps=100)
+    assert opt.defaults["betas"] == (0.9, 0.999)
+    rates = []
+    for _ in range(100):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    rates.append(opt.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(1e-3 * 1e-6)  # MMCV's warmup_ratio
+    # Step 5: poly (1 - 5/100) times the warm-up 1 - (1 - 5/10) * (1 - 1e-6).
+    assert rates[5] == pytest.approx(1e-3 * 0.95 * (1 - 0.5 * (1 - 1e-6)))
+    assert rates[10] == pytest.approx(1e-3 * 0.9) and rates[55] == pytest.approx(1e-3 * 0.45)
+    assert rates[99] == pytest.approx(1e-5) and rates[100] == 0.0
+    assert all(b > a for a, b in zip(rates[:10], rates[1:11]))
+    assert lr_factor(50, 100, 1500) == pytest.approx(0.5 * (1 - (1 - 50 / 1500) * (1 - 1e-6)))
+    # A warm-up longer than the run is clamped to a tenth of it.
+    _, short = optimizer(small_model, dataclasses.replace(cfg, warmup_steps=1500), total_steps=100)
+    assert short.lr_lambdas[0](10) == pytest.approx(0.9)
 
 
-def test_optimizer_is_adamw_with_linear_warmup_and_linear_decay(small_model):
-    section = dataclasses.replace(SwinConfig(), lr=1e-3, weight_decay=0.05, warmup_steps=4)
-    optimiser, schedule = optimizer(small_model, section, total_steps=20)
-    assert isinstance(optimiser, torch.optim.AdamW)
-    lrs = rates(optimiser, schedule, 20)
-    assert lrs[0] == 0.0 and lrs[2] == pytest.approx(section.lr / 2)  # warm-up from 0
-    assert lrs[4] == pytest.approx(section.lr)  # the configured rate at the end of warm-up
-    assert lrs[12] == pytest.approx(section.lr / 2)  # halfway through the 16 decay steps
-    assert lrs[19] == pytest.approx(section.lr / 16) and lrs[20] == 0.0
-    assert max(lrs) == pytest.approx(section.lr)
+def test_no_weight_decay_on_norms_and_position_tables_only(small_model):
+    decay, no_decay = parameter_groups(small_model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in small_model.named_parameters()}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert len(exempt) + len(decayed) == len(names)
+    assert "backbone.swin.layers1.0.blocks.0.attn.relative_position_bias_table" in exempt
+    assert {"backbone.norm3.weight", "backbone.swin.patch_embed.norm.bias",
+            "backbone.swin.layers1.0.blocks.0.norm1.weight", "backbone.swin.layers1.0.downsample.norm.weight"} <= exempt
+    # As MMCV's custom_keys: biases and the heads' BatchNorms ("bn") are decayed.
+    assert {"backbone.swin.layers1.0.blocks.0.attn.qkv.bias", "decode_head.bottleneck.bn.weight",
+            "decode_head.conv_seg.bias", "auxiliary_head.convs.0.conv.weight"} <= decayed
 
 
-def test_optimizer_clamps_a_warmup_longer_than_the_run(small_model):
-    section = dataclasses.replace(SwinConfig(), lr=1e-3, warmup_steps=1500)
-    lrs = rates(*optimizer(small_model, section, total_steps=30), 30)
-    assert lrs[0] == 0.0 and lrs[3] == pytest.approx(section.lr)  # a tenth of the run
-    assert lrs[30] == 0.0
-    lrs = rates(*optimizer(small_model, section, total_steps=4), 4)
-    assert lrs == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4, 0.0])  # under 10 steps: no warm-up
-    with pytest.raises(ValueError, match="total_steps must be positive, got 0"):
-        optimizer(small_model, section, total_steps=0)
-
-
-def test_weight_decay_spares_norms_biases_and_position_bias_tables(small_model):
-    section = dataclasses.replace(SwinConfig(), weight_decay=0.05)
-    optimiser, _ = optimizer(small_model, section, total_steps=10)
-    decay, no_decay = optimiser.param_groups
-    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert parameter_groups(small_model, 0.05)[0]["weight_decay"] == 0.05
-    ids = {"decay": {id(p) for p in decay["params"]}, "none": {id(p) for p in no_decay["params"]}}
-    names = dict(small_model.named_parameters())
-    assert not ids["decay"] & ids["none"] and len(ids["decay"]) + len(ids["none"]) == len(names)
-    tables = [n for n in names if n.endswith("relative_position_bias_table")]
-    norms = [n for n, m in small_model.named_modules() if isinstance(m, torch.nn.LayerNorm) and m.weight is not None]
-    assert len(tables) == 4 and norms
-    for name, param in names.items():
-        spared = name in tables or name.endswith(".bias") or any(name.startswith(n + ".") for n in norms)
-        assert (id(param) in ids["none"]) == spared, name
-        if not spared:
-            assert param.ndim >= 2, name  # linear and convolution weights
-    assert id(names["swinViT.patch_embed.proj.weight"]) in ids["decay"]
-
-
-def test_a_few_adamw_steps_reduce_the_loss():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        target = torch.zeros(2, 1, 64, 64, dtype=torch.int64)
-        target[:, :, 8:40, 8:40] = 2  # oedema with a necrotic core and an enhancing rim
-        target[:, :, 16:32, 16:32] = 3
-        target[:, :, 20:28, 20:28] = 1
-        target[1] = target[1].flip(-1)
-        images = torch.randn(2, IN_CHANNELS, 64, 64) * 0.5
-        images[:, 1:] += F.one_hot(target[:, 0], OUT_CLASSES).permute(0, 3, 1, 2)[:, 1:].float()
-        model = build_swin(**SMALL).train()
-        fn = loss(SwinConfig())
-        optimiser = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-3)
-        values = []
-        for _ in range(30):
-            optimiser.zero_grad()
-            value = fn(model(images), target)
-            value.backward()
-            optimiser.step()
-            values.append(value.item())
-        assert values[-1] < 0.7 * values[0], values
-    finally:
-        torch.set_num_threads(threads)
+def test_training_smoke_loss_falls():
+    torch.manual_seed(0)
+    model = build_swin(**SMALL)
+    images = torch.rand(4, IN_CHANNELS, 32, 32)
+    target = torch.zeros(4, 1, 32, 32, dtype=torch.int64)
+    target[:, :, 8:24, 8:24] = 1
+    target[:, :, 12:20, 12:20] = 2
+    target[:, :, 14:18, 14:18] = 3
+    images[:, 0] += target[:, 0].float()  # a learnable signal
+    cfg = dataclasses.replace(SwinConfig(), lr=1e-2, warmup_steps=3)
+    opt, scheduler = optimizer(model, cfg, total_steps=60)
+    fn = loss(cfg)
+    model.train()
+    losses = []
+    for _ in range(30):
+        value = fn(model(images), target)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        scheduler.step()
+        losses.append(value.item())
+    assert all(map(lambda v: v == v, losses))
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses

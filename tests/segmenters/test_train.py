@@ -30,8 +30,8 @@ def one_thread():
 
 
 def _config(cfg, train_samples: int, val_every: int, augment: bool = True):
-    unet = replace(cfg.segmenter.unet, train_samples=train_samples, val_every_samples=val_every, batch_size=16)
-    return replace(cfg, segmenter=replace(cfg.segmenter, unet=unet, augment=augment))
+    nnunet = replace(cfg.segmenter.nnunet, train_samples=train_samples, val_every_samples=val_every, batch_size=16)
+    return replace(cfg, segmenter=replace(cfg.segmenter, nnunet=nnunet, augment=augment))
 
 
 def test_training_raises_validation_dice_and_records_everything(phantom_store, tiny_config, mlflow_uri, tmp_path):
@@ -54,7 +54,7 @@ def test_training_raises_validation_dice_and_records_everything(phantom_store, t
     assert checkpoint["config"]["segmenter"]["augment"] is False
 
     runs = mlflow.search_runs(experiment_names=["synthmri-segmenters"], output_format="list")
-    assert [r.info.run_name for r in runs] == ["unet-real-orig-r0"]
+    assert [r.info.run_name for r in runs] == ["nnunet-real-orig-r0"]
     run = runs[0]
     assert run.data.tags["synthmri.train"] == "real"
     assert run.data.tags["synthmri.data.real"] == SliceStore(phantom_store).content_hash
@@ -63,24 +63,49 @@ def test_training_raises_validation_dice_and_records_everything(phantom_store, t
     # The trained model scores in 3D better than nothing on at least the largest label.
     summary = evaluate_segmenter(tmp_path / "real", phantom_store, tmp_path / "eval", cfg).summary
     assert json.loads((tmp_path / "eval" / "summary.json").read_text()) == summary
-    assert summary["model"]["name"] == "unet-real-orig-r0" and summary["dice"]["ED"] > 0.05
+    assert summary["model"]["name"] == "nnunet-real-orig-r0" and summary["dice"]["ED"] > 0.05
 
-    # Mixed and synthetic-only runs record their generators; without a real store there
-    # is no validation and the last weights are kept.
+    # Mixed and synthetic-only runs record their generators; a synthetic-only run selects
+    # its checkpoint on a hold-out of its synthetic slices.
     synthetic = write_blob_store(tmp_path / "syn", {"train": 2}, size=cfg.data.size, depth=6, generator="ddpm")
     short = _config(tiny_config, train_samples=32, val_every=32)
     mixed = train_segmenter("mixed", phantom_store, [synthetic], tmp_path / "mixed", short)
-    assert mixed.name == "ddpm-unet-mixed-aug-r0" and mixed.best_val_dice is not None
+    assert mixed.name == "ddpm-nnunet-mixed-aug-r0" and mixed.best_val_dice is not None
     assert torch.load(mixed.checkpoint, weights_only=True)["synthetic"] == ["ddpm"]
     alone = train_segmenter("synthetic", None, [synthetic], tmp_path / "alone", short, name="syn-only")
-    assert alone.best_val_dice is None and alone.best_step == 2
-    assert torch.load(alone.checkpoint, weights_only=True)["step"] == 2
+    assert alone.best_val_dice is not None and alone.selected_on == "synthetic-holdout"
+    assert torch.load(alone.checkpoint, weights_only=True)["step"] == alone.best_step
     runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["synthmri-segmenters"], output_format="list")}
-    assert set(runs) == {"unet-real-orig-r0", "ddpm-unet-mixed-aug-r0", "syn-only"}
-    assert runs["ddpm-unet-mixed-aug-r0"].data.tags["synthmri.synthetic"] == "ddpm"
-    assert runs["ddpm-unet-mixed-aug-r0"].data.tags["synthmri.generator"] == "ddpm"
-    assert runs["unet-real-orig-r0"].data.tags["synthmri.generator"] == "real"
+    assert set(runs) == {"nnunet-real-orig-r0", "ddpm-nnunet-mixed-aug-r0", "syn-only"}
+    assert runs["ddpm-nnunet-mixed-aug-r0"].data.tags["synthmri.synthetic"] == "ddpm"
+    assert runs["ddpm-nnunet-mixed-aug-r0"].data.tags["synthmri.generator"] == "ddpm"
+    assert runs["nnunet-real-orig-r0"].data.tags["synthmri.generator"] == "real"
     assert "synthmri.data.synthetic-0" in runs["syn-only"].data.tags
+
+
+def test_synthetic_only_training_never_reads_real_data(tiny_config, mlflow_uri, tmp_path):
+    """The real store is unreadable: a synthetic-only run still trains, validates and selects,
+    on its synthetic hold-out, and records that set as what chose the checkpoint."""
+    unreadable = tmp_path / "real"
+    (unreadable / "shards").mkdir(parents=True)
+    (unreadable / "manifest.json").write_text("{ this is not a store")
+    (unreadable / "index.csv").write_text("garbage")
+    synthetic = write_blob_store(tmp_path / "syn", {"train": 3}, size=tiny_config.data.size, depth=8, generator="ddpm")
+    cfg = _config(tiny_config, train_samples=64, val_every=32)
+    result = train_segmenter("synthetic", unreadable, [synthetic], tmp_path / "out", cfg)
+    assert result.selected_on == "synthetic-holdout" and result.best_val_dice is not None
+    with open(tmp_path / "out" / "history.csv", newline="") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 2, 4]
+    checkpoint = torch.load(result.checkpoint, weights_only=True)
+    assert checkpoint["selected_on"] == "synthetic-holdout" and checkpoint["best_val_dice"] == result.best_val_dice
+    record = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert record["result"]["selected_on"] == "synthetic-holdout" and record["inputs"]["real"] is None
+    (run,) = mlflow.search_runs(experiment_names=["synthmri-segmenters"], output_format="list")
+    assert run.data.tags["synthmri.selected_on"] == "synthetic-holdout"
+    assert "synthmri.data.real" not in run.data.tags
+    # Runs with real data still select on the real validation subjects.
+    with pytest.raises(Exception, match="manifest.json"):
+        train_segmenter("mixed", unreadable, [synthetic], tmp_path / "mixed", cfg)
 
 
 def test_training_rejects_a_budget_below_one_batch(phantom_store, tiny_config, tmp_path):
@@ -105,18 +130,18 @@ def phantom_store_64(tmp_path_factory, tiny_config):
 
 def test_swin_training_raises_validation_dice(phantom_store_64, mlflow_uri, tmp_path):
     store, cfg = phantom_store_64
-    swin = replace(cfg.segmenter.swin, feature_size=12, depths=(1, 1, 1, 1), window_size=4, batch_size=8,
+    swin = replace(cfg.segmenter.swinunetr, feature_size=12, depths=(1, 1, 1, 1), window_size=4, batch_size=8,
                    train_samples=480, val_every_samples=160, lr=2e-3, warmup_steps=6)
-    cfg = replace(cfg, segmenter=replace(cfg.segmenter, arch="swin", augment=False, swin=swin))
+    cfg = replace(cfg, segmenter=replace(cfg.segmenter, arch="swinunetr", augment=False, swinunetr=swin))
     result = train_segmenter("real", store, [], tmp_path / "swin", cfg)
     with open(tmp_path / "swin" / "history.csv", newline="") as handle:
         dice = [float(r["val_dice"]) for r in csv.DictReader(handle)]
     assert len(dice) == 4 and max(dice[1:]) > dice[0] + 0.05, f"validation Dice did not rise: {dice}"
     checkpoint = torch.load(result.checkpoint, weights_only=True)
-    assert checkpoint["arch"] == "swin" and result.name == "swin-real-orig-r0"
+    assert checkpoint["arch"] == "swinunetr" and result.name == "swinunetr-real-orig-r0"
     # The checkpoint rebuilds and scores in 3D.
     summary = evaluate_segmenter(tmp_path / "swin", store, tmp_path / "eval", cfg).summary
-    assert summary["model"]["arch"] == "swin" and 0.0 <= summary["mean_dice"] <= 1.0
+    assert summary["model"]["arch"] == "swinunetr" and 0.0 <= summary["mean_dice"] <= 1.0
 
 
 def test_repeats_get_their_own_seeds_and_resume(phantom_store, tiny_config, mlflow_uri, tmp_path):
@@ -127,7 +152,7 @@ def test_repeats_get_their_own_seeds_and_resume(phantom_store, tiny_config, mlfl
     cfg = replace(cfg, segmenter=replace(cfg.segmenter, ratio_total=20))
     results = train_repeats("ratio", phantom_store, [synthetic], tmp_path / "out", cfg, repeats=2, real_share=0.5)
     assert [r.seed for r in results] == [0, 1] and [r.out.name for r in results] == ["repeat-00", "repeat-01"]
-    assert [r.name for r in results] == ["ddpm-unet-ratio50-aug-r0", "ddpm-unet-ratio50-aug-r1"]
+    assert [r.name for r in results] == ["ddpm-nnunet-ratio50-aug-r0", "ddpm-nnunet-ratio50-aug-r1"]
     checkpoints = [torch.load(r.checkpoint, weights_only=True) for r in results]
     assert [c["seed"] for c in checkpoints] == [0, 1] and all(c["real_share"] == 0.5 for c in checkpoints)
     assert not torch.equal(*(c["state_dict"]["input_block.conv1.conv.weight"] for c in checkpoints))
@@ -155,3 +180,19 @@ def test_run_names_line_generators_up():
     assert run_name("swin", "mixed", False, 0, ["ddpm", "stylegan2"]) == "ddpm+stylegan2-swin-mixed-orig-r0"
     assert run_name("unet", "real", True, 1, ["ignored"]) == "unet-real-aug-r1"
     assert run_name("unet", "ratio", True, 0, ["ddpm"], real_share=0.4) == "ddpm-unet-ratio40-aug-r0"
+
+
+def test_the_papers_networks_train_through_the_loop_with_their_recipes(phantom_store_64, mlflow_uri, tmp_path):
+    """The authors' U-Net (z-scored, sample budget) and Swin-B UPerNet (raw 0-255 inputs, its
+    own augmentation, epochs with the short batch dropped) run end to end at a small size."""
+    store, cfg = phantom_store_64
+    unet = replace(cfg.segmenter.unet, depth=3, base_filters=4, batch_size=8, train_samples=32, val_every_samples=16)
+    swin = replace(cfg.segmenter.swin, embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4), window_size=4,
+                   decode_channels=16, aux_channels=8, batch_size=8, epochs=1, warmup_steps=2, drop_path=0.0)
+    cfg = replace(cfg, segmenter=replace(cfg.segmenter, unet=unet, swin=swin, augment=True))
+    n_train = len(SliceStore(store).indices("train"))
+    for arch, steps in (("unet", 4), ("swin", n_train // 8)):
+        result = train_segmenter("real", store, [], tmp_path / arch, replace(cfg, segmenter=replace(cfg.segmenter, arch=arch)))
+        assert result.arch == arch and result.steps == steps and result.selected_on == "real-val"
+        assert result.best_val_dice is not None and 0.0 <= result.best_val_dice <= 1.0
+        assert torch.load(result.checkpoint, weights_only=True)["arch"] == arch

@@ -13,10 +13,12 @@ published code:
    ``intensity_threshold`` in ``filter_channel`` (paper: 15 % above 50 in T1);
 6. resample kept slices to ``size`` (images smoothly, labels nearest-neighbour).
 
-Subjects are shuffled with ``data.seed`` and split into test / val / train *before* any
-volume is decoded, from the subjects whose five files are present: a subject that later
-turns out unreadable drops out of its split without reshuffling the others. Unusable
-subjects are listed in ``rejected.csv`` (subject, file, reason); the others are still
+Subjects are split into test / val / train (:mod:`.splits`: the authors' published test
+subjects of BraTS 2020/2021 with ``data.split: published``, else a shuffle with ``data.seed``;
+val drawn with the seed from the rest) *before* any volume is decoded, from the subjects
+whose five files are present: a subject that later turns out unreadable drops out of its
+split without reshuffling the others; the manifest's ``split`` records which split was made.
+Unusable subjects are listed in ``rejected.csv`` (subject, file, reason); the others are still
 prepared. Subjects run in ``workers`` processes; the parent writes shards in subject order,
 so the store's bytes do not depend on the worker count or on an interruption.
 
@@ -50,6 +52,7 @@ from synthmri.config import Config, DataConfig, dump_config
 from synthmri.data.labels import LabelError, check_labels, encode_labels
 from synthmri.data.layouts import Rejection, Subject, find_subjects
 from synthmri.data.sources import fetch_s3, is_s3_uri
+from synthmri.data.splits import SplitError, assign_splits, split_subjects  # noqa: F401 (split_subjects: re-exported)
 from synthmri.data.store import CHANNELS, SPLITS, SliceRow, StoreError, StoreWriter
 from synthmri.io import atomic_write_text, sha256_file
 from synthmri.monitoring import StageMonitor
@@ -112,28 +115,6 @@ class _Prepared:
     total: int = 0
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # voxel size in mm (x, y, z) from the t1 header
     rejection: Rejection | None = None
-
-
-def split_subjects(names: list[str], data: DataConfig) -> dict[str, str]:
-    """Seeded shuffle of `names`, then ``test_subjects`` to test, ``val_fraction`` of the rest to val.
-
-    Raises:
-        PrepareError: fewer than ``test_subjects + 1`` subjects.
-    """
-    names = sorted(names)
-    rest = len(names) - data.test_subjects
-    if data.test_subjects < 0 or rest < 1:
-        raise PrepareError(f"{len(names)} complete subject(s): need more than data.test_subjects="
-                           f"{data.test_subjects} to keep at least one training subject")
-    n_val = math.floor(data.val_fraction * rest + 0.5)  # rounded half up
-    if data.val_fraction > 0 and rest >= 2:
-        n_val = max(n_val, 1)
-    n_val = min(n_val, rest - 1)  # keep at least one training subject
-    order = np.random.default_rng(data.seed).permutation(len(names))
-    splits = {}
-    for position, index in enumerate(order):
-        splits[names[index]] = "test" if position < data.test_subjects else "val" if position < data.test_subjects + n_val else "train"
-    return splits
 
 
 def pad_slices(slices: np.ndarray, pad_to: int) -> np.ndarray:
@@ -380,7 +361,8 @@ def prepare(source: str | Path, out: Path, cfg: Config, *, workers: int = 1, end
         Counts per split, rejected subjects and the manifest.
 
     Raises:
-        PrepareError: the source is missing, has too few subjects for the split, or no
+        PrepareError: the source is missing, has too few subjects for the split, lacks some
+            of the authors' test subjects under ``data.split: published`` (named), or no
             subject could be prepared; the message names the source.
         SourceError: an ``s3://`` source cannot be listed or downloaded (named).
     """
@@ -420,9 +402,12 @@ def _prepare_dir(label: str, root: Path, out: Path, cfg: Config, workers: int) -
                            f"<id>_{{t1,t1ce,t2,flair,seg}}.nii.gz, or <id>-{{t1n,t1c,t2w,t2f,seg}}.nii.gz for 2023)"
                            + (f"; {len(rejected)} incomplete, see {out / 'rejected.csv'}" if rejected else ""))
     try:
-        splits = split_subjects([s.name for s in subjects], data)
-    except PrepareError as exc:
+        plan = assign_splits([s.name for s in subjects], data, layout.name, incomplete=[r.subject for r in rejected])
+    except SplitError as exc:
+        if rejected:
+            _write_rejected(out, rejected)
         raise PrepareError(f"{label}: {exc}") from None
+    splits = plan.assignment
     hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in leftover}
     # Files are hashed as they are read; the writer's source and counts are final at close.
     writer = StoreWriter(out, image_size=data.size, source={"path": label}, shard_size=data.shard_size)
@@ -453,6 +438,7 @@ def _prepare_dir(label: str, root: Path, out: Path, cfg: Config, workers: int) -
         writer.source = {"path": label, "content_hash": _content_hash(hashes)}
         writer.extra = {
             "split_seed": data.seed,
+            "split": plan.record,  # published (the authors' test subjects) or seeded; see synthmri.data.splits
             "layout": layout.name,
             "label_map": {str(k): v for k, v in label_map.items()},
             "pad_to": data.pad_to,

@@ -1,4 +1,8 @@
-"""Train a generator on the training split of a slice store, checkpoint it, register it.
+"""Train a generator on every non-test slice of a slice store, checkpoint it, register it.
+
+The generator learns from the ``train`` and ``val`` splits together
+(:data:`synthmri.data.splits.GENERATOR_TRAIN_SPLITS`: all subjects but the test subjects, as
+the authors trained theirs); ``val`` only selects the segmenter's checkpoint.
 
 One loop for every family (the family supplies network, train step and sampler; see
 :mod:`synthmri.generators`): random minibatches from a seeded generator, one train step,
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 
 from synthmri.config import Config, ConfigError, to_dict
+from synthmri.data.splits import GENERATOR_TRAIN_SPLITS
 from synthmri.data.store import SliceStore, StoreError
 from synthmri.generators import GeneratorFamily, get_family
 from synthmri.generators.checkpoint import GENERATOR_FORMAT, load_checkpoint, save_checkpoint
@@ -166,8 +171,26 @@ def _restore(path: Path, model: str, model_args: Mapping[str, Any], data_hash: s
     return int(state["step"]), state.get("mlflow_run_id")
 
 
+def training_positions(store: SliceStore) -> np.ndarray:
+    """Positions (index order) of the slices a generator trains on: every non-test slice.
+
+    Args:
+        store: the real slice store.
+
+    Returns:
+        The positions of the :data:`~synthmri.data.splits.GENERATOR_TRAIN_SPLITS` slices.
+
+    Raises:
+        StoreError: the store has no such slices.
+    """
+    positions = store.indices(GENERATOR_TRAIN_SPLITS)
+    if len(positions) == 0:
+        raise StoreError(f"{store.path}: no slices in the {' or '.join(GENERATOR_TRAIN_SPLITS)} split to train on")
+    return positions
+
+
 def train_generator(data: Path, out: Path, cfg: Config, resume: bool = False, register: bool = True) -> TrainResult:
-    """Train ``cfg.generator.model`` on the 'train' split of the store at `data`.
+    """Train ``cfg.generator.model`` on the non-test slices (train and val) of the store at `data`.
 
     Runs on the GPU when there is one (bfloat16 autocast if the family's
     ``mixed_precision`` is on) and data-parallel under ``torchrun``: ``batch_size`` is the
@@ -189,7 +212,7 @@ def train_generator(data: Path, out: Path, cfg: Config, resume: bool = False, re
     Raises:
         ConfigError: unknown model, bad settings, or a checkpoint trained with other
             network settings (ConfigError and StoreError are ValueErrors).
-        StoreError: an empty train split, or a checkpoint trained on other data.
+        StoreError: no train or val slices, or a checkpoint trained on other data.
         TrainingInterrupted: SIGTERM arrived; the state was checkpointed first.
     """
     family = get_family(cfg.generator.model)
@@ -208,9 +231,7 @@ def _train(family: GeneratorFamily, settings: Any, data: Path, out: Path, cfg: C
 
     started = time.monotonic()
     store = SliceStore(data)
-    train_positions = store.indices("train")
-    if len(train_positions) == 0:
-        raise StoreError(f"{data}: no slices in the 'train' split")
+    train_positions = training_positions(store)
     state_path = out / STATE_NAME
     if run.is_main:
         out.mkdir(parents=True, exist_ok=True)

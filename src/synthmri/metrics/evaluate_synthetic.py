@@ -1,10 +1,11 @@
 """``synthmri evaluate-synthetic``: memorization of a synthetic store against the training slices.
 
-For every synthetic slice: the highest Pearson correlation against all slices of the real
-store's ``train`` split (what the generator learned from) and which training slice that
-was. The same statistic for the real ``test`` slices (patients the generator never saw)
-is the baseline: a generator that copies shows synthetic correlations above what two
-different real patients reach.
+For every synthetic slice: the highest Pearson correlation against every slice the
+generator learned from (the real store's ``train`` and ``val`` splits,
+:data:`synthmri.data.splits.GENERATOR_TRAIN_SPLITS`) and which training slice that was.
+The same statistic for the real ``test`` slices (patients the generator never saw) is the
+baseline: a generator that copies shows synthetic correlations above what two different
+real patients reach.
 
 Outputs in ``out``::
 
@@ -30,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from synthmri.config import Config
+from synthmri.data.splits import GENERATOR_TRAIN_SPLITS
 from synthmri.data.store import CHANNELS, SliceStore, StoreError
 from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable, read_stage_summary
 from synthmri.monitoring import StageMonitor
@@ -147,8 +149,8 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config,
     """Score every synthetic slice (and the real test slices) against the training slices.
 
     Args:
-        real: real slice store; its ``train`` split is the reference, its ``test`` split the
-            baseline.
+        real: real slice store; its generator training splits (``train`` and ``val``) are
+            the reference, its ``test`` split the baseline.
         synthetic: synthetic slice store (all its slices are scored).
         out: output directory (see the module docstring).
         cfg: resolved config: ``memorization`` (chunk_size, threshold, max_shift,
@@ -161,8 +163,8 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config,
         p99, max, share_above_threshold, n; plus ``threshold``.
 
     Raises:
-        StoreError: a store is missing or incomplete, the real store has no train or no test
-            slices, the synthetic store is empty, or the image sizes differ.
+        StoreError: a store is missing or incomplete, the real store has no train/val or no
+            test slices, the synthetic store is empty, or the image sizes differ.
     """
     import mlflow
 
@@ -173,10 +175,10 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config,
     real_store, syn_store = SliceStore(Path(real)), SliceStore(Path(synthetic))
     if real_store.image_size != syn_store.image_size:
         raise StoreError(f"{synthetic}: image size {syn_store.image_size} differs from the real store's {real_store.image_size} ({real})")
-    train = real_store.indices("train")
+    train = real_store.indices(GENERATOR_TRAIN_SPLITS)  # what the generator learned from
     test = real_store.indices("test")
     if len(train) == 0:
-        raise StoreError(f"{real}: no slices in the 'train' split to compare against")
+        raise StoreError(f"{real}: no slices in the {' or '.join(GENERATOR_TRAIN_SPLITS)} split to compare against")
     if len(test) == 0:
         raise StoreError(f"{real}: no slices in the 'test' split for the memorization baseline")
     if len(syn_store) == 0:
@@ -235,7 +237,8 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config,
         "generator": syn_store.manifest.get("generator"),
         "real_hash": real_store.content_hash,
         "synthetic_hash": syn_store.content_hash,
-        "train_slices": int(len(train)),
+        "train_slices": int(len(train)),  # the reference: every slice of the generator's training splits
+        "train_splits": list(GENERATOR_TRAIN_SPLITS),
         "nearest": _nearest_pairs(syn_store.slice_id, syn_corr, syn_train_ids, mem.top_k),
     }
     metrics = {

@@ -11,23 +11,23 @@ coarsest representation, averaged over space, gives one vector per slice, and th
 distribution distances of :mod:`synthmri.metrics.distribution` (Fréchet distance, KID,
 precision and recall) apply to those vectors unchanged. No ImageNet weights are needed.
 
-The hooked layer per architecture (:data:`FEATURE_LAYERS`):
+The hooked layer is the architecture's ``feature_layer`` in the registry
+(:data:`synthmri.segmenters.ARCHITECTURES`), e.g.:
 
-* ``unet`` (MONAI DynUNet, :func:`synthmri.segmenters.unet.build_unet`): ``bottleneck.conv2``,
-  the last convolution of the lowest resolution level (input side / 2 ** (levels - 1)),
-  ``filters[-1]`` channels.
-* ``swin`` (MONAI SwinUNETR, :func:`synthmri.segmenters.swin.build_swin`): ``encoder10.layer.conv2``,
-  the last convolution of the residual block on the Swin transformer's last output (after
-  the fourth stage's patch merging, input side / 32), ``16 * feature_size`` channels. That
-  block is the deepest encoder output: the decoder starts from it (``decoder5``).
+* ``nnunet`` (MONAI DynUNet): ``bottleneck.conv2``, the last convolution of the lowest
+  resolution level (input side / 2 ** (levels - 1)), ``filters[-1]`` channels.
+* ``swinunetr`` (MONAI SwinUNETR): ``encoder10.layer.conv2``, the last convolution of the
+  residual block on the Swin transformer's last output (input side / 32), ``16 *
+  feature_size`` channels: the deepest encoder output, where the decoder starts.
+* ``unet`` and ``swin`` (the paper's networks): their bottlenecks, named in their modules.
 
-Both are taken before the block's final instance norm: after it every channel has the same
+The U-Nets' layers are taken before the block's final instance norm: after it every channel has the same
 spatial mean in every image (the norm's learned shift), so averaging over space would erase
 what distinguishes one slice from another.
 
 Slices are preprocessed exactly as the segmenters see them in validation and evaluation
-(:func:`synthmri.segmenters.data.prepare_batch` without augmentation: four image channels,
-z-scored per slice and channel; the annotation channel is not an input).
+(:func:`synthmri.segmenters.data.prepare_batch` without augmentation, with the
+architecture's input normalisation; the annotation channel is not an input).
 """
 
 from __future__ import annotations
@@ -38,14 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from synthmri.segmenters import ARCHITECTURES
 from synthmri.segmenters.data import prepare_batch
 from synthmri.segmenters.evaluate import load_segmenter
 
-#: Architecture name (``segmenter.arch``) -> the submodule whose output is pooled.
-FEATURE_LAYERS: dict[str, str] = {
-    "unet": "bottleneck.conv2",  # DynUNet: the bottom level's last conv, filters[-1] channels
-    "swin": "encoder10.layer.conv2",  # SwinUNETR: the last conv on the last Swin stage, 16 * feature_size channels
-}
 
 
 class _FeaturesCaptured(Exception):
@@ -58,20 +54,20 @@ def feature_layer(model: nn.Module, arch: str) -> nn.Module:
     Raises:
         ValueError: `arch` has no feature layer, or `model` lacks the submodule.
     """
-    if arch not in FEATURE_LAYERS:
-        raise ValueError(f"no feature layer for architecture {arch!r}; known: {sorted(FEATURE_LAYERS)}")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"no feature layer for architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
+    name = ARCHITECTURES[arch].feature_layer
     try:
-        return model.get_submodule(FEATURE_LAYERS[arch])
+        return model.get_submodule(name)
     except AttributeError:
-        raise ValueError(f"{type(model).__name__} has no submodule {FEATURE_LAYERS[arch]!r}: "
-                         f"not a {arch!r} network") from None
+        raise ValueError(f"{type(model).__name__} has no submodule {name!r}: not a {arch!r} network") from None
 
 
 def segmenter_features(model: nn.Module, arch: str, slices: np.ndarray, batch_size: int = 64,
                        device: torch.device | str = "cpu") -> np.ndarray:
     """Global-average-pooled activations of the deepest encoder layer of a segmentation network.
 
-    A forward hook on the layer of :data:`FEATURE_LAYERS` takes its output, averages it
+    A forward hook on the architecture's ``feature_layer`` takes its output, averages it
     over the spatial axes and stops the forward pass there (the decoder is not run). The
     network runs in eval mode under ``torch.inference_mode``; the training flags of its
     modules are restored afterwards.
@@ -113,12 +109,13 @@ def segmenter_features(model: nn.Module, arch: str, slices: np.ndarray, batch_si
         model.eval()
         with torch.inference_mode():
             for start in range(0, len(slices), batch_size):
-                images, _ = prepare_batch(slices[start:start + batch_size], None, device)
+                images, _ = prepare_batch(slices[start:start + batch_size], None, device,
+                                          ARCHITECTURES[arch].normalization)
                 try:
                     model(images)
                 except _FeaturesCaptured:
                     continue
-                raise RuntimeError(f"the {arch!r} feature layer {FEATURE_LAYERS[arch]!r} was not run by the "
+                raise RuntimeError(f"the {arch!r} feature layer {ARCHITECTURES[arch].feature_layer!r} was not run by the "
                                    "forward pass")
     finally:
         handle.remove()

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from synthmri.config import Config
+from synthmri.data.splits import GENERATOR_TRAIN_SPLITS
 from synthmri.data.store import CHANNELS, SliceStore
 
 log = logging.getLogger(__name__)
@@ -106,14 +107,15 @@ def in_domain_metrics(real: SliceStore, real_positions: np.ndarray, synthetic: S
 
 def quality_metrics(real: SliceStore, synthetic: SliceStore, cfg: Config, segmenter: Path | None,
                     device: str) -> dict[str, Any]:
-    """Both sections, on seeded subsets of the real train split and of the synthetic store.
+    """Both sections, on seeded subsets of the real training slices (train + val) and of the synthetic store.
 
     Returns:
         ``{"real_images", "synthetic_images", "inception": {...}, "in_domain": {...}}``; each
         section has ``status`` (computed or skipped) and either its metrics or a ``reason``.
     """
     limit = cfg.quality.max_images
-    real_positions = subset(real.indices("train"), limit, cfg.seed)
+    # The real reference is the generators' training set (paper Table 2: against the real training images).
+    real_positions = subset(real.indices(GENERATOR_TRAIN_SPLITS), limit, cfg.seed)
     syn_positions = subset(synthetic.indices(), limit, cfg.seed + 1)
     return {
         "real_images": int(len(real_positions)), "synthetic_images": int(len(syn_positions)),

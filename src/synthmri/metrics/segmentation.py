@@ -7,18 +7,24 @@ MONAI's (``compute_dice``, ``compute_hausdorff_distance``); this module fixes th
 and the conventions for empty masks, which MONAI leaves to the caller (NaN/inf plus a
 warning).
 
-Empty-mask conventions (the BraTS challenge's, so averages over subjects stay finite):
+Empty-mask conventions (``convention``, the config's ``evaluation.convention``):
 
-============================  ======  ==========================================
-prediction / reference        Dice    Hausdorff
-============================  ======  ==========================================
-both empty                    1.0     0.0
-exactly one empty             0.0     diagonal of the volume in mm (see below)
-============================  ======  ==========================================
+============================  =================  ==================================
+prediction / reference        ``paper``          ``penalise``
+============================  =================  ==================================
+both empty: Dice              NaN                1.0
+both empty: Hausdorff         NaN                0.0
+exactly one empty: Dice       0.0                0.0
+exactly one empty: Hausdorff  NaN                diagonal of the volume in mm
+============================  =================  ==================================
 
-The diagonal ``sqrt(sum((shape * spacing) ** 2))`` bounds every distance two voxels of the
-volume can have, so it is the largest possible penalty; for a BraTS volume
-(240 x 240 x 155 at 1 mm) it is 373.13 mm, the value the BraTS toolkit reports.
+``paper`` is the authors' published evaluation code: an undefined score is NaN and drops
+out of the mean over subjects (``nanmean``). ``penalise`` is the BraTS challenge's, so
+averages over subjects stay finite: the diagonal ``sqrt(sum((shape * spacing) ** 2))``
+bounds every distance two voxels of the volume can have, so it is the largest possible
+penalty; for a BraTS volume (240 x 240 x 155 at 1 mm) it is 373.13 mm, the value the BraTS
+toolkit reports. Both functions default to ``penalise`` (always a finite number for a
+direct caller); the evaluation stage passes the configured convention.
 """
 
 from __future__ import annotations
@@ -32,6 +38,19 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
 Label = int | Sequence[int]
+#: The empty-mask conventions (the same names as ``synthmri.config.EVALUATION_CONVENTIONS``).
+CONVENTIONS: tuple[str, ...] = ("paper", "penalise")
+
+
+def check_convention(convention: str) -> str:
+    """`convention` if it is one of :data:`CONVENTIONS`.
+
+    Raises:
+        ValueError: an unknown convention (the known ones named).
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+    return convention
 
 
 def _mask(volume: np.ndarray, label: Label, name: str) -> np.ndarray:
@@ -59,7 +78,7 @@ def _as_batch(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask))[None, None].float()
 
 
-def dice(pred: np.ndarray, target: np.ndarray, label: Label) -> float:
+def dice(pred: np.ndarray, target: np.ndarray, label: Label, convention: str = "penalise") -> float:
     """Dice overlap of `label` (one value or a region of values) between two label volumes.
 
     Args:
@@ -67,16 +86,20 @@ def dice(pred: np.ndarray, target: np.ndarray, label: Label) -> float:
         target: reference label volume of the same shape.
         label: an annotation value (e.g. 204) or a tuple of values forming a region
             (e.g. ``(51, 102, 204)`` for the whole tumour).
+        convention: ``penalise`` or ``paper`` (see the module docstring).
 
     Returns:
-        ``2 |P ∩ T| / (|P| + |T|)`` in [0, 1]; 1.0 when both masks are empty and 0.0
-        when exactly one is.
+        ``2 |P ∩ T| / (|P| + |T|)`` in [0, 1]; 0.0 when exactly one mask is empty; when
+        both are, 1.0 (``penalise``) or NaN (``paper``).
 
     Raises:
-        ValueError: shapes differ, a volume is not integer-valued, or `label` is not an
-            integer or a non-empty tuple of integers.
+        ValueError: shapes differ, a volume is not integer-valued, `label` is not an
+            integer or a non-empty tuple of integers, or the convention is unknown.
     """
+    check_convention(convention)
     pred_mask, target_mask = _masks(pred, target, label)
+    if convention == "paper" and not pred_mask.any() and not target_mask.any():
+        return float("nan")
     # ignore_empty=False gives exactly the conventions above (1.0 both empty, 0.0 one empty).
     score = compute_dice(_as_batch(pred_mask), _as_batch(target_mask), include_background=True, ignore_empty=False)
     return float(score.item())
@@ -93,6 +116,7 @@ def hausdorff(
     label: Label,
     percentile: float | None = None,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    convention: str = "penalise",
 ) -> float:
     """Symmetric Hausdorff distance in mm between the surfaces of `label` in two volumes.
 
@@ -107,15 +131,18 @@ def hausdorff(
         percentile: None for the maximum distance (the paper's choice), or a percentile in
             [0, 100] (95 gives the HD95 of the BraTS challenge).
         spacing: voxel size in mm along each axis of the volumes (anisotropy allowed).
+        convention: ``penalise`` or ``paper`` (see the module docstring).
 
     Returns:
-        The distance in mm; 0.0 when both masks are empty, and the volume's diagonal
-        (:func:`volume_diagonal`) when exactly one is empty.
+        The distance in mm. ``penalise``: 0.0 when both masks are empty, and the volume's
+        diagonal (:func:`volume_diagonal`) when exactly one is. ``paper``: NaN when
+        either is empty.
 
     Raises:
         ValueError: bad shapes or labels (as :func:`dice`), `spacing` not one positive
-            number per axis, or `percentile` outside [0, 100].
+            number per axis, `percentile` outside [0, 100], or an unknown convention.
     """
+    check_convention(convention)
     pred_mask, target_mask = _masks(pred, target, label)
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != pred_mask.ndim or not all(s > 0 and math.isfinite(s) for s in spacing):
@@ -123,6 +150,8 @@ def hausdorff(
     if percentile is not None and not 0.0 <= float(percentile) <= 100.0:
         raise ValueError(f"percentile must be in [0, 100] or None, got {percentile}")
     has_pred, has_target = bool(pred_mask.any()), bool(target_mask.any())
+    if convention == "paper" and not (has_pred and has_target):
+        return float("nan")
     if not has_pred and not has_target:
         return 0.0
     if has_pred != has_target:

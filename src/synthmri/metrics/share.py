@@ -1,11 +1,13 @@
 """``synthmri share``: a synthetic slice store with every near-copy of a training slice removed.
 
 The store a team may hand to others: each synthetic slice's highest Pearson correlation
-against the training slices (:func:`synthmri.metrics.memorization.max_correlation`, with
-the configured shift search) is compared with a threshold, and slices above it are left
-out. The threshold is ``memorization.share_threshold`` (or ``--threshold``) when set, else
-the baseline's maximum: the closest any held-out real test slice (a patient the generator
-never saw) came to a training slice. A synthetic slice closer than that resembles one
+against the training slices (every slice of the real store's ``train`` and ``val`` splits,
+which the generator learned from: :data:`synthmri.data.splits.GENERATOR_TRAIN_SPLITS`;
+:func:`synthmri.metrics.memorization.max_correlation`, with the configured shift search)
+is compared with a threshold, and slices above it are left out. The threshold is
+``memorization.share_threshold`` (or ``--threshold``) when set, else the baseline's
+maximum: the closest any held-out real test slice (a patient the generator never saw)
+came to a training slice. A synthetic slice closer than that resembles one
 training patient more than two different patients ever resemble each other.
 
 Outputs in ``out``: the shareable slice store (same generator provenance, plus a ``share``
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from synthmri.config import Config
+from synthmri.data.splits import GENERATOR_TRAIN_SPLITS
 from synthmri.data.store import SliceRow, SliceStore, StoreError, StoreWriter
 from synthmri.io import atomic_write_json, atomic_write_text
 from synthmri.monitoring import StageMonitor
@@ -72,8 +75,8 @@ def share(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float 
 
     Args:
         synthetic: the synthetic slice store.
-        real: the real slice store: its ``train`` split is what must not leak, its ``test``
-            split the baseline.
+        real: the real slice store: its generator training splits (``train`` and ``val``)
+            are what must not leak, its ``test`` split the baseline.
         out: directory of the shareable store and its report; must differ from `synthetic`.
         cfg: ``memorization`` (chunk_size, max_shift, share_threshold) and ``tracking``.
         threshold: overrides ``memorization.share_threshold``.
@@ -97,9 +100,9 @@ def share(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float 
     syn_store, real_store = SliceStore(synthetic), SliceStore(real)
     if syn_store.image_size != real_store.image_size:
         raise StoreError(f"{synthetic}: image size {syn_store.image_size} differs from {real}'s {real_store.image_size}")
-    train, test = real_store.indices("train"), real_store.indices("test")
+    train, test = real_store.indices(GENERATOR_TRAIN_SPLITS), real_store.indices("test")
     if len(train) == 0:
-        raise StoreError(f"{real}: no 'train' slices to compare against")
+        raise StoreError(f"{real}: no {' or '.join(GENERATOR_TRAIN_SPLITS)} slices to compare against")
     mem = cfg.memorization
     device = memorization_device()
     instance = str((syn_store.manifest.get("generator") or {}).get("name") or "synthetic")

@@ -1,10 +1,16 @@
 """Segmenters: networks, training loop and 3D evaluation.
 
-Every architecture is one module (``unet.py``, ``swin.py``) and one entry of
-:data:`ARCHITECTURES`, which binds its name (``segmenter.arch``, ``--arch``) to what the
-training loop and the evaluation need from it: its config section, the network builder
-and the loss and optimiser of its training recipe. Checkpoints store the name and the
-builder's keyword arguments, so a model is rebuilt with ``get_architecture(name).build(**args)``.
+Every architecture is one module and one entry of :data:`ARCHITECTURES`, which binds its
+name (``segmenter.arch``, ``--arch``) to what the training loop and the evaluation need from
+it: its config section, the network builder, the loss and optimiser of its training recipe,
+its augmentation and its input normalisation. Checkpoints store the name and the builder's
+keyword arguments, so a model is rebuilt with ``get_architecture(name).build(**args)``.
+
+* ``unet`` (:mod:`.unet`): the authors' U-Net, the paper's;
+* ``swin`` (:mod:`.swin`): Swin-B with UPerNet and FCN heads, the paper's, with its own
+  augmentation (:mod:`.swin_augment`) on raw 0-255 inputs;
+* ``nnunet`` (:mod:`.nnunet`): an nnU-Net-like MONAI DynUNet, this product's cheaper U-Net;
+* ``swinunetr`` (:mod:`.swinunetr`): MONAI's Swin UNETR with the paper's Swin optimiser.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from typing import Any, Callable
 from torch import nn
 
 from synthmri.config import ConfigError, SegmenterConfig
-from synthmri.segmenters import swin, unet
+from synthmri.segmenters import nnunet, swin, swinunetr, unet
+from synthmri.segmenters.augment import Augmenter
+from synthmri.segmenters.swin_augment import SwinAugmenter
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,11 @@ class Architecture:
             stack ``[B, S, C, H, W]``; eval mode returns ``[B, C, H, W]`` logits).
         loss: section -> loss module taking (network output in train mode, classes [B, 1, H, W]).
         optimizer: (network, section, total steps) -> (optimiser, per-step LR scheduler).
+        augmenter: (seed, enabled) -> a callable augmenting (images on [0, 1], classes).
+        normalization: how images are fed after augmentation, a key of
+            ``synthmri.segmenters.data.NORMALIZATIONS`` (``zscore`` or ``raw`` 0-255).
+        feature_layer: dotted name of the submodule whose output gives in-domain features
+            (``synthmri.metrics.features``).
     """
 
     name: str
@@ -39,25 +52,23 @@ class Architecture:
     build: Callable[..., nn.Module]
     loss: Callable[[Any], nn.Module]
     optimizer: Callable[[nn.Module, Any, int], tuple[Any, Any]]
+    feature_layer: str
+    augmenter: Callable[[int, bool], Callable[..., Any]] = Augmenter
+    normalization: str = "zscore"
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "unet": Architecture(
-        name="unet",
-        settings=unet.settings,
-        model_args=unet.model_args,
-        build=unet.build_unet,
-        loss=unet.loss,
-        optimizer=unet.optimizer,
-    ),
-    "swin": Architecture(
-        name="swin",
-        settings=swin.settings,
-        model_args=swin.model_args,
-        build=swin.build_swin,
-        loss=swin.loss,
-        optimizer=swin.optimizer,
-    ),
+    "unet": Architecture(name="unet", settings=unet.settings, model_args=unet.model_args, build=unet.build_unet,
+                         loss=unet.loss, optimizer=unet.optimizer, feature_layer=unet.FEATURE_LAYER),
+    "swin": Architecture(name="swin", settings=swin.settings, model_args=swin.model_args, build=swin.build_swin,
+                         loss=swin.loss, optimizer=swin.optimizer, feature_layer=swin.FEATURE_LAYER,
+                         augmenter=SwinAugmenter, normalization="raw"),
+    "nnunet": Architecture(name="nnunet", settings=nnunet.settings, model_args=nnunet.model_args,
+                           build=nnunet.build_nnunet, loss=nnunet.loss, optimizer=nnunet.optimizer,
+                           feature_layer=nnunet.FEATURE_LAYER),
+    "swinunetr": Architecture(name="swinunetr", settings=swinunetr.settings, model_args=swinunetr.model_args,
+                              build=swinunetr.build_swinunetr, loss=swinunetr.loss, optimizer=swinunetr.optimizer,
+                              feature_layer=swinunetr.FEATURE_LAYER),
 }
 
 

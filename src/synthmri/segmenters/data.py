@@ -14,8 +14,14 @@ Sampling (paper, 'Segmentation'):
   subsets shrink the same way): the runs of a ratio sweep differ only in the mix.
 
 Elements are drawn uniformly with replacement (as nnU-Net samples its batches) from one
-numpy generator, so a seed fixes the whole stream. Validation always uses the real
-store's ``val`` split, in index order.
+numpy generator, so a seed fixes the whole stream; in epoch mode (``epochs=True``, the
+authors' Swin recipe) each epoch is instead one seeded permutation of the pool in batches,
+the last short batch dropped (``mixed`` keeps drawing each element's source with
+probability 1/2).
+
+Checkpoint selection: runs with real data validate on the real store's ``val`` split, in
+index order; a ``synthetic`` run holds out a seeded share of the synthetic slices
+(``holdout``) and validates on them, so it never reads a real slice before evaluation.
 
 Preprocessing: the four image channels (uint8) are scaled to [0, 1], optionally augmented
 (:mod:`synthmri.segmenters.augment`, on the tensors' device), then z-scored per channel per image (the paper's last step); the annotation channel
@@ -26,14 +32,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from synthmri.data.labels import LABEL_VALUES
 from synthmri.data.store import IMAGE_CHANNELS, SliceStore, StoreError
-from synthmri.segmenters.augment import Augmenter
 
 TRAIN_SOURCES: tuple[str, ...] = ("real", "synthetic", "mixed", "ratio")
 REAL, SYNTHETIC = 0, 1  # values of Batch.source
@@ -88,10 +93,16 @@ class BatchSampler:
         seed: seed of the sampling generator (and of the ratio pool's permutations).
         real_share: ``ratio`` only: the share of real slices in the pool.
         pool_size: ``ratio`` only: slices in the pool; 0 takes the size of the real train split.
+        holdout: ``synthetic`` only: the share of the synthetic slices kept out of training
+            for checkpoint selection (a seeded subset; 0 keeps all).
+        epochs: sample epoch by epoch (one seeded permutation per epoch, the last short
+            batch dropped) instead of with replacement.
 
     Attributes:
         stores: the stores sampled from, the real one (if used) first.
         pool_counts: ``ratio`` only: (real, synthetic) slices in the pool.
+        holdout_positions: ``synthetic`` with `holdout` only: (store index, position) arrays
+            of the held-out slices.
 
     Raises:
         ValueError: unknown `train`, a store or setting it needs is missing, or batch_size < 1.
@@ -99,7 +110,8 @@ class BatchSampler:
     """
 
     def __init__(self, train: str, real: SliceStore | None, synthetic: Sequence[SliceStore],
-                 batch_size: int, seed: int, real_share: float | None = None, pool_size: int = 0) -> None:
+                 batch_size: int, seed: int, real_share: float | None = None, pool_size: int = 0,
+                 holdout: float = 0.0, epochs: bool = False) -> None:
         if train not in TRAIN_SOURCES:
             raise ValueError(f"train must be one of {TRAIN_SOURCES}, got {train!r}")
         if batch_size < 1:
@@ -134,11 +146,43 @@ class BatchSampler:
                 np.concatenate([np.full(len(s), offset + i, dtype=np.int64) for i, s in enumerate(synthetic)]),
                 np.concatenate([s.indices() for s in synthetic]),
             )
-        pool_seed, sample_seed = np.random.SeedSequence(seed).spawn(2)
+        pool_seed, sample_seed, holdout_seed = np.random.SeedSequence(seed).spawn(3)
         self.pool_counts: tuple[int, int] | None = None
         if train == "ratio":
             self._cut_ratio_pools(real_share, pool_size or len(self._pools[REAL][1]), np.random.default_rng(pool_seed))
+        self.holdout_positions: tuple[np.ndarray, np.ndarray] | None = None
+        if holdout:
+            self._hold_out(holdout, np.random.default_rng(holdout_seed))
         self._rng = np.random.default_rng(sample_seed)
+        self.epochs = bool(epochs)
+        self._order: np.ndarray = np.empty(0, dtype=np.int64)  # epoch mode: what is left of this epoch
+
+    def _hold_out(self, share: float, rng: np.random.Generator) -> None:
+        """Move a seeded `share` of the synthetic pool out of training (checkpoint selection)."""
+        if self.train != "synthetic":
+            raise ValueError("holdout is for train='synthetic' only: runs with real data select on real val subjects")
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"holdout must be a share in (0, 1), got {share}")
+        stores, positions = self._pools[SYNTHETIC]
+        n_holdout = int(round(share * len(positions)))
+        if n_holdout < 1 or n_holdout >= len(positions):
+            raise StoreError(f"{len(positions)} synthetic slices cannot be split into training and a {share:g} "
+                             "hold-out for checkpoint selection; sample more synthetic slices")
+        order = rng.permutation(len(positions))
+        held, kept = np.sort(order[:n_holdout]), np.sort(order[n_holdout:])
+        self.holdout_positions = (stores[held], positions[held])
+        self._pools[SYNTHETIC] = (stores[kept], positions[kept])
+
+    def steps_per_epoch(self) -> int:
+        """Full batches in one pass over the training pool (the last short batch dropped).
+
+        Raises:
+            StoreError: the pool holds fewer slices than one batch.
+        """
+        total = sum(len(positions) for _, positions in self._pools.values())
+        if total < self.batch_size:
+            raise StoreError(f"{total} training slices are fewer than one batch of {self.batch_size}")
+        return total // self.batch_size
 
     def _cut_ratio_pools(self, real_share: float, total: int, rng: np.random.Generator) -> None:
         """Keep the first n slices of one seeded permutation per source (nested across shares)."""
@@ -163,6 +207,8 @@ class BatchSampler:
     def sample(self) -> Batch:
         """Draw the next batch (the same sequence for the same seed)."""
         n = self.batch_size
+        if self.epochs and self.train != "mixed":
+            return self._next_in_epoch()
         if self.train == "mixed":
             source = np.where(self._rng.random(n) < 0.5, REAL, SYNTHETIC)
         elif self.train == "ratio":
@@ -177,11 +223,35 @@ class BatchSampler:
             where = np.flatnonzero(source == kind)
             pick = self._rng.integers(0, len(pool_positions), size=len(where))
             store[where], positions[where] = pool_store[pick], pool_positions[pick]
-        slices = np.empty((n, *self._slice_shape()), dtype=np.uint8)
+        return self._read(source, store, positions)
+
+    def _next_in_epoch(self) -> Batch:
+        """The next full batch of this epoch's permutation; a new permutation when too few are left."""
+        kinds = list(self._pools)
+        stores = np.concatenate([self._pools[k][0] for k in kinds])
+        positions = np.concatenate([self._pools[k][1] for k in kinds])
+        sources = np.concatenate([np.full(len(self._pools[k][1]), k) for k in kinds])
+        if len(self._order) < self.batch_size:
+            self.steps_per_epoch()  # a pool smaller than one batch is an error, not an endless loop
+            self._order = self._rng.permutation(len(positions))
+        pick, self._order = self._order[:self.batch_size], self._order[self.batch_size:]
+        return self._read(sources[pick], stores[pick], positions[pick])
+
+    def _read(self, source: np.ndarray, store: np.ndarray, positions: np.ndarray) -> Batch:
+        slices = np.empty((len(positions), *self._slice_shape()), dtype=np.uint8)
         for number in np.unique(store):
             where = np.flatnonzero(store == number)
             slices[where] = self.stores[number].read(positions[where])
         return Batch(slices=slices, source=source, store=store, positions=positions)
+
+    def holdout_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """The held-out synthetic slices (uint8 [b, 5, H, W]) in a fixed order."""
+        if self.holdout_positions is None:
+            raise ValueError("this sampler holds no slices out")
+        stores, positions = self.holdout_positions
+        for start in range(0, len(positions), batch_size):
+            yield self._read(np.full(len(positions[start:start + batch_size]), SYNTHETIC),
+                             stores[start:start + batch_size], positions[start:start + batch_size]).slices
 
     def _slice_shape(self) -> tuple[int, int, int]:
         size = self.image_size
@@ -217,14 +287,26 @@ def zscore(images: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (images - mean) / sd.clamp_min(eps)
 
 
-def prepare_batch(slices: np.ndarray, augmenter: Augmenter | None = None,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Stored slices -> network input (augmented if `augmenter`, then z-scored) and class targets.
+def raw_intensities(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] back to the stored 0-255 scale, unnormalised (the authors' Swin inputs)."""
+    return images * 255.0
+
+
+#: Input normalisations by name (``Architecture.normalization``): what a network is fed.
+NORMALIZATIONS = {"zscore": zscore, "raw": raw_intensities}
+
+
+def prepare_batch(slices: np.ndarray, augmenter: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+                  device: torch.device | str = "cpu", normalization: str = "zscore") -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored slices -> network input (augmented if `augmenter`, then normalised) and class targets.
 
     Args:
         slices: uint8 [B, 5, H, W].
-        augmenter: applied before the z-score; None (validation, evaluation) skips it.
+        augmenter: applied on [0, 1] intensities before normalising; None (validation,
+            evaluation) skips it.
         device: where the tensors go.
+        normalization: a key of :data:`NORMALIZATIONS`: ``zscore`` per image and channel
+            (the U-Nets), or ``raw`` 0-255 intensities (the authors' Swin).
 
     Returns:
         images float32 [B, 4, H, W], classes int64 [B, 1, H, W].
@@ -232,4 +314,4 @@ def prepare_batch(slices: np.ndarray, augmenter: Augmenter | None = None,
     images, classes = to_tensors(slices, device)
     if augmenter is not None:
         images, classes = augmenter(images, classes)
-    return zscore(images), classes
+    return NORMALIZATIONS[normalization](images), classes

@@ -5,10 +5,15 @@ index's ``z``, never file order) and the volume is scored against the restacked 
 3D Dice, maximum Hausdorff distance (the paper's published code) and its 95th percentile
 (the BraTS challenge's), in mm, for every :data:`STRUCTURES` entry: the labels ET (204),
 ED (102) and NCR/NET (51), and the BraTS regions WT (all tumour) and TC (NCR + ET). The
-third BraTS region, ET, is the ET label itself. Empty masks follow the conventions of
-:mod:`synthmri.metrics.segmentation` (both empty: Dice 1, distance 0; one empty: Dice 0,
-distance = the volume's diagonal in mm). ``mean_dice`` is the paper's: the mean over the
-three labels.
+third BraTS region, ET, is the ET label itself. ``mean_dice`` is the paper's: the mean over
+the three labels.
+
+Empty masks follow ``evaluation.convention`` (:mod:`synthmri.metrics.segmentation`,
+:mod:`synthmri.segmenters.summaries`): ``paper`` (the authors' code) leaves undefined
+scores (NaN; ``nan`` in per_subject.csv) out of every mean and records how many subjects
+each mean covers (``subjects_scored``); ``penalise`` scores both empty as Dice 1 and
+distance 0, one empty as Dice 0 and the volume's diagonal in mm. The summary records its
+``convention`` and the ``dataset`` it was scored on (layout, test subjects).
 
 Which slices form the volume (``evaluation.eval_slices``):
 
@@ -28,7 +33,8 @@ padded to ``pad_to`` and resampled to ``image_size``.
 
 Repeats: a train-segmenter output with ``repeat-*/model.pt`` (``--repeats N``) is scored
 repeat by repeat into ``out/repeat-*/``; ``out/summary.json`` then holds the mean over
-repeats and their sample sd, and lists the per-repeat summaries under ``runs``.
+repeats and their sd (population under ``paper``, sample under ``penalise``), and lists the
+per-repeat summaries under ``runs``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,6 @@ import csv
 import io
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,22 +52,30 @@ import numpy as np
 import torch
 
 from synthmri.config import Config
-from synthmri.data.labels import EVAL_LABELS, LABEL_VALUES, STRUCTURES
+from synthmri.data.labels import LABEL_VALUES, STRUCTURES
 from synthmri.data.store import IMAGE_CHANNELS, SliceStore, StoreError
-from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
 from synthmri.metrics.segmentation import dice, hausdorff
 from synthmri.monitoring import StageMonitor
 from synthmri.segmenters import get_architecture
 from synthmri.segmenters.data import prepare_batch
+from synthmri.segmenters.summaries import (  # noqa: F401 (gather_evaluations, evaluation_runs: re-exported)
+    EXAMPLE,
+    SCORES,
+    aggregate_repeats,
+    dataset_info,
+    evaluation_runs,
+    gather_evaluations,
+    mean_dice,
+    mlflow_metrics,
+    subject_means,
+)
 from synthmri.segmenters.train import REPEAT_GLOB, device
 from synthmri.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
-SCORES: tuple[str, ...] = ("dice", "hausdorff", "hausdorff95")
 PER_SUBJECT_COLUMNS = ("subject", "structure", *SCORES)
-#: One fixed test slice with its prediction, for the report's figures (see :func:`write_example`).
-EXAMPLE = "example.npz"
 
 
 @dataclass(frozen=True)
@@ -83,14 +96,17 @@ class EvaluationSummary:
         sd = s.get("sd") or {}
         repeats = s.get("repeats", 1)
 
+        def number(value: float | None, digits: int) -> str:
+            return "undefined" if value is None else f"{value:.{digits}f}"
+
         def cell(score: str, name: str, digits: int, unit: str = "") -> str:
             spread = (sd.get(score) or {}).get(name)
-            text = f"{s[score][name]:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread is not None else "")
+            text = number(s[score][name], digits) + (f" ± {spread:.{digits}f}" if spread is not None else "")
             return f"{name} {text}{unit}"
 
         lines = [
             f"{s['model']['name']}: {s['subjects']} test subjects, {s['eval_slices']} slices, "
-            f"{repeats} repeat(s), mean Dice {s['mean_dice']:.4f}",
+            f"{repeats} repeat(s), mean Dice {number(s['mean_dice'], 4)}, convention {s.get('convention')}",
             "  Dice       " + "  ".join(cell("dice", k, 4) for k in STRUCTURES),
             "  HD max     " + "  ".join(cell("hausdorff", k, 2, " mm") for k in STRUCTURES),
             "  HD95       " + "  ".join(cell("hausdorff95", k, 2, " mm") for k in STRUCTURES),
@@ -196,14 +212,22 @@ def subject_spacings(store: SliceStore, pad_to: int) -> tuple[dict[str, tuple[fl
             "the store records no voxel spacing; 1 mm assumed on every axis (distances in voxels)")
 
 
-def score_volumes(pred: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, dict[str, float]]:
-    """Dice, maximum and 95th-percentile Hausdorff (mm) of every structure of two label volumes."""
+def score_volumes(pred: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float],
+                  convention: str = "penalise") -> dict[str, dict[str, float]]:
+    """Dice, maximum and 95th-percentile Hausdorff (mm) of every structure of two label volumes.
+
+    `convention` decides empty masks (:mod:`synthmri.metrics.segmentation`); the evaluation
+    passes ``evaluation.convention``.
+    """
     return {
-        name: {"dice": dice(pred, reference, values),
-               "hausdorff": hausdorff(pred, reference, values, spacing=spacing),
-               "hausdorff95": hausdorff(pred, reference, values, percentile=95, spacing=spacing)}
+        name: {"dice": dice(pred, reference, values, convention=convention),
+               "hausdorff": hausdorff(pred, reference, values, spacing=spacing, convention=convention),
+               "hausdorff95": hausdorff(pred, reference, values, percentile=95, spacing=spacing,
+                                        convention=convention)}
         for name, values in STRUCTURES.items()
     }
+
+
 def restack(z: np.ndarray, slices: np.ndarray, mode: str = "filtered", depth: int | None = None) -> tuple[np.ndarray, int]:
     """Stack one subject's 2D slices into a volume ordered by z.
 
@@ -252,17 +276,20 @@ def subject_depths(store: SliceStore) -> dict[str, int]:
 
 
 @torch.no_grad()
-def segment(model: torch.nn.Module, slices: np.ndarray, batch_size: int, dev: torch.device | str) -> np.ndarray:
-    """Annotation values (uint8 [n, H, W]) predicted for stored slices (uint8 [n, 5, H, W])."""
+def segment(model: torch.nn.Module, slices: np.ndarray, batch_size: int, dev: torch.device | str,
+            normalization: str = "zscore") -> np.ndarray:
+    """Annotation values (uint8 [n, H, W]) predicted for stored slices (uint8 [n, 5, H, W]).
+
+    `normalization` is the network's input normalisation (its architecture's, see
+    :data:`synthmri.segmenters.data.NORMALIZATIONS`).
+    """
     values = torch.tensor(LABEL_VALUES, dtype=torch.uint8)
     out = np.empty((len(slices), *slices.shape[2:]), dtype=np.uint8)
     for start in range(0, len(slices), batch_size):
-        images, _ = prepare_batch(slices[start:start + batch_size], None, dev)
+        images, _ = prepare_batch(slices[start:start + batch_size], None, dev, normalization)
         classes = model(images).argmax(dim=1).cpu()
         out[start:start + batch_size] = values[classes].numpy()
     return out
-
-
 
 
 def model_info(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -276,29 +303,11 @@ def model_info(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     }
 
 
-def _mean_scores(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """score -> structure -> mean over the rows (subjects) of that structure."""
-    return {score: {name: float(np.mean([r[score] for r in rows if r["structure"] == name])) for name in STRUCTURES}
-            for score in SCORES}
-
-
-def _metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """MLflow metrics of a summary: dice_ET, hausdorff_WT, hausdorff95_TC, ..., mean_dice (and their _sd)."""
-    metrics = {f"{score}_{name}": summary[score][name] for score in SCORES for name in STRUCTURES}
-    metrics["mean_dice"] = summary["mean_dice"]
-    sd = summary.get("sd") or {}
-    for score in SCORES:
-        metrics.update({f"{score}_{name}_sd": v for name, v in (sd.get(score) or {}).items() if v is not None})
-    if sd.get("mean_dice") is not None:
-        metrics["mean_dice_sd"] = sd["mean_dice"]
-    return metrics
-
-
 def _evaluate_checkpoint(checkpoint_path: Path, store: SliceStore, out: Path, cfg: Config,
                          spacings: dict[str, tuple[float, float, float]], spacing_note: str,
                          depths: dict[str, int], dev: torch.device) -> EvaluationSummary:
     """Segment, restack and score every test subject with one checkpoint; write out/ and one MLflow run."""
-    mode = cfg.evaluation.eval_slices
+    mode, convention = cfg.evaluation.eval_slices, cfg.evaluation.convention
     network, checkpoint = load_segmenter(checkpoint_path, dev)
     info = model_info(checkpoint, checkpoint_path)
     test = store.indices("test")
@@ -308,14 +317,16 @@ def _evaluate_checkpoint(checkpoint_path: Path, store: SliceStore, out: Path, cf
     tags = {"synthmri.train": str(info["train"]), "synthmri.arch": info["arch"],
             "synthmri.augment": str(info["augment"]).lower(), "synthmri.model": info["name"],
             "synthmri.generator": "+".join(info["synthetic"]) if info["train"] != "real" and info["synthetic"]
-            else "real", "synthmri.generator_version": ",".join(info["synthetic_versions"])}
+            else "real", "synthmri.generator_version": ",".join(info["synthetic_versions"]),
+            "synthmri.convention": convention}
     with stage_run(cfg, stage="evaluate-segmenter", experiment="evaluation", run_name=f"{info['name']}-eval",
                    datasets={"real": store}, tags=tags) as run, \
             StageMonitor("evaluate-segmenter", unit="subjects", total=len(subjects), instance=info["name"]) as monitor:
         for number, subject in enumerate(subjects, start=1):
             positions = test[store.subject[test] == subject]
             slices = store.read(positions)
-            pred = segment(network, slices, cfg.evaluation.batch_size, dev)
+            pred = segment(network, slices, cfg.evaluation.batch_size, dev,
+                           get_architecture(info["arch"]).normalization)
             z = store.z[positions]
             try:
                 pred_volume, fill = restack(z, pred, mode, depths.get(subject))
@@ -323,60 +334,27 @@ def _evaluate_checkpoint(checkpoint_path: Path, store: SliceStore, out: Path, cf
             except ValueError as exc:
                 raise StoreError(f"{store.path}: test subject {subject}: {exc}") from None
             filled += fill
-            for name, scores in score_volumes(pred_volume, ref_volume, spacings[subject]).items():
+            for name, scores in score_volumes(pred_volume, ref_volume, spacings[subject], convention).items():
                 rows.append({"subject": subject, "structure": name, **scores})
             if number == 1:  # the first subject by sorted id: every evaluated model shows the same slice
                 write_example(out / EXAMPLE, store.slice_id[positions], z, slices, pred)
             monitor.progress(number)
+        means, counts = subject_means(rows, convention)
         summary = {"model": info, "data_hash": store.content_hash, "eval_slices": mode, "subjects": len(subjects),
-                   **_mean_scores(rows), "repeats": 1, "runs": []}
-        summary["mean_dice"] = float(np.mean([summary["dice"][k] for k in EVAL_LABELS]))
+                   "convention": convention, "dataset": dataset_info(store), **means,
+                   "mean_dice": mean_dice(means["dice"], convention), "subjects_scored": counts,
+                   "repeats": 1, "runs": []}
+        summary = jsonable(summary)  # undefined means (NaN) as null: what summary.json holds
         notes = [f"{filled} slices not in the store were scored as background (eval_slices=all)"] if filled else []
         _write_outputs(out, summary, rows)
         mlflow.log_params({"eval.spacing_source": spacing_note[:500], "eval.filled_slices": filled})
-        mlflow.log_metrics(_metrics(summary))
+        _log_metrics(summary)
         mlflow.log_artifact(str(out / "summary.json"))
         mlflow.log_artifact(str(out / "per_subject.csv"))
         mlflow.log_artifact(str(out / EXAMPLE))
         run_id = run.info.run_id
     return EvaluationSummary(summary=summary, per_subject=rows, spacing_note=spacing_note, filled_slices=filled,
                              out=out, run_id=run_id, notes=notes)
-
-
-def aggregate_repeats(summaries: list[dict[str, Any]], runs: list[str]) -> dict[str, Any]:
-    """One summary of several repeats: each score's mean over repeats and its sample sd (ddof=1).
-
-    Args:
-        summaries: per-repeat summaries of the same model setting on the same data.
-        runs: where each per-repeat summary.json lies, relative to the aggregate's directory.
-
-    Raises:
-        ValueError: the repeats differ in anything but seed and name (architecture, data mix,
-            setting, test data or slice mode).
-    """
-    first = summaries[0]
-    fixed = ("arch", "train", "augment", "synthetic", "real_share")
-    for other in summaries[1:]:
-        differs = [k for k in fixed if other["model"].get(k) != first["model"].get(k)]
-        differs += [k for k in ("data_hash", "eval_slices", "subjects") if other[k] != first[k]]
-        if differs:
-            raise ValueError(f"repeats {first['model']['name']} and {other['model']['name']} differ in {differs}")
-
-    def spread(values: list[float]) -> float | None:
-        return float(np.std(values, ddof=1)) if len(values) > 1 else None
-
-    model = {**first["model"], "seeds": [s["model"]["seed"] for s in summaries],
-             "name": re.sub(r"-[rs]\d+$", "", first["model"]["name"])}
-    summary: dict[str, Any] = {"model": model, "data_hash": first["data_hash"], "eval_slices": first["eval_slices"],
-                               "subjects": first["subjects"], "repeats": len(summaries), "runs": runs}
-    sd: dict[str, Any] = {}
-    for score in SCORES:
-        summary[score] = {k: float(np.mean([s[score][k] for s in summaries])) for k in STRUCTURES}
-        sd[score] = {k: spread([s[score][k] for s in summaries]) for k in STRUCTURES}
-    summary["mean_dice"] = float(np.mean([s["mean_dice"] for s in summaries]))
-    sd["mean_dice"] = spread([s["mean_dice"] for s in summaries])
-    summary["sd"] = sd
-    return summary
 
 
 def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> EvaluationSummary:
@@ -388,10 +366,10 @@ def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> Evalu
         data: the real slice store; its ``test`` split is scored.
         out: output directory: ``per_subject.csv`` (subject, structure, dice, hausdorff,
             hausdorff95) and ``summary.json`` (model, data_hash, eval_slices, subjects, dice,
-            hausdorff, hausdorff95 per structure as means over subjects, mean_dice, repeats,
-            runs and, over repeats, sd), ``example.npz`` (one test slice with its prediction,
+            hausdorff, hausdorff95 per structure as means over subjects, mean_dice, convention,
+            dataset, subjects_scored, repeats, runs and, over repeats, sd), ``example.npz`` (one test slice with its prediction,
             :func:`write_example`). Several repeats write ``out/repeat-*/`` each.
-        cfg: ``evaluation`` (eval_slices, batch_size), ``data.pad_to`` and ``tracking``.
+        cfg: ``evaluation`` (eval_slices, batch_size, convention), ``data.pad_to`` and ``tracking``.
 
     Returns:
         The EvaluationSummary (of the aggregate when there are several repeats).
@@ -421,8 +399,9 @@ def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> Evalu
     with stage_run(cfg, stage="evaluate-segmenter", experiment="evaluation", run_name=f"{info['name']}-eval",
                    datasets={"real": store}, tags={"synthmri.train": str(info["train"]), "synthmri.arch": info["arch"],
                                                    "synthmri.augment": str(info["augment"]).lower(),
-                                                   "synthmri.repeats": str(len(results))}) as run:
-        mlflow.log_metrics(_metrics(summary))
+                                                   "synthmri.repeats": str(len(results)),
+                                                   "synthmri.convention": summary["convention"]}) as run:
+        _log_metrics(summary)
         mlflow.log_artifact(str(out / "summary.json"))
         run_id = run.info.run_id
     notes = sorted({n for r in results for n in r.notes})
@@ -453,6 +432,14 @@ def write_example(path: Path, slice_ids: np.ndarray, z: np.ndarray, slices: np.n
     return str(slice_ids[pick])
 
 
+def _log_metrics(summary: dict[str, Any]) -> None:
+    """Log a summary's defined scores as MLflow metrics; name the undefined ones in a tag."""
+    metrics, undefined = mlflow_metrics(summary)
+    mlflow.log_metrics(metrics)
+    if undefined:
+        mlflow.set_tag("synthmri.undefined_metrics", ",".join(undefined))
+
+
 def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     columns = (("run",) if rows and "run" in rows[0] else ()) + PER_SUBJECT_COLUMNS
     buffer = io.StringIO()
@@ -462,68 +449,5 @@ def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]
         writer.writerow({**row, "dice": f"{row['dice']:.6f}", "hausdorff": f"{row['hausdorff']:.4f}",
                          "hausdorff95": f"{row['hausdorff95']:.4f}"})
     atomic_write_text(out / "per_subject.csv", buffer.getvalue())
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", jsonable(summary))
     log.info("evaluation: %s", json.dumps({k: summary[k] for k in ("dice", "hausdorff", "mean_dice")}))
-
-
-def gather_evaluations(evaluations: list[Path], out: Path) -> dict[str, Any]:
-    """Copy several evaluate-segmenter outputs into one directory that lists them.
-
-    A pipeline fans a grid of segmenter runs out and back in; what comes back is many small
-    output directories. This puts their ``summary.json``, ``per_subject.csv`` and ``example.npz`` under
-    ``out/runs/NNN-<model name>/`` and writes ``out/summary.json`` with ``runs``: the form
-    the report and the promotion gate read, settings and repeats kept apart.
-
-    Args:
-        evaluations: evaluate-segmenter outputs (directories or summary.json files); an
-            output that itself lists runs contributes each of them.
-        out: the gathered directory (created).
-
-    Returns:
-        The written summary: ``stage``, ``evaluations`` (count) and ``runs``.
-
-    Raises:
-        FileNotFoundError: an evaluation has no summary.json (named).
-        ValueError: no evaluations, or a file that is not an evaluate-segmenter summary.
-    """
-    if not evaluations:
-        raise ValueError("gather: no evaluations given")
-    out = Path(out)
-    runs: list[str] = []
-    for path in evaluations:
-        for summary in evaluation_runs(Path(path)):
-            source = Path(summary.pop("_path"))
-            rel = f"runs/{len(runs):03d}-{summary['model'].get('name') or source.parent.name}"
-            atomic_write_json(out / rel / "summary.json", summary)
-            for name in ("per_subject.csv", EXAMPLE):
-                if (source.parent / name).is_file():
-                    atomic_write_bytes(out / rel / name, (source.parent / name).read_bytes())
-            runs.append(f"{rel}/summary.json")
-    gathered = {"stage": "gather", "evaluations": len(runs), "runs": runs}
-    atomic_write_json(out / "summary.json", gathered)
-    return gathered
-
-
-def evaluation_runs(path: Path) -> list[dict[str, Any]]:
-    """The single-run evaluate-segmenter summaries at `path`, following ``runs`` lists.
-
-    Args:
-        path: an evaluate-segmenter or gather output (directory or summary.json).
-
-    Returns:
-        One summary per run, each with its file under ``_path``.
-
-    Raises:
-        FileNotFoundError: a summary is missing (named).
-        ValueError: a file is not an evaluate-segmenter summary (named).
-    """
-    file = path if path.suffix == ".json" else path / "summary.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: evaluate-segmenter summary not found (run evaluate-segmenter first)")
-    summary = json.loads(file.read_text())
-    if isinstance(summary, dict) and summary.get("runs"):
-        return [run for rel in summary["runs"] for run in evaluation_runs(file.parent / rel)]
-    if not isinstance(summary, dict) or not isinstance(summary.get("model"), dict) or "mean_dice" not in summary:
-        raise ValueError(f"{file}: not an evaluate-segmenter summary (needs model and mean_dice)")
-    summary["_path"] = str(file)
-    return [summary]

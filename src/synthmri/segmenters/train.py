@@ -1,10 +1,15 @@
 """Train a segmenter on real, synthetic, mixed or ratio-mixed 2D slices (the ``train-segmenter`` stage).
 
-One plain loop: sample a batch (:mod:`synthmri.segmenters.data`), augment, z-score, one
-optimiser step of the architecture's recipe, and every ``val_every_samples`` a validation
-pass on the real store's ``val`` slices. The checkpoint with the best validation mean Dice
-(NCR, ED, ET) is kept as ``out/model.pt``; ``out/history.csv`` records each validation and
-``out/result.json`` marks the run finished.
+One plain loop: sample a batch (:mod:`synthmri.segmenters.data`), augment and normalise as
+the architecture's recipe says, one optimiser step, and every ``val_every_samples`` (or
+every epoch, for recipes that count epochs) a validation pass. The checkpoint with the best
+validation mean Dice (NCR, ED, ET) is kept as ``out/model.pt``; ``out/history.csv`` records
+each validation and ``out/result.json`` marks the run finished.
+
+What validates (the authors' model selection): runs with real training data use the real
+store's ``val`` subjects; a synthetic-only run holds out ``segmenter.synthetic_holdout`` of
+the synthetic slices and never opens the real store, so no real image influences it
+before evaluation. The run records which set chose its checkpoint (``selected_on``).
 
 Repeats (:func:`train_repeats`, ``--repeats N``): N runs with seeds ``seed, seed + 1, ...``
 in ``out/repeat-00``, ``out/repeat-01``, ...; a repeat whose ``result.json`` records the same
@@ -24,7 +29,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import mlflow
 import numpy as np
@@ -36,7 +41,7 @@ from synthmri.data.store import SliceStore
 from synthmri.io import atomic_write_json, atomic_write_text
 from synthmri.monitoring import StageMonitor
 from synthmri.segmenters import get_architecture
-from synthmri.segmenters.data import TRAIN_SOURCES, Augmenter, BatchSampler, prepare_batch, validation_batches
+from synthmri.segmenters.data import TRAIN_SOURCES, BatchSampler, prepare_batch, validation_batches
 from synthmri.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,8 @@ REPEAT_GLOB = "repeat-*"  # repeat directories of a --repeats run
 GRAD_CLIP = 12.0  # nnU-Net clips the gradient norm at 12; with momentum 0.99 early steps can spike
 HISTORY_COLUMNS = ("step", "samples", "loss", "val_dice", "lr", "seconds")
 RESULT_FILE = "result.json"  # written last: the run finished
+#: What chose a run's checkpoint (``TrainResult.selected_on``, tag ``synthmri.selected_on``).
+SELECTED_ON_REAL_VAL, SELECTED_ON_SYNTHETIC_HOLDOUT, SELECTED_ON_NOTHING = "real-val", "synthetic-holdout", "last"
 
 
 @dataclass(frozen=True)
@@ -67,10 +74,12 @@ class TrainResult:
     seconds: float  # the whole run: training steps, validations, checkpoints
     step_seconds: float  # the training steps alone (sampling, augmentation, forward, backward)
     run_id: str
+    selected_on: str = SELECTED_ON_REAL_VAL  # real-val, synthetic-holdout or last (no validation)
 
     def summary(self) -> str:
         """One line for the command line."""
-        best = "no validation" if self.best_val_dice is None else f"best val Dice {self.best_val_dice:.4f} at step {self.best_step}"
+        best = ("no validation" if self.best_val_dice is None
+                else f"best val Dice {self.best_val_dice:.4f} at step {self.best_step} (on {self.selected_on})")
         rate = self.samples / max(self.step_seconds, 1e-9)
         return (f"{self.name}: {self.steps} steps ({self.samples} samples, {rate:.1f}/s, {self.seconds:.0f} s in all), "
                 f"{best}; checkpoint {self.checkpoint}")
@@ -91,8 +100,9 @@ def device() -> torch.device:
 
 
 @torch.no_grad()
-def validation_dice(model: nn.Module, real: SliceStore, batch_size: int, dev: torch.device) -> float:
-    """Mean over NCR, ED and ET of the Dice on all ``val`` slices pooled (2D predictions).
+def validation_dice(model: nn.Module, batches: Iterable[np.ndarray], dev: torch.device,
+                    normalization: str = "zscore") -> float:
+    """Mean over NCR, ED and ET of the Dice on all validation slices pooled (2D predictions).
 
     Overlaps are summed over the whole split before dividing, so slices without a label
     weigh by their false positives only; a label absent from both prediction and reference
@@ -102,8 +112,8 @@ def validation_dice(model: nn.Module, real: SliceStore, batch_size: int, dev: to
     model.eval()
     hits = np.zeros(len(TUMOUR_CLASSES))
     sizes = np.zeros(len(TUMOUR_CLASSES))
-    for slices in validation_batches(real, batch_size):
-        images, target = prepare_batch(slices, None, dev)
+    for slices in batches:
+        images, target = prepare_batch(slices, None, dev, normalization)
         pred = model(images).argmax(dim=1, keepdim=True)
         for i, label in enumerate(TUMOUR_CLASSES):
             p, t = pred == label, target == label
@@ -167,8 +177,9 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
             synthetic stores, pooled), ``mixed`` (each element real or synthetic with
             probability 1/2) or ``ratio`` (a pool of ``segmenter.ratio_total`` slices, a
             share `real_share` of them real).
-        real: the real slice store; its ``val`` split validates every run, so without it a
-            run cannot validate and keeps its last weights.
+        real: the real slice store; its ``val`` split validates every run with real data
+            (without it such a run keeps its last weights). A ``synthetic`` run never opens
+            it: it validates on ``segmenter.synthetic_holdout`` of the synthetic slices.
         synthetic: synthetic slice stores (an ensemble when several); ignored for ``real``.
         out: output directory: ``model.pt``, ``history.csv``, ``config.yaml``.
         cfg: the resolved config (``segmenter``, ``seed``, ``tracking``).
@@ -192,30 +203,44 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
     real_share = float(real_share) if train == "ratio" else None
     arch = get_architecture(cfg.segmenter.arch)
     section = arch.settings(cfg.segmenter)
-    steps = section.train_samples // section.batch_size
-    if steps < 1:
-        raise ConfigError(f"segmenter.{arch.name}.train_samples ({section.train_samples}) is less than one batch "
-                          f"({section.batch_size})")
-    val_every = max(1, section.val_every_samples // section.batch_size)
     augment, seed = cfg.segmenter.augment, cfg.seed
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    real_store = SliceStore(real) if real is not None else None
+    # A synthetic-only run never opens the real store: it selects on held-out synthetic slices.
+    if train == "synthetic" and real is not None:
+        log.info("train=synthetic: the real store %s is not read (selection on a synthetic hold-out)", real)
+    real_store = SliceStore(real) if real is not None and train != "synthetic" else None
     if train == "real" and synthetic:
         log.warning("train=real: ignoring %d synthetic store(s)", len(synthetic))
     synthetic_stores = [SliceStore(p) for p in synthetic] if train != "real" else []
-    validates = real_store is not None and len(real_store.indices("val")) > 0
-    if not validates:
-        log.warning("no real 'val' slices to validate on: keeping the last weights instead of the best")
 
     # One seed drives three independent streams: batch sampling, augmentation, weights.
     sample_seed, augment_seed, torch_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(3))
     torch.manual_seed(torch_seed)
     dev = device()
+    epochs = int(getattr(section, "epochs", 0) or 0)
     sampler = BatchSampler(train, real_store, synthetic_stores, section.batch_size, sample_seed, real_share=real_share,
-                           pool_size=cfg.segmenter.ratio_total if train == "ratio" else 0)
-    augmenter = Augmenter(augment_seed, enabled=augment)
+                           pool_size=cfg.segmenter.ratio_total if train == "ratio" else 0,
+                           holdout=cfg.segmenter.synthetic_holdout if train == "synthetic" else 0.0,
+                           epochs=epochs > 0)
+    if train == "synthetic":
+        selected_on = SELECTED_ON_SYNTHETIC_HOLDOUT
+    elif real_store is not None and len(real_store.indices("val")) > 0:
+        selected_on = SELECTED_ON_REAL_VAL
+    else:
+        selected_on = SELECTED_ON_NOTHING
+        log.warning("no real 'val' slices to validate on: keeping the last weights instead of the best")
+    validates = selected_on != SELECTED_ON_NOTHING
+    # Length: epochs over the training pool (the authors' Swin), else a budget of samples.
+    steps_per_epoch = sampler.steps_per_epoch() if epochs else 0
+    steps = epochs * steps_per_epoch if epochs else section.train_samples // section.batch_size
+    if steps < 1:
+        raise ConfigError(f"segmenter.{arch.name}.train_samples ({section.train_samples}) is less than one batch "
+                          f"({section.batch_size})")
+    val_every = (max(1, section.val_every_samples // section.batch_size) if section.val_every_samples
+                 else steps_per_epoch or steps)
+    augmenter = arch.augmenter(augment_seed, augment)
     model_args = arch.model_args(section)
     model = arch.build(**model_args).to(dev)
     optimiser, schedule = arch.optimizer(model, section, steps)
@@ -228,12 +253,13 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
     versions = generator_versions(synthetic_stores)
     base = {"arch": arch.name, "model_args": model_args, "config": to_dict(cfg), "train": train,
             "synthetic": names, "synthetic_versions": versions, "seed": seed, "repeat": repeat, "name": name,
-            "real_share": real_share}
+            "real_share": real_share, "selected_on": selected_on}
     datasets = {"real": real_store} if real_store is not None else {}
     datasets.update({f"synthetic-{i}": s for i, s in enumerate(synthetic_stores)})
     tags = {"synthmri.train": train, "synthmri.arch": arch.name, "synthmri.augment": str(augment).lower(),
             "synthmri.synthetic": ",".join(names), "synthmri.generator": "+".join(names) or "real",
-            "synthmri.generator_version": ",".join(versions), "synthmri.repeat": str(repeat)}
+            "synthmri.generator_version": ",".join(versions), "synthmri.repeat": str(repeat),
+            "synthmri.selected_on": selected_on}
     if sampler.pool_counts is not None:
         tags["synthmri.real_share"] = f"{real_share:g}"
         log.info("%s: ratio pool of %d real + %d synthetic slices", name, *sampler.pool_counts)
@@ -245,13 +271,19 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
     log_window: list[float] = []  # losses since the last MLflow log
     start = step_seconds = 0.0  # wall clock of the run; of the training steps alone (throughput)
 
+    def validation_set() -> Iterable[np.ndarray]:
+        if selected_on == SELECTED_ON_SYNTHETIC_HOLDOUT:
+            return sampler.holdout_batches(cfg.evaluation.batch_size)
+        return validation_batches(real_store, cfg.evaluation.batch_size)
+
     def checkpoint(step: int, val_dice: float | None) -> None:
         save_checkpoint(checkpoint_path, {**base, "state_dict": model.state_dict(), "best_val_dice": val_dice,
                                           "step": step})
 
     def evaluate(step: int) -> None:
         nonlocal best_dice, best_step, window
-        val_dice = validation_dice(model, real_store, cfg.evaluation.batch_size, dev) if validates else float("nan")
+        val_dice = (validation_dice(model, validation_set(), dev, arch.normalization) if validates
+                    else float("nan"))
         mean_loss = float(np.mean(window)) if window else float("nan")
         history.append({"step": step, "samples": step * section.batch_size, "loss": f"{mean_loss:.6g}",
                         "val_dice": f"{val_dice:.6g}", "lr": f"{schedule.get_last_lr()[0]:.6g}",
@@ -268,6 +300,7 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
     with stage_run(cfg, stage="train-segmenter", experiment="segmenters", run_name=name, datasets=datasets,
                    tags=tags) as run, StageMonitor("train-segmenter", unit="samples", total=total, instance=name) as monitor:
         mlflow.log_params({"train.steps": steps, "train.val_every_steps": val_every, "train.device": str(dev),
+                           "train.selected_on": selected_on, "train.epochs": epochs,
                            **({"train.real_share": real_share, "train.pool_real": sampler.pool_counts[0],
                                "train.pool_synthetic": sampler.pool_counts[1]} if sampler.pool_counts else {})})
         start = time.monotonic()
@@ -275,7 +308,7 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
         model.train()
         for step in range(1, steps + 1):
             tick = time.monotonic()
-            images, target = prepare_batch(sampler.sample().slices, augmenter, dev)
+            images, target = prepare_batch(sampler.sample().slices, augmenter, dev, arch.normalization)
             loss = loss_fn(model(images), target)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -311,7 +344,7 @@ def train_segmenter(train: str, real: Path | None, synthetic: list[Path], out: P
     result = TrainResult(out=out, checkpoint=checkpoint_path, name=name, arch=arch.name, train=train,
                          real_share=real_share, augment=augment, seed=seed, steps=steps, samples=total,
                          best_val_dice=best, best_step=best_step, seconds=seconds, step_seconds=step_seconds,
-                         run_id=run_id)
+                         run_id=run_id, selected_on=selected_on)
     record = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}
     atomic_write_json(out / RESULT_FILE, {"result": record, "config": to_dict(cfg),
                                           "inputs": _inputs(train, real_store, synthetic_stores, real_share)})
@@ -376,7 +409,7 @@ def train_repeats(train: str, real: Path | None, synthetic: list[Path], out: Pat
     if repeats < 1:
         raise ConfigError(f"repeats must be at least 1, got {repeats}")
     _clear_stale_runs(Path(out), repeats)
-    real_store = SliceStore(real) if real is not None else None
+    real_store = SliceStore(real) if real is not None and train != "synthetic" else None
     synthetic_stores = [SliceStore(p) for p in synthetic] if train != "real" else []
     share = float(real_share) if train == "ratio" and real_share is not None else None
     inputs = _inputs(train, real_store, synthetic_stores, share)
