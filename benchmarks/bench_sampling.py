@@ -1,22 +1,31 @@
-"""Benchmark sampling: images/s per generator family, and DDIM against the full DDPM chain.
+"""Benchmark sampling: images/s per generator family, and DDIM against the full ancestral chain.
 
 All numbers come from one run on one machine; read the ratios, not the absolute times.
 
 - ``images_per_second``: every family at the profile's settings and image size, sampled in
   the profile's batch size after a small warm-up batch. Throughput does not depend on the
   weights, so the GANs are timed at initialisation.
-- ``ddpm``: one trained diffusion model sampled with DDIM in ``--ddim-steps`` steps and
-  with the ancestral DDPM chain over all training timesteps, on the same number of
-  images: wall times, their ratio, and the in-domain quality of both as the Fréchet
-  distance of 8x8-pooled pixels to the real training slices (next to the same distance
-  for the real test slices, the floor a perfect generator would reach). Pass ``--ddpm``
-  for a trained ``generator.pt``; otherwise a small one is trained on phantom data first.
+- ``ddpm``: one trained diffusion model sampled with the paper's sampler, the ancestral
+  chain over every training timestep with the fixed-large variance, and with DDIM in
+  ``--ddim-steps`` steps (this product's extension), on the same number of images: wall
+  time per image, their ratio, and the quality of both against the real training slices
+  as two Fréchet distances: ``fd_segmenter_*`` on in-domain features (the pooled deepest
+  encoder layer of a segmenter trained on the real data, :mod:`synthmri.metrics.features`)
+  and ``fd_pooled_pixels_*`` on 8x8-pooled pixels; ``*_real_test`` is the same distance for
+  the real test slices, the floor a perfect generator would reach. Pass ``--ddpm`` for a
+  trained ``generator.pt`` (with ``--real`` and, for the segmenter distance,
+  ``--segmenter``); otherwise a small DDPM and a small nnU-Net segmenter are trained on
+  phantom data first. With few images both distances are biased upwards: compare the
+  samplers with each other and with the real floor, not with published numbers.
 - ``projected_hours_100k``: hours to draw 100,000 images at the measured rate (the paper
   needed 1.5 days on 8 GPUs for the diffusion model).
 
 Usage::
 
     python benchmarks/bench_sampling.py --out benchmarks/results/sampling.json
+    # the run in benchmarks/results/sampling.json (a few CPU minutes):
+    python benchmarks/bench_sampling.py --threads 2 --images 64 --set generator.ddpm.timesteps=250 \
+        --train-iterations 400 --quality-images 64 --ddim-steps 25 --out benchmarks/results/sampling.json
     python benchmarks/bench_sampling.py --profile paper --device cuda --ddpm models/generator/generator.pt \\
         --out benchmarks/results/sampling-gpu.json
 """
@@ -29,10 +38,11 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 
 from synthmri.config import Config, load_config
 from synthmri.generators import FAMILIES, get_family
@@ -74,42 +84,78 @@ def family_throughput(cfg: Config, image_size: int, n: int, device: torch.device
     return rates
 
 
-def trained_ddpm(profile: str, cfg: Config, work: Path, iterations: int) -> tuple[Path, Path]:
-    """Train a small DDPM on phantom data; returns (generator.pt, the real slice store)."""
+def trained_ddpm(load: Callable[[dict[str, Any]], Config], work: Path, iterations: int,
+                 segmenter_samples: int) -> tuple[Path, Path, Path | None]:
+    """Train a small DDPM (and a small segmenter for in-domain features) on phantom data.
+
+    `load` gives the benchmark's config with extra overrides.
+
+    Returns:
+        (generator.pt, the real slice store, the segmenter's model.pt or None when
+        `segmenter_samples` is 0).
+    """
     from synthmri.data.phantom import write_phantom_dataset
     from synthmri.data.prepare import prepare
     from synthmri.generators.train import train_generator
+    from synthmri.segmenters.train import train_segmenter
 
+    cfg = load({})
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     write_phantom_dataset(work / "phantom", cfg.phantom)
     prepare(str(work / "phantom"), work / "slices", cfg)
-    ddpm_cfg = load_config(profile, {"generator.model": "ddpm", "generator.ddpm.iterations": iterations})
+    ddpm_cfg = load({"generator.model": "ddpm", "generator.ddpm.iterations": iterations})
     result = train_generator(work / "slices", work / "ddpm", ddpm_cfg, register=False)
-    return result.generator, work / "slices"
+    segmenter = None
+    if segmenter_samples > 0:
+        # The profile's nnU-Net-like segmenter (the demo's: 4 levels), short and unaugmented.
+        seg_cfg = load({"segmenter.arch": "nnunet", "segmenter.augment": False,
+                        "segmenter.nnunet.train_samples": segmenter_samples,
+                        "segmenter.nnunet.val_every_samples": segmenter_samples})
+        train_segmenter("real", work / "slices", [], work / "segmenter", seg_cfg)
+        segmenter = work / "segmenter"
+    return result.generator, work / "slices", segmenter
 
 
-def ddim_against_ddpm(generator: LoadedGenerator, real: Path | None, n: int, ddim_steps: int, batch: int,
-                      device: torch.device) -> dict[str, Any]:
-    """Wall time and pooled-pixel Fréchet distance of DDIM-`ddim_steps` and the full DDPM chain."""
+def ancestral_against_ddim(generator: LoadedGenerator, real: Path | None, segmenter: Path | None, n: int,
+                           ddim_steps: int, batch: int, device: torch.device) -> dict[str, Any]:
+    """Time per image and Fréchet distances (segmenter features, pooled pixels) of both samplers."""
     from synthmri.data.store import SliceStore
 
     network = generator.network.to(device)
     timesteps = int(generator.model_args["timesteps"])
-    out: dict[str, Any] = {"images": n, "ddim_steps": ddim_steps, "ddpm_steps": timesteps}
+    out: dict[str, Any] = {"images": n, "network": generator.model_args.get("network", "monai"),
+                           "schedule": generator.model_args.get("schedule", "linear"),
+                           "ancestral_steps": timesteps, "ddim_steps": ddim_steps}
     samples = {}
-    for label, options in (("ddim", {"sampler": "ddim", "steps": ddim_steps}), ("ddpm", {"sampler": "ddpm"})):
+    for label, options in (("ancestral", {"sampler": "ancestral"}), ("ddim", {"sampler": "ddim", "steps": ddim_steps})):
         seconds, samples[label] = time_sampling(generator.family, network, generator.model_args, options, n, batch, device)
         out[f"{label}_seconds"] = seconds
+        out[f"{label}_seconds_per_image"] = seconds / n
         print(f"ddpm via {label} ({options.get('steps', timesteps)} steps): {seconds:.1f}s for {n} images")
-    out["ddpm_over_ddim_seconds"] = out["ddpm_seconds"] / out["ddim_seconds"]
-    if real is not None:
-        store = SliceStore(real)
-        train = pooled_pixel_features(store.read(store.indices("train")))
+    out["ancestral_over_ddim_seconds"] = out["ancestral_seconds"] / out["ddim_seconds"]
+    if real is None:
+        return out
+    store = SliceStore(real)
+    train_slices = store.read(store.indices("train"))
+    test = store.indices("test")
+    test_slices = store.read(test) if len(test) > 1 else None
+    extractors = {"pooled_pixels": pooled_pixel_features}
+    if segmenter is not None:
+        from synthmri.metrics.features import load_feature_network, segmenter_features
+
+        model, arch = load_feature_network(segmenter, device)
+        out["segmenter"] = arch
+        extractors["segmenter"] = lambda images: segmenter_features(model, arch, images, device=device)
+    for name, features in extractors.items():
+        reference = features(train_slices)
         for label, images in samples.items():
-            out[f"fd_pooled_pixels_{label}"] = frechet_distance(pooled_pixel_features(images), train)
-        test = store.indices("test")
-        if len(test) > 1:
-            out["fd_pooled_pixels_real_test"] = frechet_distance(pooled_pixel_features(store.read(test)), train)
+            out[f"fd_{name}_{label}"] = frechet_distance(features(images), reference)
+        if test_slices is not None:
+            out[f"fd_{name}_real_test"] = frechet_distance(features(test_slices), reference)
+        print(f"Fréchet distance on {name}: " + ", ".join(f"{k[len(f'fd_{name}_'):]} {v:.3g}" for k, v in out.items()
+                                                           if k.startswith(f"fd_{name}_")))
+    out["train_slices"] = len(train_slices)
+    out["test_slices"] = 0 if test_slices is None else len(test_slices)
     return out
 
 
@@ -120,30 +166,41 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="images per family for the throughput table")
     parser.add_argument("--ddpm", type=Path, help="a trained ddpm generator.pt (default: train a small one)")
     parser.add_argument("--real", type=Path, help="real slice store for the quality figures (with --ddpm)")
+    parser.add_argument("--segmenter", type=Path, help="segmenter model.pt for in-domain features (with --ddpm)")
     parser.add_argument("--train-iterations", type=int, default=400, help="iterations of the DDPM trained here")
+    parser.add_argument("--segmenter-samples", type=int, default=3000,
+                        help="training samples of the segmenter trained here for the feature distance (0: none)")
     parser.add_argument("--quality-images", type=int, default=64, help="images drawn by each DDPM sampler")
     parser.add_argument("--ddim-steps", type=int, default=50)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, the value as YAML (e.g. generator.ddpm.timesteps=250); repeatable")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = load_config(args.profile)
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+
+    def load(extra: dict[str, Any]) -> Config:
+        return load_config(args.profile, {**overrides, **extra})
+
+    cfg = load({})
     size = cfg.data.size
 
     rates = family_throughput(cfg, size, args.images, device)
     with tempfile.TemporaryDirectory(prefix="bench-sampling-") as tmp:
-        real = args.real
+        real, segmenter = args.real, args.segmenter
         if args.ddpm is None:
-            checkpoint, real = trained_ddpm(args.profile, cfg, Path(tmp), args.train_iterations)
+            checkpoint, real, segmenter = trained_ddpm(load, Path(tmp), args.train_iterations, args.segmenter_samples)
         else:
             checkpoint = args.ddpm
-        diffusion = ddim_against_ddpm(load_generator(checkpoint), real, args.quality_images, args.ddim_steps,
-                                      cfg.generator.sample_batch_size, device)
+        diffusion = ancestral_against_ddim(load_generator(checkpoint), real, segmenter, args.quality_images,
+                                           args.ddim_steps, cfg.generator.sample_batch_size, device)
     result = {
         "benchmark": "sampling",
         "profile": cfg.profile,
+        "overrides": overrides,
         "image_size": size,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),

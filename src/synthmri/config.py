@@ -60,23 +60,42 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class DDPMConfig:
-    """Denoising diffusion (MONAI DiffusionModelUNet), linear beta schedule."""
+    """Denoising diffusion: epsilon prediction, fixed variance, Adam without weight decay.
 
+    Defaults are the paper's run (openai/guided-diffusion at the authors' flags, Table 9;
+    see configs/paper.yaml). ``network: guided`` is guided-diffusion's UNet
+    (:mod:`synthmri.generators.guided_unet`), ``monai`` a MONAI DiffusionModelUNet (the
+    demo's small network); each reads its own keys below, both read ``num_res_blocks``
+    and ``norm_num_groups``.
+    """
+
+    network: str = "guided"  # guided (the paper's) | monai
+    # network: guided (guided-diffusion's flags)
+    model_channels: int = 64  # --num_channels
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4)  # guided-diffusion's default at 256x256
+    attention_resolutions: tuple[int, ...] = (16, 8)  # feature-map sizes with self-attention
+    num_heads: int = 4  # heads per attention block (num_head_channels -1)
+    use_scale_shift_norm: bool = True
+    dropout: float = 0.0
+    # network: monai
     channels: tuple[int, ...] = (128, 256, 256, 512)
     attention_levels: tuple[bool, ...] = (False, False, True, True)
-    num_res_blocks: int = 2
     num_head_channels: int = 64
-    norm_num_groups: int = 32  # group norm groups; every entry of `channels` must divide by it
+    # both networks
+    num_res_blocks: int = 3
+    norm_num_groups: int = 32  # group norm groups; every width must divide by it (guided-diffusion: 32)
     timesteps: int = 4000
-    beta_start: float = 1e-4
+    schedule: str = "rescaled_linear"  # rescaled_linear (guided-diffusion's "linear") | linear
+    beta_start: float = 1e-4  # rescaled_linear: betas at 1000 steps, scaled by 1000 / timesteps
     beta_end: float = 0.02
-    batch_size: int = 32
-    iterations: int = 200_000
+    batch_size: int = 12  # global batch per optimiser step
+    batch_gpu: int = 6  # micro-batch per process with gradient accumulation; 0 = the whole local batch
+    iterations: int = 650_000
     lr: float = 1e-4
     ema_decay: float = 0.9999
-    sampler: str = "ddim"  # ddim | ddpm
-    sample_steps: int = 100  # steps for DDIM sampling (DDPM always uses all timesteps)
-    mixed_precision: bool = True  # bfloat16 autocast on CUDA; ignored on the CPU
+    sampler: str = "ancestral"  # ancestral (the paper's full chain) | ddim (this product's extension)
+    sample_steps: int = 100  # DDIM steps (the ancestral chain always walks every timestep)
+    mixed_precision: bool = False  # the authors ran fp32; true: bfloat16 autocast on CUDA (ignored on the CPU)
     checkpoint_every: int = 5000
     sample_grid_every: int = 5000
     log_every: int = 100
@@ -87,10 +106,13 @@ class AdversarialConfig:
     """What every GAN family shares: the training length in kimg, Adam, EMA, augmentation.
 
     Lengths follow the StyleGAN convention: ``kimg`` thousands of real images shown to the
-    discriminator; ``batch_size`` is the global batch (split across DDP processes).
+    discriminator; ``batch_size`` is the global batch (split across DDP processes), and
+    ``batch_gpu`` the micro-batch each process runs at a time, accumulating gradients up to
+    its share of the global batch (the official ``--batch-gpu``).
     """
 
     batch_size: int = 32
+    batch_gpu: int = 0  # micro-batch per process with gradient accumulation; 0 = the whole local batch
     kimg: float = 25_000.0
     lr: float = 2.5e-3  # generator Adam learning rate
     discriminator_lr: float = 2.5e-3
@@ -115,14 +137,26 @@ class AdversarialConfig:
 
 @dataclass(frozen=True)
 class ProGANConfig(AdversarialConfig):
-    """Progressive GAN: growing with fade-in, pixel norm, minibatch stddev, WGAN-GP."""
+    """Progressive GAN: growing with fade-in, pixel norm, minibatch stddev, WGAN-GP.
 
-    batch_size: int = 16  # ProGAN's minibatch at 256x256
+    The official ``config.py`` preset ``-preset-v2-1gpu`` (Table 9: batch 128 - 8, 12000
+    kimg, one V100): the global batch follows the resolution being trained
+    (``minibatch_dict``), the learning rate likewise (``lr_dict``), and Adam's moments are
+    cleared whenever new layers start or finish fading in. With ``minibatch_dict`` the
+    trainer counts the iterations for ``kimg`` (``iterations`` below assumes ``batch_size``).
+    """
+
+    batch_size: int = 4  # the official minibatch_base: resolutions missing from minibatch_dict
+    minibatch_dict: dict[int, int] = field(default_factory=lambda: {
+        4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4})  # resolution -> global batch
     kimg: float = 12_000.0
     lr: float = 1e-3
     discriminator_lr: float = 1e-3
-    channel_base: int = 8192
+    lr_dict: dict[int, float] = field(default_factory=lambda: {1024: 1.5e-3})  # resolution -> G lr
+    discriminator_lr_dict: dict[int, float] = field(default_factory=lambda: {1024: 1.5e-3})
+    channel_base: int = 16384  # = 2 x the official fmap_base 8192: 64 maps at 256^2, 512 up to 32^2
     ema_decay: float = 0.999
+    initial_resolution: int = 4  # lod_initial_resolution: growth starts here
     fade_kimg: float = 600.0  # images to fade in each new resolution
     stable_kimg: float = 600.0  # images to train each resolution once faded in
     gp_lambda: float = 10.0  # WGAN-GP gradient penalty weight
@@ -143,21 +177,41 @@ class StyleGANConfig(AdversarialConfig):
 
 @dataclass(frozen=True)
 class StyleGAN1Config(StyleGANConfig):
-    """StyleGAN: mapping network, AdaIN, noise inputs, progressive growing, NS loss + R1."""
+    """StyleGAN: mapping network, AdaIN, noise inputs, progressive growing, NS loss + R1.
 
-    lr: float = 1.5e-3
-    discriminator_lr: float = 1.5e-3
-    channel_base: int = 8192
+    The official ``train.py`` defaults (learning rate by resolution, growth from 8x8, Adam
+    reset at each growth phase) at Table 9's batch 16; sampled with truncation psi 0.7.
+    """
+
+    batch_size: int = 16  # Table 9 (the official presets: 8 at 256^2 on 2 GPUs, 32 on 8)
+    batch_gpu: int = 8  # the authors' 2 x V100: 8 per GPU
+    minibatch_dict: dict[int, int] = field(default_factory=dict)  # resolution -> global batch
+    lr: float = 1e-3  # the official G_lrate_base / D_lrate_base, below 128^2
+    discriminator_lr: float = 1e-3
+    lr_dict: dict[int, float] = field(default_factory=lambda: {128: 1.5e-3, 256: 2e-3, 512: 3e-3, 1024: 3e-3})
+    discriminator_lr_dict: dict[int, float] = field(default_factory=lambda: {128: 1.5e-3, 256: 2e-3, 512: 3e-3,
+                                                                             1024: 3e-3})
+    channel_base: int = 16384  # = 2 x the official fmap_base 8192: 64 maps at 256^2, 512 up to 32^2
+    ema_decay: float = 0.9989  # G_smoothing_kimg 10 at batch 16: 0.5 ** (16 / 10000)
+    truncation_psi: float = 0.7  # the authors' sampling
     r1_gamma: float = 10.0  # paper Table 9
     r1_interval: int = 1  # StyleGAN 1 regularised every step
+    initial_resolution: int = 8  # the official lod_initial_resolution
     fade_kimg: float = 600.0
     stable_kimg: float = 600.0
 
 
 @dataclass(frozen=True)
 class StyleGAN2Config(StyleGANConfig):
-    """StyleGAN2: demodulated convolutions, skip G, residual D, lazy R1, path length."""
+    """StyleGAN2: demodulated convolutions, skip G, residual D, lazy R1, path length.
 
+    The stylegan3 repository's ``--cfg=stylegan2`` (config F widths, lr 0.002 / 0.002).
+    """
+
+    batch_gpu: int = 8  # the authors' 4 x A100: 8 per GPU
+    lr: float = 2e-3
+    discriminator_lr: float = 2e-3
+    channel_base: int = 32768
     pl_weight: float = 2.0  # path-length regularisation; 0 turns it off
     pl_interval: int = 4
 
@@ -166,6 +220,7 @@ class StyleGAN2Config(StyleGANConfig):
 class StyleGAN3Config(StyleGANConfig):
     """StyleGAN3-T: alias-free generator with Fourier-feature input and filtered non-linearities."""
 
+    batch_gpu: int = 4  # the alias-free layers (pure PyTorch here) need more memory per image
     discriminator_lr: float = 2e-3
     channel_base: int = 32768
     mapping_layers: int = 2
@@ -331,6 +386,9 @@ class MemorizationConfig:
     share_threshold: float | None = None
 
 
+INCEPTION_INPUTS = ("t1ce_gray", "channels")  # see QualityConfig.inception_input
+
+
 @dataclass(frozen=True)
 class QualityConfig:
     """Distribution metrics of synthetic slices: FID/IS (InceptionV3) and in-domain ones."""
@@ -338,12 +396,18 @@ class QualityConfig:
     # FID-Inception weights (pt_inception-2015-12-05): a file, s3:// URI or MLflow artifact
     # URI. Nothing is downloaded: without it FID and IS are skipped (and say so).
     inception_weights: str | None = None
-    inception_channels: tuple[str, str, str] = ("t1ce", "t2", "flair")  # fed as R, G, B
+    # What Inception sees as RGB: `t1ce_gray` the T1Gd channel replicated three times (paper
+    # Table 2: "synthetic T1wGd images"); `channels` the three inception_channels as R, G, B.
+    inception_input: str = "t1ce_gray"
+    inception_channels: tuple[str, str, str] = ("t1ce", "t2", "flair")  # fed as R, G, B under `channels`
+    # FID and IS: at most this many synthetic slices (Table 2: 100,000), against at most as many
+    # real training slices (train + val), seeded subsets.
+    inception_images: int = 100_000
     is_splits: int = 10
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = 3  # neighbours defining the precision/recall manifolds
-    max_images: int = 10_000  # per set, a seeded subset (the paper's sets are 100k synthetic)
+    max_images: int = 10_000  # in-domain metrics: per set, a seeded subset
     batch_size: int = 64
 
 
@@ -576,13 +640,25 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"data.label_map values must be distinct in 1..255, got {data.label_map}")
     if config.generator.model not in GENERATOR_MODELS:
         raise ConfigError(f"generator.model must be one of {', '.join(GENERATOR_MODELS)}, got {config.generator.model!r}")
-    if config.generator.ddpm.sampler not in ("ddim", "ddpm"):
-        raise ConfigError(f"generator.ddpm.sampler must be ddim or ddpm, got {config.generator.ddpm.sampler!r}")
     ddpm = config.generator.ddpm
-    if any(c % ddpm.norm_num_groups for c in ddpm.channels):
-        raise ConfigError(f"generator.ddpm.channels {list(ddpm.channels)} must be multiples of norm_num_groups ({ddpm.norm_num_groups})")
-    if len(ddpm.attention_levels) != len(ddpm.channels):
-        raise ConfigError(f"generator.ddpm.attention_levels needs one entry per channels level ({len(ddpm.channels)})")
+    if ddpm.sampler not in ("ancestral", "ddim", "ddpm"):  # ddpm: the old name of ancestral
+        raise ConfigError(f"generator.ddpm.sampler must be ancestral or ddim, got {ddpm.sampler!r}")
+    if ddpm.network not in ("guided", "monai"):
+        raise ConfigError(f"generator.ddpm.network must be guided or monai, got {ddpm.network!r}")
+    if ddpm.schedule not in ("rescaled_linear", "linear"):
+        raise ConfigError(f"generator.ddpm.schedule must be rescaled_linear or linear, got {ddpm.schedule!r}")
+    if ddpm.batch_gpu < 0:
+        raise ConfigError(f"generator.ddpm.batch_gpu must be 0 (the whole batch) or positive, got {ddpm.batch_gpu}")
+    if ddpm.norm_num_groups < 1:
+        raise ConfigError(f"generator.ddpm.norm_num_groups must be positive, got {ddpm.norm_num_groups}")
+    if ddpm.network == "monai":
+        if any(c % ddpm.norm_num_groups for c in ddpm.channels):
+            raise ConfigError(f"generator.ddpm.channels {list(ddpm.channels)} must be multiples of norm_num_groups ({ddpm.norm_num_groups})")
+        if len(ddpm.attention_levels) != len(ddpm.channels):
+            raise ConfigError(f"generator.ddpm.attention_levels needs one entry per channels level ({len(ddpm.channels)})")
+    elif not ddpm.channel_mult or any(m < 1 or ddpm.model_channels * m % ddpm.norm_num_groups for m in ddpm.channel_mult):
+        raise ConfigError(f"generator.ddpm.model_channels ({ddpm.model_channels}) times each channel_mult "
+                          f"{list(ddpm.channel_mult)} must be a positive multiple of norm_num_groups ({ddpm.norm_num_groups})")
     seg = config.segmenter
     if seg.arch not in SEGMENTER_ARCHS:
         raise ConfigError(f"segmenter.arch must be one of {', '.join(SEGMENTER_ARCHS)}, got {seg.arch!r}")
@@ -620,8 +696,13 @@ def _validate(config: Config) -> None:
     unknown = [c for c in quality.inception_channels if c not in ("t1", "t1ce", "t2", "flair", "seg")]
     if unknown:
         raise ConfigError(f"quality.inception_channels: unknown channel(s) {unknown}; use t1, t1ce, t2, flair, seg")
+    if quality.inception_input not in INCEPTION_INPUTS:
+        raise ConfigError(f"quality.inception_input must be one of {', '.join(INCEPTION_INPUTS)}, "
+                          f"got {quality.inception_input!r}")
     if quality.max_images < 2 or quality.pr_k < 1 or quality.is_splits < 1:
         raise ConfigError("quality.max_images must be at least 2, quality.pr_k and quality.is_splits at least 1")
+    if quality.inception_images < 2:
+        raise ConfigError(f"quality.inception_images must be at least 2, got {quality.inception_images}")
     if config.evaluation.convention not in EVALUATION_CONVENTIONS:
         raise ConfigError(f"evaluation.convention must be one of {', '.join(EVALUATION_CONVENTIONS)}, "
                           f"got {config.evaluation.convention!r}")

@@ -28,7 +28,7 @@ TINY_GAN = {
     "stylegan1": {"channel_base": 256, "channel_max": 32, "z_dim": 32, "w_dim": 32, "mapping_layers": 2,
                   "stable_kimg": 0.016, "fade_kimg": 0.016},
     "stylegan2": {"channel_base": 256, "channel_max": 32, "z_dim": 32, "w_dim": 32, "mapping_layers": 2,
-                  "pl_interval": 2, "r1_interval": 4, "augment_p": 0.5},
+                  "pl_interval": 2, "r1_interval": 4, "augment_p": 0.5, "batch_gpu": 2},  # rounds of 2
     "stylegan3": {"channel_base": 512, "channel_max": 32, "z_dim": 32, "w_dim": 32, "mapping_layers": 2,
                   "num_layers": 4, "r1_interval": 4},
 }
@@ -133,3 +133,22 @@ def test_registered_gan_samples_through_the_pyfunc_with_truncation(workspace, ph
     assert spread[0.0] < spread[1.0]
     with pytest.raises(ValueError, match=r"\['steps'\] do not apply to a stylegan2 model"):
         model.predict({"n": 1, "seed": 0, "steps": 10})
+
+
+def test_progan_batch_follows_the_resolution_through_the_loop(workspace, phantom_store):
+    from synthmri.generators.adversarial import GrowthSchedule
+
+    table = {4: 16, 8: 16, 16: 8, 32: 4}
+    cfg = gan_config("progan", 1, **{"generator.progan.minibatch_dict": table, "generator.progan.kimg": 0.2,
+                                     "generator.progan.checkpoint_every": 1000})
+    result = train_generator(phantom_store, workspace / "progan-schedule", cfg, register=False)
+    # The official loop's count: one step per batch, each batch the resolution's, until 200 images.
+    schedule, images, steps = GrowthSchedule(3, 0.016, 0.016), 0, 0
+    while images < 200:
+        images += table[4 * 2 ** schedule.at(images)[0]]
+        steps += 1
+    assert result.completed and result.step == result.iterations == steps != cfg.generator.progan.iterations
+    state = load_checkpoint(result.checkpoint)
+    assert state["step"] == steps and state["trainer"]["images_seen"] == images
+    history = MlflowClient().get_metric_history(result.run_id, "growth_level")
+    assert max(m.value for m in history) == 3

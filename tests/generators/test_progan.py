@@ -153,3 +153,45 @@ def test_registry_entry():
     assert (family.name, family.section, family.progressive, family.truncation) == ("progan", "progan", True, False)
     objective = family.objective(TINY)
     assert objective.loss == "wgan-gp" and objective.gp_lambda == TINY.gp_lambda and objective.drift == TINY.drift
+
+
+def tf1_feature_maps(resolution: int, fmap_base: int = 8192, fmap_max: int = 512) -> int:
+    """The official nf(stage) = min(fmap_base / 2**stage, fmap_max), stage = log2(resolution) - 1."""
+    stage = resolution.bit_length() - 2
+    return min(int(fmap_base / 2.0**stage), fmap_max)
+
+
+@pytest.mark.parametrize("resolution, maps", [(4, 512), (8, 512), (16, 512), (32, 512), (64, 256), (128, 128),
+                                              (256, 64)])
+def test_paper_feature_maps_follow_the_tf1_formula_at_every_resolution(resolution, maps):
+    from synthmri.config import load_config
+
+    from . import REPO
+
+    section = load_config(REPO / "configs" / "paper.yaml").generator.progan
+    assert tf1_feature_maps(resolution) == maps
+    assert channels_at(resolution, section.channel_base, section.channel_max) == maps
+    with torch.device("meta"):
+        args = progan.model_args_from(section, 256, 5)
+        g, d = progan.build_generator(args), progan.build_discriminator(args)
+    level = resolution.bit_length() - 3
+    assert g.to_rgb[level].weight.shape[1] == d.from_rgb[level].weight.shape[0] == maps
+    if level == 0:
+        assert g.dense.weight.shape[0] == 16 * maps and d.dense.weight.shape[0] == maps
+    else:
+        assert g.blocks[level - 1].conv1.weight.shape[0] == maps
+        assert d.blocks[level - 1].conv0.weight.shape[0] == maps
+
+
+def test_paper_schedule_is_the_official_one_gpu_preset():
+    from synthmri.config import ProGANConfig, load_config
+
+    from . import REPO
+
+    section = load_config(REPO / "configs" / "paper.yaml").generator.progan
+    # -preset-v2-1gpu (Table 9: batch 128 - 8, 12000 kimg on one V100).
+    assert section.minibatch_dict == {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4}
+    assert (section.kimg, section.lr, section.discriminator_lr, section.initial_resolution) == (12000, 1e-3, 1e-3, 4)
+    assert section.lr_dict == section.discriminator_lr_dict == {1024: 1.5e-3}  # nothing up to 256x256
+    assert (section.fade_kimg, section.stable_kimg, section.ema_decay, section.batch_gpu) == (600, 600, 0.999, 0)
+    assert ProGANConfig() == section and section.channel_base == 16384  # the defaults are the paper's

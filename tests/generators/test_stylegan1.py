@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,3 +178,82 @@ def test_registry_entry():
     objective = family.objective(TINY)
     assert objective.loss == "non-saturating" and objective.r1_gamma == TINY.r1_gamma
     assert objective.r1_interval == 1 and objective.style_mixing == TINY.style_mixing
+
+
+@pytest.mark.parametrize("resolution, maps", [(4, 512), (8, 512), (16, 512), (32, 512), (64, 256), (128, 128),
+                                              (256, 64)])
+def test_paper_feature_maps_follow_the_tf1_formula_at_every_resolution(resolution, maps):
+    from synthmri.config import load_config
+
+    from . import REPO
+    from .test_progan import tf1_feature_maps
+
+    section = load_config(REPO / "configs" / "paper.yaml").generator.stylegan1
+    assert tf1_feature_maps(resolution) == maps == channels_at(resolution, section.channel_base, section.channel_max)
+    with torch.device("meta"):
+        args = stylegan1.model_args_from(section, 256, 5)
+        g, d = stylegan1.build_generator(args), stylegan1.build_discriminator(args)
+    level = resolution.bit_length() - 3
+    assert g.to_rgb[level].weight.shape[1] == d.from_rgb[level].weight.shape[0] == maps
+    assert g.layers[2 * level + 1].adain.scale.weight.shape[0] == maps
+
+
+def test_paper_settings_are_the_official_defaults_at_table_9s_batch():
+    from synthmri.config import load_config
+    from synthmri.generators import get_family
+
+    from . import REPO
+
+    paper = load_config(REPO / "configs" / "paper.yaml")
+    section = paper.generator.stylegan1
+    assert (section.batch_size, section.kimg, section.r1_gamma, section.initial_resolution) == (16, 25000, 10.0, 8)
+    assert (section.lr, section.discriminator_lr) == (1e-3, 1e-3)
+    assert section.lr_dict == section.discriminator_lr_dict == {128: 1.5e-3, 256: 2e-3, 512: 3e-3, 1024: 3e-3}
+    assert StyleGAN1Config() == section and section.batch_gpu == 8  # the defaults are the paper's
+    assert section.truncation_psi == StyleGAN1Config().truncation_psi == 0.7
+    # The generator.pt (and so the pyfunc) records psi 0.7 as the default sampling option.
+    assert get_family("stylegan1").sampling_options(paper) == {"truncation_psi": 0.7}
+
+
+def test_truncation_reaches_only_the_first_eight_styles():
+    torch.manual_seed(0)
+    args = stylegan1.model_args_from(TINY, 64, 5)  # 5 levels: 10 style inputs
+    g = stylegan1.build_generator(args)
+    assert g.mapping.num_ws == 10 and stylegan1.TRUNCATION_CUTOFF == 8
+    g.mapping(torch.randn(64, TINY.z_dim), update_w_avg=True)
+    z = latents()
+    free = g.mapping(z)
+    cut = g.mapping(z, 0.0, truncation_cutoff=stylegan1.TRUNCATION_CUTOFF)
+    assert torch.allclose(cut[:, :8], g.mapping.w_avg.expand(BATCH, 8, -1))
+    assert torch.equal(cut[:, 8:], free[:, 8:])
+    noisy(g)
+    assert torch.equal(g(z, 0.5, rng=seeded()),
+                       g.synthesis(g.mapping(z, 0.5, truncation_cutoff=8), rng=seeded()))
+    assert not torch.equal(g(z, 0.5, rng=seeded()), g.synthesis(g.mapping(z, 0.5), rng=seeded()))
+
+
+def test_pyfunc_samples_stylegan1_at_psi_0_7_by_default(tmp_path):
+    import types
+
+    from synthmri.config import load_config
+    from synthmri.generators.checkpoint import GENERATOR_FORMAT, save_checkpoint
+    from synthmri.generators.pyfunc import ARTIFACT_KEY, GeneratorModel
+
+    cfg = load_config(None)  # the defaults: the paper's psi 0.7
+    family = stylegan1.FAMILY
+    torch.manual_seed(0)
+    args = stylegan1.model_args_from(TINY, 16, 5)
+    g = noisy(stylegan1.build_generator(args))
+    with torch.no_grad():
+        g.mapping.w_avg.normal_()  # far from the styles, so psi shows
+    path = tmp_path / "generator.pt"
+    save_checkpoint(path, {"format": GENERATOR_FORMAT, "model": "stylegan1", "model_args": args,
+                           "state_dict": g.state_dict(), "image_size": 16, "data_hash": "0" * 64,
+                           "sampling": family.sampling_options(cfg), "sample_batch_size": 4})
+    model = GeneratorModel()
+    model.load_context(types.SimpleNamespace(artifacts={ARTIFACT_KEY: str(path)}))
+    default = model.predict(None, {"n": 3, "seed": 1})
+    assert default.shape == (3, 5, 16, 16)
+    assert np.array_equal(default, model.predict(None, {"n": 3, "seed": 1}))  # seeded: same bytes
+    assert np.array_equal(default, model.predict(None, {"n": 3, "seed": 1, "truncation_psi": 0.7}))
+    assert not np.array_equal(default, model.predict(None, {"n": 3, "seed": 1, "truncation_psi": 1.0}))

@@ -154,3 +154,50 @@ def test_invalid_settings_name_the_key(field, value):
 def test_image_size_must_be_a_power_of_two_of_at_least_8(size):
     with pytest.raises(ConfigError, match=rf"data\.size.*got {size}"):
         model_args_from(TINY, size, 5)
+
+
+def paper_section():
+    from synthmri.config import load_config
+
+    from . import REPO
+
+    return load_config(REPO / "configs" / "paper.yaml").generator.stylegan2
+
+
+def test_config_f_has_the_official_parameter_counts():
+    """--cfg=stylegan2 at 256x256 with 5 channels, counted by instantiating the official
+    networks_stylegan2.py: G 30,040,240 (mapping 2,101,248), D 28,864,385."""
+    section = paper_section()
+    assert (section.channel_base, section.channel_max, section.mapping_layers, section.w_dim) == (32768, 512, 8, 512)
+    assert (section.lr, section.discriminator_lr, section.batch_size, section.r1_gamma) == (2e-3, 2e-3, 32, 8.2)
+    assert (section.style_mixing, section.pl_weight, section.pl_interval, section.r1_interval) == (0.9, 2.0, 4, 16)
+    assert StyleGAN2Config() == section  # the defaults are the paper's
+    with torch.device("meta"):  # shapes only: no 60M random numbers
+        g = build_generator(model_args_from(section, 256, 5))
+        d = build_discriminator(model_args_from(section, 256, 5))
+    assert sum(p.numel() for p in g.mapping.parameters()) == 2_101_248
+    assert sum(p.numel() for p in g.parameters()) == 30_040_240
+    assert sum(p.numel() for p in d.parameters()) == 28_864_385
+    widths = [block.torgb.conv.weight.shape[1] for block in g.synthesis.blocks]
+    assert widths == [512, 512, 512, 512, 512, 256, 128]  # min(32768 // r, 512), r = 4..256
+    # One scalar noise strength per synthesis layer, as the official noise_strength.
+    strengths = [p for name, p in g.named_parameters() if name.endswith("noise.strength")]
+    assert len(strengths) == 13 and all(p.shape == () for p in strengths)
+
+
+def test_activations_are_clamped_under_mixed_precision_like_the_official_conv_clamp():
+    g, d = networks(16, seed=4)
+    z = torch.randn(2, g.z_dim)
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if name.endswith("torgb.bias"):
+                p.fill_(1e4)  # an output far outside [-256, 256]
+        d.fromrgb.bias.fill_(1e4)
+        # Full precision: no clamp (the official --fp32 turns conv_clamp off).
+        assert g(z, rng=torch.Generator().manual_seed(0)).abs().max() > 1e4
+        assert torch.all(d.fromrgb(torch.zeros(1, 5, 16, 16)) > 1e4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            images = g(z, rng=torch.Generator().manual_seed(0))
+            h = d.fromrgb(torch.zeros(1, 5, 16, 16))
+        assert images.abs().max() <= 256 * 3  # each toRGB clamped; 3 resolutions added up
+        assert torch.all(h == 256)

@@ -187,3 +187,20 @@ def test_model_args_are_json_and_the_family_is_described():
 def test_invalid_settings_name_the_key(override, size, key):
     with pytest.raises(ConfigError, match=key):
         model_args_from(dataclasses.replace(TINY, **override), size, 5)
+
+
+def test_stylegan3_t_keeps_the_official_parameter_count():
+    """--cfg=stylegan3-t at 256x256 with 5 channels: G 28,472,391; D is StyleGAN2's, 28,864,385."""
+    from synthmri.config import load_config
+
+    from . import REPO
+
+    section = load_config(REPO / "configs" / "paper.yaml").generator.stylegan3
+    assert (section.mapping_layers, section.lr, section.discriminator_lr) == (2, 2.5e-3, 2e-3)
+    assert section.channel_base == 32768
+    with torch.device("meta"):
+        args = model_args_from(section, 256, 5)
+        g, d = build_generator(args), build_discriminator(args)
+    assert sum(p.numel() for p in g.parameters()) == 28_472_391
+    assert sum(p.numel() for p in d.parameters()) == 28_864_385
+    assert FAMILY.objective(section).generator_first  # Gmain, Dmain, Dreg, as the official loop

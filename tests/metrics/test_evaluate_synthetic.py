@@ -109,6 +109,7 @@ def test_evaluate_synthetic_outputs(stores, tmp_path, tiny_config, registry):
 
     # No Inception weights and no segmenter: both metric families say they were skipped, and why.
     assert summary["quality"]["inception"]["status"] == "skipped"
+    assert summary["quality"]["inception"]["input"] == "t1ce_gray"  # the Table 2 mode by default
     assert "quality.inception_weights" in summary["quality"]["inception"]["reason"]
     assert summary["quality"]["in_domain"]["status"] == "skipped"
     assert run.data.tags["synthmri.inception"] == "skipped" and "synthmri.inception.reason" in run.data.tags
@@ -183,10 +184,18 @@ def test_fid_and_is_with_weights_from_a_file(stores, tmp_path, tiny_config, regi
     weights = tmp_path / "inception.pth"
     torch.save(FIDInceptionV3().state_dict(), weights)
     real, syn, _ = stores
-    cfg = replace(tiny_config, quality=replace(tiny_config.quality, inception_weights=str(weights), max_images=3))
+    cfg = replace(tiny_config, quality=replace(tiny_config.quality, inception_weights=str(weights), max_images=3,
+                                               inception_input="channels", inception_images=3))
     flat = evaluate_synthetic(real, syn, tmp_path / "mem", cfg)
     inception = json.loads((tmp_path / "mem" / "summary.json").read_text())["quality"]["inception"]
     assert inception["status"] == "computed" and inception["channels"] == ["t1ce", "t2", "flair"]
+    # how FID/IS were computed travels with them: the mode and the slices of each set
+    assert inception["input"] == "channels" and inception["real_images"] == 3 and inception["synthetic_images"] == 3
+    assert flat["inception_real_images"] == 3 and flat["inception_synthetic_images"] == 3
+    import mlflow
+
+    logged = mlflow.get_run(json.loads((tmp_path / "mem" / "summary.json").read_text())["mlflow_run_id"]).data
+    assert logged.params["quality.inception_input"] == "channels" and logged.metrics["inception_synthetic_images"] == 3
     assert np.isfinite(inception["fid"]) and inception["fid"] >= -1e-6
     assert inception["is_mean"] >= 1.0 - 1e-9 and inception["is_splits"] == 3
     assert flat["fid"] == pytest.approx(inception["fid"]) and flat["inception_score"] == pytest.approx(inception["is_mean"])

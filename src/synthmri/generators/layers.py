@@ -30,8 +30,25 @@ def lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN
 
 
+def clamp_mixed(x: torch.Tensor, limit: float | None) -> torch.Tensor:
+    """``x`` clamped to [-limit, limit] under autocast (mixed precision), else unchanged.
+
+    StyleGAN2/3's ``conv_clamp`` guards reduced-precision activations against overflow; the
+    official ``train.py`` turns it off with ``--fp32``, and so does full precision here.
+    """
+    if limit is None or not torch.is_autocast_enabled(x.device.type):
+        return x
+    return x.clamp(-limit, limit)
+
+
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
-    """Feature maps at `resolution`: ``min(channel_base // resolution, channel_max)``, at least 1."""
+    """Feature maps at `resolution`: ``min(channel_base // resolution, channel_max)``, at least 1.
+
+    This is StyleGAN2-ADA's rule. The TF1 codes (ProGAN, StyleGAN 1, StyleGAN2-TF) write it
+    per stage, ``nf(stage) = min(fmap_base / 2**stage, fmap_max)`` with ``stage = log2(r) - 1``,
+    i.e. ``2 * fmap_base / r``: their ``fmap_base`` is half of ``channel_base`` (ProGAN's and
+    StyleGAN 1's 8192 is a ``channel_base`` of 16384).
+    """
     return max(1, min(channel_base // resolution, channel_max))
 
 
@@ -84,20 +101,26 @@ class EqualConv2d(nn.Module):
         kernel_size: odd kernel size (padding keeps the spatial size).
         bias: learn a bias.
         activation: apply :func:`lrelu` after the convolution.
+        clamp: clamp the output to [-clamp, clamp] under mixed precision (StyleGAN2's
+            ``conv_clamp``, see :func:`clamp_mixed`); None: never.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
-                 activation: bool = False) -> None:
+                 activation: bool = False, clamp: float | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
         self.padding = kernel_size // 2
         self.activation = activation
+        self.clamp = clamp
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The activation, then the optional clamp (StyleGAN2's ``conv_clamp``)."""
+        return clamp_mixed(lrelu(x) if self.activation else x, self.clamp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.padding)
-        return lrelu(x) if self.activation else x
+        return self.finish(F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.padding))
 
 
 class PixelNorm(nn.Module):
@@ -132,14 +155,28 @@ class MappingNetwork(nn.Module):
                                    for a, b in zip(widths[:-1], widths[1:])))
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
-    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, update_w_avg: bool = False) -> torch.Tensor:
-        """Styles ``[B, num_ws, w_dim]`` for latents ``[B, z_dim]``."""
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, update_w_avg: bool = False,
+                truncation_cutoff: int | None = None) -> torch.Tensor:
+        """Styles ``[B, num_ws, w_dim]`` for latents ``[B, z_dim]``.
+
+        Args:
+            z: latents.
+            truncation_psi: pull w toward ``w_avg`` (1 = no truncation).
+            update_w_avg: move the running mean of w toward this batch's mean (training).
+            truncation_cutoff: truncate only the first this many style inputs (StyleGAN 1's
+                ``truncation_cutoff``); None truncates all.
+        """
         w = self.net(self.norm(z))
         if update_w_avg:
             self.w_avg.copy_(w.detach().float().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
-        if truncation_psi != 1.0:
-            w = self.w_avg.to(w.dtype).lerp(w, truncation_psi)
-        return w.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if truncation_psi == 1.0:
+            return w.unsqueeze(1).repeat(1, self.num_ws, 1)
+        truncated = self.w_avg.to(w.dtype).lerp(w, truncation_psi)
+        if truncation_cutoff is None or truncation_cutoff >= self.num_ws:
+            return truncated.unsqueeze(1).repeat(1, self.num_ws, 1)
+        cut = max(0, truncation_cutoff)
+        return torch.cat([truncated.unsqueeze(1).repeat(1, cut, 1),
+                          w.unsqueeze(1).repeat(1, self.num_ws - cut, 1)], dim=1)
 
 
 class MinibatchStdDev(nn.Module):
@@ -170,11 +207,17 @@ class MinibatchStdDev(nn.Module):
 
 
 class NoiseInjection(nn.Module):
-    """Add per-pixel Gaussian noise with a learned per-channel strength (StyleGAN 1/2)."""
+    """Add per-pixel Gaussian noise with a learned strength (StyleGAN 1/2).
 
-    def __init__(self, channels: int) -> None:
+    Args:
+        channels: feature maps.
+        per_channel: one strength per feature map (StyleGAN 1); False: one scalar strength
+            per layer (StyleGAN2's ``noise_strength``).
+    """
+
+    def __init__(self, channels: int, per_channel: bool = True) -> None:
         super().__init__()
-        self.strength = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.strength = nn.Parameter(torch.zeros(1, channels, 1, 1) if per_channel else torch.zeros(()))
 
     def forward(self, x: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
         n, _, h, w = x.shape

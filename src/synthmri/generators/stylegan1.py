@@ -12,6 +12,10 @@ The discriminator is ProGAN's (:class:`synthmri.generators.progan.Discriminator`
 blur before each downsampling, as in the paper. Noise maps come from an explicit
 ``torch.Generator`` so a seeded sample is reproducible. The loss (non-saturating with R1
 and style mixing) is the shared adversarial trainer's business, not this module's.
+
+Truncation follows the official ``G_style``: psi pulls only the first
+:data:`TRUNCATION_CUTOFF` style inputs (4x4 to 32x32) toward the average w. The authors
+sampled with psi 0.7 (``generator.stylegan1.truncation_psi``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from synthmri.config import StyleGAN1Config
 
 KEY = "generator.stylegan1"
+TRUNCATION_CUTOFF = 8  # the official G_style's truncation_cutoff: styles of 4x4..32x32
 
 
 def model_args_from(section: StyleGAN1Config, image_size: int, channels: int) -> dict[str, Any]:
@@ -172,9 +177,15 @@ class Generator(Progressive):
             out = torch.lerp(upsample2x(self.to_rgb[level - 1](previous)), out, alpha)
         return upsample_to(out, self.image_size)
 
+    @property
+    def active_ws(self) -> int:
+        """Style inputs the current growth level reads (style mixing cuts among these)."""
+        return 2 * (self.level + 1)
+
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, rng: torch.Generator | None = None) -> torch.Tensor:
-        """Images for latents ``[B, z_dim]``: ``synthesis(mapping(z, truncation_psi), rng)``."""
-        return self.synthesis(self.mapping(z, truncation_psi), rng)
+        """Images for latents ``[B, z_dim]``: ``synthesis(mapping(z, truncation_psi), rng)``, the
+        truncation limited to the first :data:`TRUNCATION_CUTOFF` style inputs."""
+        return self.synthesis(self.mapping(z, truncation_psi, truncation_cutoff=TRUNCATION_CUTOFF), rng)
 
 
 def build_generator(model_args: dict[str, Any]) -> Generator:

@@ -5,11 +5,18 @@ Generator: a mapping MLP turns z into w, broadcast to ``num_ws`` style inputs. T
 network starts from a learned 4x4 constant; every 3x3 convolution is weight-modulated by an
 affine of its w and demodulated, then gets per-pixel noise, a bias and a leaky ReLU. Each
 resolution has a toRGB (modulated 1x1, no demodulation) whose output is added to the
-upsampled, blurred image of the resolution below (the skip architecture).
+upsampled, blurred image of the resolution below (the skip architecture). Each synthesis
+layer has one scalar noise strength, as in the official ``networks_stylegan2.py``.
 
 Discriminator: fromRGB at full resolution, residual blocks (two convolutions, the second
 downsampling, plus a downsampling 1x1 skip; the sum scaled by 1/sqrt(2)), and a 4x4 epilogue
 with minibatch standard deviation, a convolution and two dense layers to one logit.
+
+Feature maps at resolution r are ``min(channel_base // r, channel_max)``; config F
+(``--cfg=stylegan2``: channel_base 32768, channel_max 512, 8 mapping layers, w_dim 512) at
+256x256 with 5 channels gives the official code's parameter counts, generator 30,040,240 and
+discriminator 28,864,385. Under mixed precision the activations of every convolution and
+toRGB are clamped to +-256 (the official ``conv_clamp``, off with the official ``--fp32``).
 
 Only networks live here; the non-saturating loss, lazy R1, path-length regularisation and
 style mixing are in :mod:`synthmri.generators.adversarial`. Images are ``[B, channels, S, S]``
@@ -36,6 +43,7 @@ from synthmri.generators.layers import (
     MinibatchStdDev,
     NoiseInjection,
     channels_at,
+    clamp_mixed,
     lrelu,
     upsample2x,
 )
@@ -45,6 +53,7 @@ if TYPE_CHECKING:
 
 SECTION = "generator.stylegan2"
 RESIDUAL_GAIN = math.sqrt(0.5)  # keeps the variance of skip + residual equal to each branch's
+CONV_CLAMP = 256.0  # the official conv_clamp: activations clamped to [-256, 256] in reduced precision
 _INT_KEYS = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")
 _D_KEYS = ("image_size", "channels", "channel_base", "channel_max")
 
@@ -138,12 +147,12 @@ class StyledConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, up: bool = False) -> None:
         super().__init__()
         self.conv = ModulatedConv2d(in_channels, out_channels, 3, w_dim, up=up)
-        self.noise = NoiseInjection(out_channels)
+        self.noise = NoiseInjection(out_channels, per_channel=False)
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
         x = self.noise(self.conv(x, w), rng)
-        return lrelu(x + self.bias.to(x.dtype)[None, :, None, None])
+        return clamp_mixed(lrelu(x + self.bias.to(x.dtype)[None, :, None, None]), CONV_CLAMP)
 
 
 class ToRGB(nn.Module):
@@ -164,7 +173,7 @@ class ToRGB(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         """This resolution's image: toRGB(x) + blur(upsample(skip)) (``skip`` None at 4x4)."""
         image = self.conv(x, w)
-        image = image + self.bias.to(image.dtype)[None, :, None, None]
+        image = clamp_mixed(image + self.bias.to(image.dtype)[None, :, None, None], CONV_CLAMP)
         if skip is not None:
             image = image + self.blur(upsample2x(skip)).to(image.dtype)
         return image
@@ -271,13 +280,13 @@ class _DownConv(EqualConv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
-                 activation: bool = False) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, bias=bias, activation=activation)
+                 activation: bool = False, clamp: float | None = None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias=bias, activation=activation, clamp=clamp)
         self.blur = Blur()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(self.blur(x), self.weight * self.weight_gain, self.bias, stride=2, padding=self.padding)
-        return lrelu(x) if self.activation else x
+        return self.finish(F.conv2d(self.blur(x), self.weight * self.weight_gain, self.bias, stride=2,
+                                    padding=self.padding))
 
 
 class DiscriminatorBlock(nn.Module):
@@ -290,9 +299,9 @@ class DiscriminatorBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv0 = EqualConv2d(in_channels, in_channels, 3, activation=True)
-        self.conv1 = _DownConv(in_channels, out_channels, 3, activation=True)
-        self.skip = _DownConv(in_channels, out_channels, 1, bias=False)
+        self.conv0 = EqualConv2d(in_channels, in_channels, 3, activation=True, clamp=CONV_CLAMP)
+        self.conv1 = _DownConv(in_channels, out_channels, 3, activation=True, clamp=CONV_CLAMP)
+        self.skip = _DownConv(in_channels, out_channels, 1, bias=False)  # unclamped, as in the official code
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.skip(x) + self.conv1(self.conv0(x))) * RESIDUAL_GAIN
@@ -306,7 +315,8 @@ class Discriminator(nn.Module):
         channels: image channels.
         channel_base: feature maps at resolution r are ``min(channel_base // r, channel_max)``.
         channel_max: the most feature maps at any resolution.
-        mbstd_group_size: samples per minibatch-stddev group.
+        mbstd_group_size: samples per minibatch-stddev group (the official 4; a smaller
+            micro-batch forms groups of its own size, as ``min(4, batch)`` in the official code).
     """
 
     def __init__(self, image_size: int, channels: int, channel_base: int, channel_max: int,
@@ -318,11 +328,11 @@ class Discriminator(nn.Module):
         def width(r: int) -> int:
             return channels_at(r, channel_base, channel_max)
 
-        self.fromrgb = EqualConv2d(channels, width(image_size), 1, activation=True)
+        self.fromrgb = EqualConv2d(channels, width(image_size), 1, activation=True, clamp=CONV_CLAMP)
         self.blocks = nn.Sequential(*(DiscriminatorBlock(width(r), width(r // 2)) for r in resolutions))
         c4 = width(4)
         self.mbstd = MinibatchStdDev(group_size=mbstd_group_size, num_channels=1)
-        self.conv = EqualConv2d(c4 + 1, c4, 3, activation=True)
+        self.conv = EqualConv2d(c4 + 1, c4, 3, activation=True, clamp=CONV_CLAMP)
         self.fc = EqualLinear(c4 * 4 * 4, c4, activation=True)
         self.out = EqualLinear(c4, 1)
 
@@ -350,6 +360,7 @@ FAMILY = AdversarialFamily(
     name="stylegan2", section="stylegan2", model_args_from=model_args_from,
     build_generator=build_generator, build_discriminator=build_discriminator,
     objective=lambda s: Objective(loss="non-saturating", r1_gamma=s.r1_gamma, r1_interval=s.r1_interval,
-                                  pl_weight=s.pl_weight, pl_interval=s.pl_interval, style_mixing=s.style_mixing),
+                                  pl_weight=s.pl_weight, pl_interval=s.pl_interval, style_mixing=s.style_mixing,
+                                  generator_first=True),
     progressive=False, truncation=True,
 )

@@ -325,6 +325,6 @@ FAMILY = AdversarialFamily(
     name="stylegan3", section="stylegan3", model_args_from=model_args_from,
     build_generator=build_generator, build_discriminator=build_discriminator,
     objective=lambda s: Objective(loss="non-saturating", r1_gamma=s.r1_gamma, r1_interval=s.r1_interval,
-                                  style_mixing=s.style_mixing),
+                                  style_mixing=s.style_mixing, generator_first=True),
     progressive=False, truncation=True,
 )

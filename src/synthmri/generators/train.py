@@ -248,12 +248,15 @@ def _train(family: GeneratorFamily, settings: Any, data: Path, out: Path, cfg: C
     ema = copy.deepcopy(network).requires_grad_(False)
     trainer = family.trainer(network, model_args, cfg, run)
     rng = torch.Generator().manual_seed(cfg.seed if run.rank == 0 else batch_seed(cfg.seed, run.rank))
-    local_batch = settings.batch_size // run.world_size
+    # A trainer whose batch follows a schedule (ProGAN's per-resolution minibatch) says how
+    # many steps the run takes and how big the next batch is; otherwise the section does.
+    iterations = int(getattr(trainer, "planned_iterations", settings.iterations))
+    next_batch = getattr(trainer, "next_batch_size", lambda: settings.batch_size)
     step, previous_run = 0, None
     if resume and state_path.is_file():
         step, previous_run = _restore(state_path, family.name, model_args, store.content_hash, network, ema,
                                       trainer, rng, run)
-        log.info("resuming %s from iteration %d of %d", state_path, step, settings.iterations)
+        log.info("resuming %s from iteration %d of %d", state_path, step, iterations)
     elif resume:
         log.warning("--resume: no checkpoint at %s, starting from iteration 0", state_path)
 
@@ -264,7 +267,7 @@ def _train(family: GeneratorFamily, settings: Any, data: Path, out: Path, cfg: C
     # Only rank 0 talks to MLflow and Prometheus; the others train and all-reduce.
     tracked = (stage_run(cfg, stage="train-generator", experiment="generators", run_name=run_name,
                          datasets={"real": store}, tags=tags) if run.is_main else contextlib.nullcontext(None))
-    monitored = (StageMonitor("train-generator", unit="iterations", total=settings.iterations, instance=family.name)
+    monitored = (StageMonitor("train-generator", unit="iterations", total=iterations, instance=family.name)
                  if run.is_main else None)
     with tracked as mlflow_run, (monitored or contextlib.nullcontext()), _sigterm_flag() as stop:
         run_id = mlflow_run.info.run_id if mlflow_run is not None else ""
@@ -295,14 +298,16 @@ def _train(family: GeneratorFamily, settings: Any, data: Path, out: Path, cfg: C
                 mlflow.log_artifact(str(save_grid(images, Path(tmp) / f"step-{step:07d}.png")), artifact_path="samples")
 
         window: dict[str, list[float]] = {}
-        window_steps, final_losses, window_start = 0, {}, time.monotonic()
+        window_steps, window_images, final_losses, window_start = 0, 0, {}, time.monotonic()
         network.train()
-        while step < settings.iterations:
-            picks = torch.randint(len(train_positions), (local_batch,), generator=rng).numpy()
+        while step < iterations:
+            global_batch = int(next_batch())
+            picks = torch.randint(len(train_positions), (global_batch // run.world_size,), generator=rng).numpy()
             batch = torch.from_numpy(store.read(train_positions[picks]))
             losses = trainer.step(batch, rng)
             step += 1
             window_steps += 1
+            window_images += global_batch
             update_ema(ema, network, ema_decay(settings.ema_decay, step))
             for name, value in losses.items():
                 if not np.isfinite(value):
@@ -310,22 +315,22 @@ def _train(family: GeneratorFamily, settings: Any, data: Path, out: Path, cfg: C
                 window.setdefault(name, []).append(value)
             if monitored is not None:
                 monitored.progress(step)
-            if run.is_main and (step % settings.log_every == 0 or step == settings.iterations):
+            if run.is_main and (step % settings.log_every == 0 or step == iterations):
                 seconds = max(time.monotonic() - window_start, 1e-9)
                 means = {name: float(np.mean(values)) for name, values in window.items()}
                 throughput = {"iterations_per_second": window_steps / seconds,
-                              "kimg_per_second": window_steps * settings.batch_size / seconds / 1000.0}
+                              "kimg_per_second": window_images / seconds / 1000.0}
                 mlflow.log_metrics({**means, **throughput}, step=step)
                 for name, value in means.items():
                     monitored.loss(name, value)
-                final_losses, window, window_steps, window_start = means, {}, 0, time.monotonic()
+                final_losses, window, window_steps, window_images, window_start = means, {}, 0, 0, time.monotonic()
             if step % settings.checkpoint_every == 0:
                 checkpoint()
             if step % settings.sample_grid_every == 0:
                 sample_grid()
             if run.any(stop.is_set()):
                 checkpoint()
-                result = TrainResult(family.name, step, settings.iterations, state_path, None, run_id, None, None,
+                result = TrainResult(family.name, step, iterations, state_path, None, run_id, None, None,
                                      final_losses, time.monotonic() - started)
                 log.warning("SIGTERM: checkpointed iteration %d to %s", step, state_path)
                 if run.is_main:
@@ -351,7 +356,7 @@ def _train(family: GeneratorFamily, settings: Any, data: Path, out: Path, cfg: C
                 record = _register(cfg, family.name, generator_path, store.image_size, store.content_hash, run_id)
             atomic_write_json(out / REGISTRATION_NAME, record)
 
-    result = TrainResult(family.name, step, settings.iterations, state_path, generator_path if run.is_main else None,
+    result = TrainResult(family.name, step, iterations, state_path, generator_path if run.is_main else None,
                          run_id, record["name"], record["version"], final_losses, time.monotonic() - started)
     log.info("%s", result.summary())
     return result

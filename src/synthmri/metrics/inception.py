@@ -19,7 +19,10 @@ local path, an ``s3://`` URI or an MLflow artifact URI (:func:`load_inception`);
 weights are configured the caller skips FID and IS (they are meaningless with random weights).
 
 Channel mapping: the network wants RGB; the slices carry t1, t1ce, t2, flair and the
-annotation. By default t1ce, t2 and flair become R, G and B (:func:`to_inception_input`).
+annotation. :func:`to_inception_input` takes any three channel indices as R, G and B, repeats
+allowed: ``(1, 1, 1)`` is the T1Gd channel replicated to RGB (the paper's Table 2, the
+``quality.inception_input: t1ce_gray`` mode of :mod:`synthmri.metrics.quality`); its default
+``(1, 2, 3)`` is t1ce, t2 and flair (the ``channels`` mode's default).
 """
 
 from __future__ import annotations
@@ -310,7 +313,8 @@ def to_inception_input(slices_uint8: np.ndarray, channels: Sequence[int] = (1, 2
 
     Args:
         slices_uint8: the slices; 0 maps to -1 and 255 to 1.
-        channels: the channel indices that become R, G and B (default t1ce, t2, flair).
+        channels: the channel indices that become R, G and B (default t1ce, t2, flair;
+            repeats allowed, ``(1, 1, 1)`` is T1Gd as gray).
 
     Returns:
         float32 tensor [n, 3, 299, 299] (bilinear resize, ``align_corners=False``).
