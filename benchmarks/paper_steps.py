@@ -47,8 +47,8 @@ def one_family(name: str, steps: int, seed: int) -> dict:
     torch.manual_seed(seed)
     network = family.build(model_args)
     trainer = family.trainer(network, model_args, cfg)
-    schedule = getattr(trainer, "schedule", None)
-    if schedule is not None:
+    schedule = getattr(trainer, "schedule", None)  # a GAN's growth schedule (the DDPM's is a noise schedule)
+    if hasattr(schedule, "full_kimg"):
         # The last resolution: where the networks are largest and the paper trained longest.
         trainer.images_seen = int(round(schedule.full_kimg * 1000))
     batch = trainer.batch_at(trainer.images_seen) if hasattr(trainer, "batch_at") else settings.batch_size

@@ -183,6 +183,7 @@ def test_a_store_with_only_val_and_test_slices_trains_a_generator(tmp_path, mlfl
     rng = np.random.default_rng(0)
     _write_store(tmp_path / "real", rng.integers(0, 256, (8, 5, 16, 16), dtype=np.uint8), ["val"] * 6 + ["test"] * 2)
     cfg = load_config(None, {"data.size": 16, "data.pad_to": 16, "generator.ddpm.network": "monai",
+                             "generator.ddpm.schedule": "linear",
                              "generator.ddpm.channels": [8, 8],
                              "generator.ddpm.attention_levels": [False, False], "generator.ddpm.num_res_blocks": 1,
                              "generator.ddpm.norm_num_groups": 8, "generator.ddpm.num_head_channels": 8,
