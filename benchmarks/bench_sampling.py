@@ -10,7 +10,7 @@ All numbers come from one run on one machine; read the ratios, not the absolute 
   ``--ddim-steps`` steps (this product's extension), on the same number of images: wall
   time per image, their ratio, and the quality of both against the real training slices
   as two Fréchet distances: ``fd_segmenter_*`` on in-domain features (the pooled deepest
-  encoder layer of a segmenter trained on the real data, :mod:`synthmri.metrics.features`)
+  encoder layer of a segmenter trained on the real data, :mod:`synthmri.segmenters.features`)
   and ``fd_pooled_pixels_*`` on 8x8-pooled pixels; ``*_real_test`` is the same distance for
   the real test slices, the floor a perfect generator would reach. Pass ``--ddpm`` for a
   trained ``generator.pt`` (with ``--real`` and, for the segmenter distance,
@@ -104,7 +104,7 @@ def trained_ddpm(load: Callable[[dict[str, Any]], Config], work: Path, iteration
     write_phantom_dataset(work / "phantom", cfg.phantom)
     prepare(str(work / "phantom"), work / "slices", cfg)
     ddpm_cfg = load({"generator.model": "ddpm", "generator.ddpm.iterations": iterations})
-    result = train_generator(work / "slices", work / "ddpm", ddpm_cfg, register=False)
+    result = train_generator(work / "slices", work / "ddpm", ddpm_cfg)
     segmenter = None
     if segmenter_samples > 0:
         # The profile's nnU-Net-like segmenter (the demo's: 4 levels), short and unaugmented.
@@ -141,7 +141,7 @@ def ancestral_against_ddim(generator: LoadedGenerator, real: Path | None, segmen
     test_slices = store.read(test) if len(test) > 1 else None
     extractors = {"pooled_pixels": pooled_pixel_features}
     if segmenter is not None:
-        from synthmri.metrics.features import load_feature_network, segmenter_features
+        from synthmri.segmenters.features import load_feature_network, segmenter_features
 
         model, arch = load_feature_network(segmenter, device)
         out["segmenter"] = arch

@@ -1,7 +1,7 @@
 """Where and with what each stage runs on Kubernetes: the one place pipelines set it.
 
 Pipelines call :func:`place` on every task. It looks the stage up by the verb the task
-runs, so a new component only needs a row in :data:`STAGE_RESOURCES`:
+runs, in :data:`STAGE_RESOURCES`, which the stages themselves declare (``synthmri.stages``):
 
 - CPU and memory requests for every stage;
 - for GPU stages only: the accelerator (type and count), the GPU node pool's node selector
@@ -20,6 +20,8 @@ from typing import Any, Optional
 from kfp import dsl, kubernetes
 from kfp.dsl import pipeline_channel
 
+from synthmri.stages import VERBS, Resources
+
 #: ConfigMap of k8s/base with the in-cluster endpoints (Pushgateway, S3/MinIO).
 ENDPOINTS_CONFIG_MAP = "synthmri-endpoints"
 ENDPOINT_KEYS = ("SYNTHMRI_PUSHGATEWAY", "AWS_ENDPOINT_URL")
@@ -33,47 +35,13 @@ S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
-@dataclass(frozen=True)
-class StageResources:
-    """What one stage's container needs.
-
-    Attributes:
-        cpu: CPU request (Kubernetes quantity). No CPU limit is set: batch stages may use
-            idle cores rather than be throttled.
-        memory: Memory request, also used as the limit so a stage that outgrows it fails
-            clearly (OOMKilled) instead of starving its node.
-        gpu: The stage runs on the GPU node pool (training, sampling, feature extraction
-            and the memorization search).
-        multi_gpu: The stage takes the pipeline's GPU count and spreads over the GPUs
-            (``train-generator`` under torchrun); other GPU stages take one GPU.
-        s3: The stage reads S3 itself (BraTS from ``s3://``, Inception weights), so it
-            gets the S3 credentials. MLflow artifacts go through the MLflow server and
-            need none.
-        mlflow: The stage talks to MLflow (tracking or registry).
-    """
-
-    cpu: str
-    memory: str
-    gpu: bool = False
-    multi_gpu: bool = False
-    s3: bool = False
-    mlflow: bool = True
-
+#: What one stage's container needs: declared by the stage itself (``synthmri.stages``).
+StageResources = Resources
 
 #: Requests sized for the demo profile (64x64 slices, tens of subjects). Paper-scale
 #: pipelines pass their own table to :func:`place`.
 STAGE_RESOURCES: dict[str, StageResources] = {
-    "prepare": StageResources(cpu="2", memory="4Gi", s3=True),
-    "grid": StageResources(cpu="250m", memory="256Mi", mlflow=False),
-    "train-generator": StageResources(cpu="4", memory="16Gi", gpu=True, multi_gpu=True),
-    "generate": StageResources(cpu="4", memory="8Gi", gpu=True),
-    "evaluate-synthetic": StageResources(cpu="4", memory="16Gi", gpu=True, s3=True),
-    "share": StageResources(cpu="4", memory="16Gi", gpu=True),
-    "train-segmenter": StageResources(cpu="4", memory="8Gi", gpu=True),
-    "evaluate-segmenter": StageResources(cpu="2", memory="8Gi", gpu=True),
-    "gather": StageResources(cpu="250m", memory="512Mi", mlflow=False),
-    "promote": StageResources(cpu="500m", memory="1Gi"),
-    "report": StageResources(cpu="1", memory="4Gi"),
+    name: verb.resources for name, verb in VERBS.items() if verb.resources is not None
 }
 
 

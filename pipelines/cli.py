@@ -1,7 +1,7 @@
 """``synthmri pipeline compile|submit|run-local``: what the CLI's ``pipeline`` verb runs.
 
-``synthmri.cli`` puts the project root on ``sys.path`` and calls
-:func:`run_pipeline_command` with its parsed arguments, so kfp is imported only here.
+``synthmri pipeline`` runs ``python -m pipelines`` (:mod:`pipelines.__main__`) in its own
+process, which calls :func:`run_pipeline_command`; kfp is imported only here.
 """
 
 import argparse

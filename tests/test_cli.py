@@ -164,7 +164,7 @@ def test_grid_names_bad_values(tmp_path, capsys, flags, message):
 
 
 def test_seed_takes_the_whole_floats_a_pipeline_loop_passes(tmp_path, capsys):
-    from synthmri.cli import _whole_number
+    from synthmri.stages.arguments import whole_number as _whole_number
 
     assert _whole_number("3.0") == 3 and _whole_number("12") == 12
     with pytest.raises(Exception, match="expected a whole number, got '2.5'"):

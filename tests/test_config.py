@@ -66,6 +66,30 @@ def test_overrides_apply_after_profile():
         ({"memorization.share_threshold": 1.5}, "memorization.share_threshold must be a correlation"),
         ({"quality.inception_channels": ["t1", "t2", "dwi"]}, r"unknown channel\(s\) \['dwi'\]"),
         ({"quality.max_images": 1}, "quality.max_images must be at least 2"),
+        ({"data.layout": "brats2019"},
+         "data.layout must be auto, brats2020, brats2021, brats2023 or generic, got 'brats2019'"),
+        ({"evaluation.eval_slices": "some"}, "evaluation.eval_slices must be filtered or all, got 'some'"),
+        # Checks that used to wait for the network or the training loop: now at load time.
+        ({"generator.n_synthetic": 0}, r"generator.n_synthetic \(0\) and generator.sample_batch_size \(64\)"),
+        ({"generator.ddpm.timesteps": 1}, "generator.ddpm.timesteps must be at least 2, got 1"),
+        ({"generator.ddpm.beta_end": 1e-5}, "generator.ddpm needs 0 < beta_start < beta_end < 1"),
+        ({"generator.ddpm.sample_steps": 0}, "generator.ddpm.sample_steps must be positive, got 0"),
+        ({"generator.ddpm.log_every": 0}, "generator.ddpm.log_every must be positive, got 0"),
+        ({"generator.stylegan2.ema_decay": 1.0}, r"generator.stylegan2.ema_decay must be in \[0, 1\), got 1.0"),
+        ({"generator.stylegan2.lr": 0.0}, "generator.stylegan2.lr must be positive, got 0.0"),
+        ({"generator.stylegan2.augment_p": 1.5}, r"generator.stylegan2.augment_p must be in \[0, 1\]"),
+        ({"generator.stylegan2.r1_interval": 0}, "generator.stylegan2.r1_interval must be at least 1, got 0"),
+        ({"generator.progan.drift": -1.0}, "generator.progan.drift must not be negative"),
+        ({"generator.progan.truncation_psi": 0.7}, "generator.progan.truncation_psi: progan has no truncation"),
+        ({"generator.stylegan1.truncation_psi": 3.0}, r"generator.stylegan1.truncation_psi must be in \[0, 2\]"),
+        ({"generator.stylegan1.initial_resolution": 12}, "generator.stylegan1.initial_resolution must be a power"),
+        ({"generator.progan.minibatch_dict": {6: 4}}, "generator.progan.minibatch_dict: keys must be resolutions"),
+        ({"generator.stylegan3.first_stopband": 1.0}, "generator.stylegan3.first_stopband must be > first_cutoff"),
+        ({"segmenter.nnunet.train_samples": 8},
+         r"segmenter.nnunet.train_samples \(8\) is less than one batch \(32\)"),
+        ({"segmenter.nnunet.filters": [8, 16]}, "segmenter.nnunet.filters must name at least 3 levels"),
+        ({"segmenter.swin.num_heads": [5, 8, 16, 32]}, r"segmenter.swin.num_heads \[5, 8, 16, 32\] must divide"),
+        ({"segmenter.swinunetr.drop_path": 1.0}, r"segmenter.swinunetr.drop_path must be in \[0, 1\)"),
     ],
 )
 def test_bad_values_name_the_key(overrides, fragment):
@@ -105,3 +129,21 @@ def test_numbers_given_for_text_settings_are_kept_as_text():
     assert cfg.tracking.pipeline_run == "18401910"
     with pytest.raises(ConfigError, match="expected a string"):
         load_config("demo", {"tracking.pipeline_run": [1, 2]})
+
+
+def test_importing_the_config_imports_no_network_code():
+    import subprocess
+    import sys
+
+    probe = ("import sys, synthmri.config, synthmri.registry; "
+             "print(sorted(m for m in sys.modules if m.startswith(('torch', 'monai'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_allowed_values_are_the_ones_the_code_uses():
+    from synthmri.config import DATA_LAYOUTS, SLICE_CHANNELS
+    from synthmri.data.store import CHANNELS
+
+    assert SLICE_CHANNELS == CHANNELS
+    assert load_config(None, {"data.layout": DATA_LAYOUTS[-1]}).data.layout == "generic"

@@ -411,7 +411,7 @@ def _http_ok(url: str) -> bool:
 
 def test_finish_without_answers_writes_an_empty_table(stores, tmp_path, tiny_config):
     study = open_study(tmp_path, real=stores["real"], synthetic=[stores["stylegan2"]], per_source=1, seed=0)
-    result = finish(study, tiny_config, log_mlflow=False)
+    result = finish(study)
     assert result.accuracy is None and "0/2 answered; accuracy n/a (real n/a, stylegan2 n/a)" in result.summary()
     assert (tmp_path / "confusion.csv").read_text().splitlines() == [
         "source,kind,n,answered,answered_real,answered_synthetic,accuracy",

@@ -20,6 +20,7 @@ from synthmri.report import (
     overlay,
     write_report,
 )
+from synthmri.stages.report import run as run_report
 
 LABELS = ("ET", "ED", "NCR")
 STRUCTURES = ("ET", "ED", "NCR", "WT", "TC")
@@ -139,8 +140,8 @@ def test_report_tables_equal_inputs(tmp_path, tiny_config, registry):
                               "passed": False, "explanation": "2.00% vs 0.00% of test slices"}]}
     (tmp_path / "decision.json").write_text(json.dumps(decision))
 
-    path = write_report(tmp_path / "report", evaluations, tmp_path / "mem", tmp_path / "real",
-                        [tmp_path / "syn"], tmp_path / "decision.json", tiny_config)
+    path = run_report(tmp_path / "report", evaluations, tmp_path / "mem", tmp_path / "real",
+                      [tmp_path / "syn"], tmp_path / "decision.json", tiny_config)
     assert path == tmp_path / "report" / "report.html" and path.is_file()
     page = path.read_text()
     assert page.count('src="data:image/png;base64,') == 2  # Figure 1 (ddpm beside real) + histogram, embedded
@@ -365,8 +366,9 @@ def test_report_numbers_equal_the_mlflow_metrics(phantom_store, tiny_config, reg
     from mlflow import MlflowClient
 
     from synthmri.metrics import quality as quality_module
-    from synthmri.metrics.evaluate_synthetic import evaluate_synthetic
-    from synthmri.segmenters.evaluate import evaluate_segmenter, gather_evaluations
+    from synthmri.segmenters.evaluate import gather_evaluations
+    from synthmri.stages.evaluate_segmenter import run as evaluate_segmenter
+    from synthmri.stages.evaluate_synthetic import run as evaluate_synthetic
 
     cfg, models = tiny_config, tmp_path / "models"
     settings = {  # directory -> checkpoints (name, train, augment, synthetic, real share)

@@ -1,48 +1,129 @@
-"""Atomic file writes and content hashing shared by every stage."""
+"""Atomic file writes, safe checkpoint loads and content hashing shared by every stage.
+
+Every file synthmri writes goes through :func:`atomic_write`: a temporary file beside the
+target, fsynced, given :data:`FILE_MODE`, renamed over the target, then the directory
+fsynced. A reader never sees a partial file, a crash leaves the old file or the new one, and
+a failed write leaves no temporary behind.
+"""
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
+#: Mode of every file synthmri writes: ``rw-r--r--``, whatever the umask. Outputs (slice
+#: stores, checkpoints, reports) are read by other users and containers (a shared volume, the
+#: DVC cache, an MLflow artifact copy) and hold nothing secret; ``mkstemp`` would leave 0600.
+FILE_MODE = 0o644
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    """Write through `write(fileobj)` to a temporary file beside `path`, fsync, then rename."""
+#: Errors of ``fsync`` on a directory that mean "not supported here" (some network and FUSE
+#: file systems), not "the data is at risk".
+_DIRECTORY_FSYNC_UNSUPPORTED = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Flush `directory`'s entries (a rename into it) to disk, where the file system can."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _DIRECTORY_FSYNC_UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], *, binary: bool = True) -> None:
+    """Replace `path` with what `write` writes to a file handle: all or nothing, durably.
+
+    `write` gets a handle on a temporary file in `path`'s directory (so the rename stays on
+    one file system). The file is flushed, given :data:`FILE_MODE`, fsynced and renamed over
+    `path`; then the directory is fsynced, so the rename survives a crash too. If `write` or
+    any step raises (KeyboardInterrupt included), the temporary file is removed and `path`
+    keeps its old content.
+
+    Args:
+        path: The file to replace (its parent directories are created).
+        write: Called once with the open handle.
+        binary: A bytes handle; False: a text handle (UTF-8).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as handle:
+        with open(fd, "wb") if binary else open(fd, "w", encoding="utf-8") as handle:
             write(handle)
             handle.flush()
+            os.fchmod(handle.fileno(), FILE_MODE)
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`; readers never see a partial file."""
-    _atomic_write(path, lambda f: f.write(data), "wb")
+    """Replace `path` with `data` (see :func:`atomic_write`)."""
+    atomic_write(path, _Writer(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` (UTF-8); readers never see a partial file."""
-    _atomic_write(path, lambda f: f.write(text), "w")
+    """Replace `path` with `text`, UTF-8 (see :func:`atomic_write`)."""
+    atomic_write(path, _Writer(text), binary=False)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Replace `path` with pretty JSON of `obj`."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_torch_save(path: Path, payload: Mapping[str, Any]) -> None:
+    """``torch.save`` a dict to `path` atomically (see :func:`atomic_write`): every checkpoint.
+
+    Keep payloads to tensors, numbers, strings, lists and dicts, so :func:`torch_load`
+    reads them without unpickling code.
+    """
+    import torch
+
+    atomic_write(path, functools.partial(torch.save, dict(payload)))
+
+
+def torch_load(path: Path) -> Any:
+    """Load a ``torch.save`` file on the CPU without unpickling code (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: `path` is not a loadable checkpoint (foreign or corrupt).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or corrupt files
+        raise ValueError(f"{path}: not a loadable checkpoint ({exc})") from None
+
+
+class _Writer:
+    """``write(handle)`` of fixed content: the callback of :func:`atomic_write_bytes` and ``_text``."""
+
+    def __init__(self, content: bytes | str) -> None:
+        self.content = content
+
+    def __call__(self, handle: Any) -> None:
+        handle.write(self.content)
 
 
 def atomic_save_npy_parts(path: Path, parts: list[np.ndarray]) -> str:
@@ -65,17 +146,23 @@ def atomic_save_npy_parts(path: Path, parts: list[np.ndarray]) -> str:
         raise ValueError(f"{path}: parts differ in dtype or trailing shape")
     header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
               "shape": (sum(len(p) for p in parts), *first.shape[1:])}
-    digest = hashlib.sha256()
+    writer = _NpyParts(header, parts)
+    atomic_write(path, writer)
+    return writer.digest.hexdigest()
 
-    def write(handle: Any) -> None:
+
+class _NpyParts:
+    """``write(handle)`` of a .npy header and its parts' bytes, hashing what it writes."""
+
+    def __init__(self, header: dict[str, Any], parts: list[np.ndarray]) -> None:
+        self.header, self.parts, self.digest = header, parts, hashlib.sha256()
+
+    def __call__(self, handle: Any) -> None:
         head = io.BytesIO()
-        np.lib.format.write_array_header_1_0(head, header)
-        for block in (head.getbuffer(), *(memoryview(np.ascontiguousarray(p)).cast("B") for p in parts)):
-            digest.update(block)
+        np.lib.format.write_array_header_1_0(head, self.header)
+        for block in (head.getbuffer(), *(memoryview(np.ascontiguousarray(p)).cast("B") for p in self.parts)):
+            self.digest.update(block)
             handle.write(block)
-
-    _atomic_write(path, write, "wb")
-    return digest.hexdigest()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -1,6 +1,6 @@
 """``synthmri promote``: the gate between a registered generator and the alias ``champion``.
 
-Two criteria (DESIGN.md, 'MLflow, registry, promotion'):
+Two criteria (docs/design.md, "MLflow, registry, promotion"):
 
 - memorization: the share of synthetic slices whose nearest training slice correlates above
   ``memorization.threshold`` may exceed the same share for held-out real test slices by at
@@ -25,7 +25,6 @@ from typing import Any
 from synthmri.config import Config
 from synthmri.io import atomic_write_json, jsonable, read_stage_summary
 from synthmri.metrics.evaluate_synthetic import load_summary as load_memorization_summary
-from synthmri.monitoring import monitored
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +250,6 @@ def _consistency(memorization: dict[str, Any], real_eval: dict[str, Any], synthe
     return notes
 
 
-@monitored("promote", unit="decisions", instance_arg="model")
 def promote(model: str, version: str, memorization: Path, real_evaluation: Path | list[Path],
             synthetic_evaluation: Path | list[Path], out: Path | None, cfg: Config) -> Decision:
     """Gate a registered generator version and record the decision in the registry.

@@ -26,11 +26,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from synthmri.config import Config
+from synthmri.config import TRAINING_SOURCES, Config
 from synthmri.data.labels import EVAL_LABELS, STRUCTURES
 from synthmri.data.store import SliceStore
 from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
-from synthmri.monitoring import monitored
 from synthmri.report_figures import (
     Block,
     figure_blocks,
@@ -58,7 +57,7 @@ __all__ = ["aggregate", "competition_ranks", "generator_ranking", "generator_tab
            "render_html", "render_markdown", "write_report"]
 
 SCORES = ("dice", "hausdorff", "hausdorff95")
-TRAIN_ORDER = {"real": 0, "synthetic": 1, "mixed": 2, "ratio": 3}
+TRAIN_ORDER = {source: index for index, source in enumerate(TRAINING_SOURCES)}
 
 
 # ---------------------------------------------------------------------------- data
@@ -260,10 +259,11 @@ def _as_list(paths: Path | list[Path] | None) -> list[Path]:
     return [] if paths is None else [Path(p) for p in paths] if isinstance(paths, list) else [Path(paths)]
 
 
-@monitored("report", unit="reports")
 def write_report(out: Path, evaluations: list[Path], memorization: Path | list[Path] | None, real: Path | None,
                  synthetic: list[Path] | None, promotion: Path | list[Path] | None, cfg: Config) -> Path:
-    """Write report.md, report.html (self-contained) and report.json; log them to MLflow.
+    """Write report.md, report.html (self-contained) and report.json.
+
+    The stage (:mod:`synthmri.stages.report`) logs them to MLflow.
 
     Args:
         out: report directory (created); figures for the Markdown go to ``out/figures``.
@@ -281,10 +281,6 @@ def write_report(out: Path, evaluations: list[Path], memorization: Path | list[P
         FileNotFoundError: an input file is missing.
         ValueError: no evaluations, or an input that is not what its flag says.
     """
-    import mlflow
-
-    from synthmri.tracking import stage_run
-
     if not evaluations:
         raise ValueError("report: at least one --evaluation is required")
     out = Path(out)
@@ -329,10 +325,4 @@ def write_report(out: Path, evaluations: list[Path], memorization: Path | list[P
     atomic_write_json(out / "report.json", jsonable({
         "segmentation": rows, "tables": tables, "generators": table1, "quality": quality, "ratio": ratio_series(rows),
         "examples": examples, "generator_ranking": generator_ranking(rows)}))
-
-    datasets = {"real": real_store} if real_store is not None else {}
-    datasets.update({f"synthetic_{i}": store for i, (_, store) in enumerate(stores)})
-    with stage_run(cfg, stage="report", experiment="pipeline", run_name="report", datasets=datasets):
-        for name in ("report.html", "report.md", "report.json"):
-            mlflow.log_artifact(str(out / name))
     return html_path

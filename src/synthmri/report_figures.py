@@ -216,7 +216,7 @@ def ratio_series(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def load_example(row: dict[str, Any]) -> dict[str, Any] | None:
     """The ``example.npz`` beside the first of a row's evaluations that has one, else None."""
-    from synthmri.segmenters.evaluate import EXAMPLE
+    from synthmri.segmenters.summaries import EXAMPLE
 
     for source in row["sources"]:
         path = Path(source).parent / EXAMPLE

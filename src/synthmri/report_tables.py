@@ -7,7 +7,7 @@ Model (the generator, "None" for real images only), Orig (the real training imag
 the training set), Aug (augmentation during training); columns ET, ED, NCR/NET and their
 Mean. This report adds the regions WT and TC and the number of repeats (n).
 
-Which table a run's numbers fill (:func:`run_dataset`): a run has one real dataset, the
+Which table a run's numbers fill (:func:`synthmri.report_dataset.run_dataset`): a run has one real dataset, the
 store its evaluations were scored on (each summary records it under ``dataset``; older
 summaries are matched against the ``--real`` store by content hash). The report claims a
 release only when the store has the BraTS 2020 or 2021 layout (what ``prepare`` detected)
@@ -28,19 +28,23 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
+from synthmri.config import GRID_SOURCES, SEGMENTER_ARCHS
 from synthmri.data.labels import EVAL_LABELS, STRUCTURES
-from synthmri.data.splits import published_test_subjects
+from synthmri.report_dataset import (  # noqa: F401 (re-exported: the tables' public names)
+    PAPER_TEST_SHARE,
+    RELEASES,
+    RunDataset,
+    reproduction,
+    run_convention,
+    run_dataset,
+)
 from synthmri.report_figures import ARCH_NAMES, Block, fmt_stats, generator_key
 
-RELEASES = {"brats2020": "BraTS 2020", "brats2021": "BraTS 2021"}
-#: Share of the paper's test subjects a store must hold (and no others) to be the paper's test set.
-PAPER_TEST_SHARE = 0.9
 #: Architecture order of the tables: the paper's two, then this product's.
-ARCH_ORDER = ("unet", "swin", "nnunet", "swinunetr")
+ARCH_ORDER = SEGMENTER_ARCHS
 #: The paper's generators in its row order, and their names in its tables.
 MODEL_NAMES = {None: "None", "progan": "Progressive GAN", "stylegan1": "StyleGAN 1", "stylegan2": "StyleGAN 2",
                "stylegan3": "StyleGAN 3", "ddpm": "Diffusion"}
@@ -81,91 +85,6 @@ def published_row(number: int, key: tuple[str, str | None, bool, bool]) -> dict[
     return None
 
 
-# ---------------------------------------------------------------------------- the run's dataset
-
-
-@dataclass(frozen=True)
-class RunDataset:
-    """The real data a report's evaluations were scored on, as far as the report can tell.
-
-    Attributes:
-        release: ``brats2020`` or ``brats2021`` when claimed (see the module docstring), else None.
-        layout: the store's layout as ``prepare`` recorded it (None if unknown).
-        test_subjects: how many test subjects (None if unknown).
-        training_subjects: how many non-test subjects (None if unknown).
-        note: a sentence saying how the release was decided.
-    """
-
-    release: str | None
-    layout: str | None
-    test_subjects: int | None
-    training_subjects: int | None
-    note: str
-
-    @property
-    def name(self) -> str | None:
-        """``BraTS 2020`` / ``BraTS 2021`` when claimed."""
-        return RELEASES.get(self.release or "")
-
-
-def run_dataset(evaluations: list[dict[str, Any]], real: Any = None) -> RunDataset:
-    """The dataset of a report's evaluations (see the module docstring).
-
-    Args:
-        evaluations: evaluate-segmenter summaries (one per run).
-        real: the ``--real`` SliceStore or None; used for summaries that record no dataset,
-            when its content hash is theirs.
-    """
-    from synthmri.segmenters.summaries import dataset_info
-
-    hashes = {ev.get("data_hash") for ev in evaluations}
-    if len(hashes) > 1:
-        return RunDataset(None, None, None, None, f"The evaluations were scored on {len(hashes)} different stores: "
-                                                  "no dataset is claimed.")
-    infos = [ev.get("dataset") for ev in evaluations]
-    if evaluations and all(isinstance(info, dict) for info in infos):
-        info, where = infos[0], "the evaluations"
-    elif real is not None and (not evaluations or hashes == {real.content_hash}):
-        info, where = dataset_info(real), "the --real store"
-    else:
-        return RunDataset(None, None, None, None, "The evaluations record no dataset (and no --real store with "
-                                                  "their content hash was given): no dataset is claimed.")
-    layout, test = info.get("layout"), set(info.get("test_subjects") or [])
-    found = RunDataset(None, layout, len(test) or None, info.get("training_subjects"), "")
-    if layout not in RELEASES:
-        return replace(found, note=f"The store's layout ({layout or 'none recorded'}, from {where}) is not "
-                                   "BraTS 2020 or 2021: no dataset is claimed.")
-    paper = set(published_test_subjects(layout))
-    shared = len(test & paper)
-    if test <= paper and shared >= math.ceil(PAPER_TEST_SHARE * len(paper)):
-        return replace(found, release=layout, note=(
-            f"{RELEASES[layout]}: the store's layout (from {where}), and its {len(test)} test subjects are the "
-            f"paper's published test subjects ({shared} of {len(paper)})."))
-    return replace(found, note=(
-        f"The store has the {RELEASES[layout]} layout (from {where}), but only {shared} of its {len(test)} test "
-        f"subjects are among the paper's {len(paper)}: not the paper's test set (phantom data has this layout "
-        "too), so no dataset is claimed."))
-
-
-def run_convention(evaluations: list[dict[str, Any]]) -> str:
-    """The metric convention of the evaluations: ``paper``, ``penalise`` or ``mixed``."""
-    from synthmri.segmenters.summaries import convention_of
-
-    found = {convention_of(ev) for ev in evaluations}
-    return found.pop() if len(found) == 1 else "mixed"
-
-
-def reproduction(dataset: RunDataset, convention: str) -> tuple[bool, str]:
-    """Whether the tables show the paper's values beside the run's, and a sentence saying why (not)."""
-    if dataset.release is None:
-        return False, "No comparison with the paper's values: those are of its BraTS 2020 and 2021 test subjects."
-    if convention != "paper":
-        return False, (f"No comparison with the paper's values: the evaluations use the {convention} metric "
-                       "convention, the paper's numbers the authors' (evaluation.convention: paper).")
-    return True, ("The evaluations use the paper's metric convention on the paper's test subjects, so each value "
-                  "has the paper's published value beside it (paper) and the difference, run - paper (Δ).")
-
-
 # ---------------------------------------------------------------------------- rows
 
 
@@ -202,7 +121,7 @@ def _order(row: dict[str, Any]) -> tuple:
 
 def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of Tables 3-7 (not the real-share sweep) in the paper's order."""
-    return sorted((r for r in rows if r["train"] in ("real", "synthetic", "mixed")), key=_order)
+    return sorted((r for r in rows if r["train"] in GRID_SOURCES), key=_order)
 
 
 def _row_cells(row: dict[str, Any]) -> list[str]:

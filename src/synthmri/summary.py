@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from synthmri.config import Config
+from synthmri.config import GRID_SOURCES, Config
 from synthmri.report_figures import ARCH_NAMES
 from synthmri.tracking import configure, tracking_uri
 
@@ -15,7 +15,7 @@ LAYOUT = {
     "memorization": "outputs/memorization-{model}/summary.json",
     "promotion": "outputs/promotion.json",
     "report": "outputs/report/report.html",
-    "evaluations": {source: f"outputs/evaluation-{source}/summary.json" for source in ("real", "synthetic", "mixed")},
+    "evaluations": {source: f"outputs/evaluation-{source}/summary.json" for source in GRID_SOURCES},
 }
 
 

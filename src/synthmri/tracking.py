@@ -171,6 +171,20 @@ def pipeline_parent_run(cfg: TrackingConfig) -> str | None:
     return first
 
 
+def log_store(role: str, store: Any) -> None:
+    """Record on the active run that it read slice store `store` as `role`.
+
+    The content hash becomes the tag ``synthmri.data.<role>`` and the param
+    ``data.<role>.hash`` (with ``data.<role>.slices``), and the store an MLflow dataset input
+    with context `role`.
+    """
+    import mlflow
+
+    mlflow.set_tag(f"synthmri.data.{role}", store.content_hash)
+    mlflow.log_params({f"data.{role}.hash": store.content_hash, f"data.{role}.slices": str(len(store))})
+    mlflow.log_input(slice_store_dataset(store), context=role)
+
+
 def _param_value(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."

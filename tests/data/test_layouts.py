@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthmri.data.layouts import LAYOUTS, detect_layout, find_subjects
+from synthmri.config import BRATS_RELEASES, DATA_LAYOUTS
+from synthmri.data.layouts import LAYOUT_NAMES, LAYOUTS, detect_layout, find_subjects
 from synthmri.data.phantom import write_phantom_dataset
 from synthmri.data.prepare import PrepareError, prepare
 from synthmri.data.store import SliceStore, StoreError
@@ -23,6 +24,11 @@ NAMES = {
     "generic": ["S1_t1.nii.gz", "case-7_seg.nii.gz"],
 }
 GLI_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
+
+
+def test_the_layouts_are_the_configs_allowed_values():
+    assert LAYOUT_NAMES == DATA_LAYOUTS == ("auto", *LAYOUTS)
+    assert set(BRATS_RELEASES) == set(LAYOUTS) - {"generic"}
 
 
 @pytest.mark.parametrize("layout", sorted(NAMES))

@@ -480,12 +480,12 @@ def test_worker_count_does_not_change_the_bytes(tmp_path, phantoms, tiny_config)
 @pytest.mark.parametrize("threshold", [-1, 0, 49.5, 50, 51, 254, 255])
 @pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
 def test_foreground_in_voxel_units_equals_scaling_every_voxel(threshold, dtype):
-    from synthmri.data.prepare import _foreground, _to_uint8, foreground_fraction
+    from synthmri.data.slicing import foreground, foreground_fraction, to_uint8
 
     rng = np.random.default_rng(int(threshold * 10) % 97)
     high = 250 if dtype == np.uint8 else 3001
     volume = rng.integers(0 if dtype == np.uint8 else -20, high, size=(20, 18, 30)).astype(dtype)
     peak = float(np.float32(volume.max()))
     data = dataclasses.replace(load_config(None).data, intensity_threshold=threshold, pad_to=32)
-    expected = foreground_fraction(_to_uint8(volume, peak), threshold, 32)
-    assert np.array_equal(_foreground(volume, peak, data), expected)
+    expected = foreground_fraction(to_uint8(volume, peak), threshold, 32)
+    assert np.array_equal(foreground(volume, peak, data), expected)

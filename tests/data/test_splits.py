@@ -190,11 +190,11 @@ def test_a_store_with_only_val_and_test_slices_trains_a_generator(tmp_path, mlfl
                              "generator.ddpm.timesteps": 10, "generator.ddpm.sample_steps": 2,
                              "generator.ddpm.batch_size": 2, "generator.ddpm.iterations": 1,
                              "generator.ddpm.log_every": 1, "generator.ddpm.mixed_precision": False})
-    result = train_generator(tmp_path / "real", tmp_path / "gen", cfg, register=False)
+    result = train_generator(tmp_path / "real", tmp_path / "gen", cfg)
     assert result.step == 1
     _write_store(tmp_path / "test-only", rng.integers(0, 256, (2, 5, 16, 16), dtype=np.uint8), ["test"] * 2)
     with pytest.raises(StoreError, match="train or val"):
-        train_generator(tmp_path / "test-only", tmp_path / "gen2", cfg, register=False)
+        train_generator(tmp_path / "test-only", tmp_path / "gen2", cfg)
 
 
 def test_a_copy_of_a_val_slice_is_a_copy(tmp_path, tiny_config, mlflow_uri):

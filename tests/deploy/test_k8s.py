@@ -43,7 +43,7 @@ SECRET_TEMPLATES = K8S / "secrets" / "secrets.template.yaml"
 CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): HERE / "servicemonitor.schema.json"}
 
 # ---------------------------------------------------------------------------- the contract
-# What pipelines/ and components/ rely on (DESIGN.md "Operations", pipelines' defaults).
+# What pipelines/ and components/ rely on (docs/design.md, pipelines' defaults).
 
 NAMESPACE = "kubeflow"
 IMAGE = f"ghcr.io/synthmri/synthmri:{__version__}"

@@ -14,7 +14,7 @@ from synthmri.data.store import SliceStore
 from synthmri.generators import FAMILIES
 from synthmri.generators.checkpoint import load_checkpoint, load_generator
 from synthmri.generators.sample import generate
-from synthmri.generators.train import train_generator
+from synthmri.stages.train_generator import run as train_generator
 
 from . import SIZE, one_thread, private_mlflow, tiny_config
 

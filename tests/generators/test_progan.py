@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from synthmri.config import ConfigError, ProGANConfig
+from synthmri.config import ConfigError, ProGANConfig, load_config
 from synthmri.generators import progan
 from synthmri.generators.layers import channels_at, upsample_to
 
@@ -145,6 +145,8 @@ def test_model_args_are_architecture_only():
 ])
 def test_invalid_settings_name_the_key(override, size, message):
     with pytest.raises(ConfigError, match=message):
+        # The section's values are checked as the config loads, the image size as the networks are built.
+        load_config(None, {f"generator.progan.{key}": value for key, value in override.items()})
         progan.model_args_from(dataclasses.replace(TINY, **override), size, 5)
 
 

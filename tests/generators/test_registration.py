@@ -18,7 +18,7 @@ from synthmri.data.labels import LABEL_VALUES
 from synthmri.data.store import SliceStore
 from synthmri.generators import sample as sample_module
 from synthmri.generators.sample import generate
-from synthmri.generators.train import train_generator
+from synthmri.stages.train_generator import run as train_generator
 
 from . import one_thread, private_mlflow, tiny_config
 

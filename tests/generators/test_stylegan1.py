@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthmri.config import ConfigError, StyleGAN1Config
+from synthmri.config import ConfigError, StyleGAN1Config, load_config
 from synthmri.generators import stylegan1
 from synthmri.generators.layers import MappingNetwork, channels_at, upsample_to
 
@@ -168,6 +168,8 @@ def test_model_args_are_architecture_only():
 ])
 def test_invalid_settings_name_the_key(override, size, message):
     with pytest.raises(ConfigError, match=message):
+        # The section's values are checked as the config loads, the image size as the networks are built.
+        load_config(None, {f"generator.stylegan1.{key}": value for key, value in override.items()})
         stylegan1.model_args_from(dataclasses.replace(TINY, **override), size, 5)
 
 

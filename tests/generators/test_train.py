@@ -14,8 +14,9 @@ from synthmri.config import to_dict
 from synthmri.data.store import SliceStore
 from synthmri.generators import get_family
 from synthmri.generators.checkpoint import load_checkpoint, load_generator
-from synthmri.generators.train import TrainingInterrupted, train_generator
 from synthmri.monitoring import StageMonitor
+from synthmri.stages.train_generator import run as train_generator
+from synthmri.training import TrainingInterrupted
 
 from . import one_thread, private_mlflow, tiny_config
 

@@ -11,7 +11,7 @@ import pytest
 
 from synthmri.data.splits import GENERATOR_TRAIN_SPLITS
 from synthmri.data.store import SliceRow, SliceStore, StoreError, StoreWriter
-from synthmri.metrics.evaluate_synthetic import evaluate_synthetic
+from synthmri.stages.evaluate_synthetic import run as evaluate_synthetic
 
 SIZE = 16
 COPIED = {0: 3, 5: 10, 7: 19}  # synthetic position -> position among the real train slices
@@ -149,7 +149,7 @@ def test_in_domain_metrics_and_per_channel_scores(stores, tmp_path, tiny_config,
 
     # The same number from the features computed here, independently of the stage.
     from synthmri.data.store import SliceStore
-    from synthmri.metrics.features import load_feature_network, segmenter_features
+    from synthmri.segmenters.features import load_feature_network, segmenter_features
 
     model, arch = load_feature_network(segmenter)
     real_store, syn_store = SliceStore(real), SliceStore(syn)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from synthmri.config import to_dict
-from synthmri.metrics.features import load_feature_network, segmenter_features
+from synthmri.segmenters.features import load_feature_network, segmenter_features
 from synthmri.segmenters import ARCHITECTURES, get_architecture
 from synthmri.segmenters.data import prepare_batch
 from synthmri.segmenters.train import save_checkpoint

@@ -12,12 +12,12 @@ import torch
 from synthmri.metrics.inception import (
     FIDInceptionV3,
     InceptionWeightsError,
-    _avg_pool,
     inception_features,
     inception_score,
     load_inception,
     to_inception_input,
 )
+from synthmri.metrics.inception_network import _avg_pool
 
 # 94 BasicConv2d (stem 5, 3 x A 7, B 4, 4 x C 10, D 6, 2 x E 9) with 6 entries each
 # (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked),

@@ -18,8 +18,9 @@ import pytest
 from synthmri.data.phantom import write_phantom_dataset
 from synthmri.data.prepare import prepare
 from synthmri.data.store import SliceRow, SliceStore, StoreWriter
-from synthmri.metrics.evaluate_synthetic import evaluate_synthetic, read_memorization_csv
-from synthmri.metrics.share import share
+from synthmri.metrics.evaluate_synthetic import read_memorization_csv
+from synthmri.stages.evaluate_synthetic import run as evaluate_synthetic
+from synthmri.stages.share import run as share
 
 
 def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:

@@ -61,7 +61,7 @@ def run_quality(monkeypatch, tmp_path: Path, tiny_config, size: int, **quality):
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"unused: load_inception is replaced")
     cfg = replace(tiny_config, quality=replace(tiny_config.quality, inception_weights=str(weights), **quality))
-    result = quality_metrics(SliceStore(real), SliceStore(syn), cfg, segmenter=None, device="cpu")
+    result = quality_metrics(SliceStore(real), SliceStore(syn), cfg, features=None, device="cpu")
     return result, model.fed(), training, synthetic
 
 
@@ -123,7 +123,7 @@ def test_counts_follow_inception_images_and_reach_mlflow(monkeypatch, tmp_path, 
 def test_skipped_inception_still_names_its_input(tmp_path, tiny_config):
     real, syn, _, _ = write_stores(tmp_path, 16)
     cfg = replace(tiny_config, quality=replace(tiny_config.quality, inception_weights=None))
-    section = quality_metrics(SliceStore(real), SliceStore(syn), cfg, segmenter=None, device="cpu")["inception"]
+    section = quality_metrics(SliceStore(real), SliceStore(syn), cfg, features=None, device="cpu")["inception"]
     assert section["status"] == "skipped" and section["input"] == "t1ce_gray"
     assert "inception_real_images" not in mlflow_metrics({"inception": section, "in_domain": section})
 

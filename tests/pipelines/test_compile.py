@@ -2,7 +2,7 @@
 
 These tests read the compiled pipeline spec (what the cluster runs), not the Python
 objects: every executor must run ``synthmri <verb>`` in the pinned project image with
-flags that verb's parser accepts, and the DAG must order the stages as DESIGN.md does.
+flags that verb's parser accepts, and the DAG must order the stages as docs/design.md does.
 """
 
 import argparse
@@ -384,10 +384,10 @@ def test_promote_is_never_served_from_cache(spec: dict) -> None:
 # ---------------------------------------------------------------------------- CLI
 
 
-def test_synthmri_pipeline_compile_writes_every_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_synthmri_pipeline_compile_writes_every_pipeline(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     out = tmp_path / "compiled"
     assert main(["pipeline", "compile", "--out", str(out), "--project-root", str(REPO), "--parallelism", "3"]) == 0
-    printed = capsys.readouterr().out
+    printed = capfd.readouterr().out
     for name in PIPELINES:
         written = out / f"{name}.yaml"
         assert str(written) in printed
@@ -426,14 +426,14 @@ def test_compile_takes_other_defaults(tmp_path: Path) -> None:
         assert parameters["gpu_count"] == {**parameters["gpu_count"], "defaultValue": "2", "parameterType": "STRING"}
 
 
-def test_unknown_pipeline_parameter_is_named(capsys: pytest.CaptureFixture) -> None:
+def test_unknown_pipeline_parameter_is_named(capfd: pytest.CaptureFixture) -> None:
     status = main(["pipeline", "run-local", "--project-root", str(REPO), "--param", "repeat=3"])
     assert status == 1
-    assert "has no parameter(s) ['repeat']" in capsys.readouterr().err
+    assert "has no parameter(s) ['repeat']" in capfd.readouterr().err
 
 
 def test_submit_without_an_endpoint_says_how_to_give_one(monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture) -> None:
+                                                         capfd: pytest.CaptureFixture) -> None:
     monkeypatch.delenv("KFP_HOST", raising=False)
     assert main(["pipeline", "submit", "--project-root", str(REPO)]) == 1
-    assert "pass --host or set $KFP_HOST" in capsys.readouterr().err
+    assert "pass --host or set $KFP_HOST" in capfd.readouterr().err

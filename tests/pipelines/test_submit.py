@@ -62,13 +62,13 @@ def kfp_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     server.shutdown()
 
 
-def test_submit_starts_a_run_with_the_compiled_pipeline_and_parameters(kfp_api: str, monkeypatch, capsys) -> None:
+def test_submit_starts_a_run_with_the_compiled_pipeline_and_parameters(kfp_api: str, monkeypatch, capfd) -> None:
     monkeypatch.setenv("KFP_HOST", kfp_api)
     monkeypatch.setenv("KFP_TOKEN", "token-from-env")
     status = main(["pipeline", "submit", "--pipeline", "paper", "--project-root", str(REPO), "--parallelism", "5",
                    "--param", "repeats=2", "--param", "generators=[ddpm, stylegan2]", "--run-name", "paper-smoke"])
-    assert status == 0, capsys.readouterr().err
-    assert "submitted paper as run run-42" in capsys.readouterr().out
+    assert status == 0, capfd.readouterr().err
+    assert "submitted paper as run run-42" in capfd.readouterr().out
     (run,) = [r for r in _KfpApi.requests if r["method"] == "POST" and r["path"] == "/apis/v2beta1/runs"]
     assert run["auth"] == "Bearer token-from-env"
     body = run["body"]
@@ -80,13 +80,13 @@ def test_submit_starts_a_run_with_the_compiled_pipeline_and_parameters(kfp_api: 
     assert "nodeSelector" in executors["exec-train-generator"] and "nodeSelector" not in executors["exec-promote"]
 
 
-def test_submit_refuses_an_unknown_parameter_before_calling_the_api(kfp_api: str, capsys) -> None:
+def test_submit_refuses_an_unknown_parameter_before_calling_the_api(kfp_api: str, capfd) -> None:
     status = main(["pipeline", "submit", "--host", kfp_api, "--project-root", str(REPO), "--param", "gpus=2"])
     assert status == 1
-    assert "has no parameter(s) ['gpus']" in capsys.readouterr().err
+    assert "has no parameter(s) ['gpus']" in capfd.readouterr().err
     assert _KfpApi.requests == []
 
 
-def test_pipeline_verb_needs_the_checkout_that_holds_pipelines(tmp_path: Path, capsys) -> None:
+def test_pipeline_verb_needs_the_checkout_that_holds_pipelines(tmp_path: Path, capfd) -> None:
     assert main(["pipeline", "compile", "--out", str(tmp_path), "--project-root", str(tmp_path)]) == 2
-    assert "has no pipelines/ package" in capsys.readouterr().err
+    assert "has no pipelines/ package" in capfd.readouterr().err

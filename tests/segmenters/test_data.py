@@ -132,6 +132,18 @@ def test_sampling_is_seeded(stores):
     assert not np.array_equal(first[2], other[2])
 
 
+@pytest.mark.parametrize("epochs", [False, True])
+def test_a_restored_sampler_continues_the_same_stream(stores, tmp_path, epochs):
+    real = stores[0]
+    sampler = BatchSampler("real", real, [], batch_size=4, seed=5, epochs=epochs)
+    _draw(sampler, 3)
+    torch.save(sampler.state_dict(), tmp_path / "sampler.pt")
+    expected = _draw(sampler, 4)[2]
+    restored = BatchSampler("real", real, [], batch_size=4, seed=5, epochs=epochs)
+    restored.load_state_dict(torch.load(tmp_path / "sampler.pt", weights_only=True))  # no pickled code
+    assert np.array_equal(_draw(restored, 4)[2], expected)
+
+
 def test_validation_uses_only_the_val_split_in_index_order(stores):
     real = stores[0]
     slices = np.concatenate(list(validation_batches(real, batch_size=5)))

@@ -15,15 +15,10 @@ from synthmri.data.labels import STRUCTURES
 from synthmri.data.store import SliceStore, StoreError
 from synthmri.segmenters import evaluate as evaluation
 from synthmri.segmenters import get_architecture
-from synthmri.segmenters.evaluate import (
-    aggregate_repeats,
-    evaluate_segmenter,
-    find_checkpoints,
-    load_segmenter,
-    restack,
-    subject_spacings,
-    volume_spacing,
-)
+from synthmri.segmenters.inference import find_checkpoints, load_segmenter
+from synthmri.segmenters.summaries import aggregate_repeats
+from synthmri.segmenters.volumes import restack, subject_spacings, volume_spacing
+from synthmri.stages.evaluate_segmenter import run as evaluate_segmenter
 from synthmri.segmenters.train import save_checkpoint
 
 from . import blob_volume, write_blob_store
@@ -234,7 +229,7 @@ def test_gather_copies_each_run_and_the_report_reads_them_back(tmp_path):
     import json
 
     from synthmri.report import load_evaluations
-    from synthmri.segmenters.evaluate import gather_evaluations
+    from synthmri.segmenters.summaries import gather_evaluations
 
     sources = []
     for seed in (0, 1):

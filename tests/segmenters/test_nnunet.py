@@ -15,7 +15,7 @@ def test_registry_names_every_architecture_and_rejects_unknown_names():
 
     assert tuple(ARCHITECTURES) == SEGMENTER_ARCHS  # the config validates against the same list
     assert get_architecture("nnunet") is ARCHITECTURES["nnunet"]
-    with pytest.raises(ConfigError, match="vnet.*known: \\['nnunet', 'swin', 'swinunetr', 'unet'\\]"):
+    with pytest.raises(ConfigError, match="vnet.*known: nnunet, swin, swinunetr, unet"):
         get_architecture("vnet")
 
 

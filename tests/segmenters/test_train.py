@@ -12,7 +12,8 @@ import torch
 
 from synthmri.data.store import SliceStore
 from synthmri.segmenters.evaluate import evaluate_segmenter
-from synthmri.segmenters.train import HISTORY_COLUMNS, train_segmenter
+from synthmri.segmenters.train import HISTORY_COLUMNS
+from synthmri.stages.train_segmenter import run as train_segmenter
 
 from . import write_blob_store
 
@@ -145,7 +146,7 @@ def test_swin_training_raises_validation_dice(phantom_store_64, mlflow_uri, tmp_
 
 
 def test_repeats_get_their_own_seeds_and_resume(phantom_store, tiny_config, mlflow_uri, tmp_path):
-    from synthmri.segmenters.train import train_repeats
+    from synthmri.stages.train_segmenter import run_repeats as train_repeats
 
     synthetic = write_blob_store(tmp_path / "syn", {"train": 4}, size=tiny_config.data.size, depth=6, generator="ddpm")
     cfg = _config(tiny_config, train_samples=32, val_every=32)
@@ -171,6 +172,32 @@ def test_repeats_get_their_own_seeds_and_resume(phantom_store, tiny_config, mlfl
     # One repeat writes into out itself and clears the repeat folders, which evaluation would score.
     single = train_repeats("ratio", phantom_store, [synthetic], tmp_path / "out", cfg, repeats=1, real_share=0.25)
     assert single[0].out == tmp_path / "out" and not list((tmp_path / "out").glob("repeat-*"))
+
+
+def test_sigterm_stops_the_run_with_its_state_saved_and_marks_it_killed(phantom_store, tiny_config, mlflow_uri,
+                                                                        tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from synthmri.segmenters.train import SegmenterTraining
+    from synthmri.training import TrainingInterrupted
+
+    step = SegmenterTraining.train_step
+
+    def step_then_sigterm(self, number):
+        losses = step(self, number)
+        if number == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return losses
+
+    monkeypatch.setattr(SegmenterTraining, "train_step", step_then_sigterm)
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train_segmenter("real", phantom_store, [], tmp_path / "out", _config(tiny_config, train_samples=96,
+                                                                             val_every=32))
+    result = interrupted.value.result
+    assert result.stopped_at == 3 and torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert not (tmp_path / "out" / "result.json").exists()  # not finished: a repeat sweep trains it again
+    assert mlflow.get_run(result.run_id).info.status == "KILLED"
 
 
 def test_run_names_line_generators_up():

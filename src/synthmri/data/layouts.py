@@ -21,12 +21,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthmri.data.store import CHANNELS, StoreError
+from synthmri.config import BRATS_RELEASES, DATA_LAYOUTS, SLICE_CHANNELS
+from synthmri.data.store import StoreError
 
 BRATS_LABELS = {1: 51, 2: 102, 4: 204}  # 1 NCR/NET, 2 ED, 4 ET (2017-2021)
 BRATS_2023_LABELS = {1: 51, 2: 102, 3: 204}  # ET renumbered to 3
 
-_CLASSIC = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"}
+_CLASSIC = {channel: channel for channel in SLICE_CHANNELS}  # t1, t1ce, t2, flair, seg
 _GLI = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair", "seg": "seg"}
 
 
@@ -63,7 +64,8 @@ LAYOUTS: dict[str, Layout] = {
     "brats2023": Layout("brats2023", r"BraTS-[A-Z]{2,4}-\d{5}-\d{3}", "-", _GLI, BRATS_2023_LABELS),
     "generic": Layout("generic", r".+?", "_-", {**_CLASSIC, **_GLI}, BRATS_LABELS),
 }
-LAYOUT_NAMES = ("auto", *LAYOUTS)
+#: ``data.layout`` values: ``auto`` and every layout above (:data:`synthmri.config.DATA_LAYOUTS`).
+LAYOUT_NAMES = DATA_LAYOUTS
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def detect_layout(names: list[str]) -> Layout:
     Raises:
         StoreError: names of two or more releases (counts given; pass ``--layout``).
     """
-    releases = Counter(name for name in ("brats2020", "brats2021", "brats2023")
+    releases = Counter(name for name in BRATS_RELEASES
                        for filename in names if LAYOUTS[name].match(filename))
     if len(releases) > 1:
         found = ", ".join(f"{count} {name}" for name, count in sorted(releases.items()))
@@ -132,8 +134,8 @@ def find_subjects(source: Path, layout: str = "auto") -> tuple[Layout, list[Subj
     folders = Counter(name for _, name in groups)
     for (folder, name), files in sorted(groups.items(), key=lambda item: (item[0][1], str(item[0][0]))):
         where = folder.relative_to(source).as_posix()
-        missing = [c for c in CHANNELS if c not in files]
-        doubled = [c for c in CHANNELS if len(files.get(c, [])) > 1]
+        missing = [c for c in SLICE_CHANNELS if c not in files]
+        doubled = [c for c in SLICE_CHANNELS if len(files.get(c, [])) > 1]
         if folders[name] > 1:
             rejected.append(Rejection(name, where, f"duplicate subject id {name}: it occurs in {folders[name]} folders"))
         elif missing:
@@ -144,7 +146,7 @@ def find_subjects(source: Path, layout: str = "auto") -> tuple[Layout, list[Subj
             names = ", ".join(p.name for p in files[doubled[0]])
             rejected.append(Rejection(name, where, f"more than one {doubled[0]} file: {names}"))
         else:
-            subjects.append(Subject(name, where, {c: files[c][0] for c in CHANNELS}))
+            subjects.append(Subject(name, where, {c: files[c][0] for c in SLICE_CHANNELS}))
             continue
         leftover.extend(p for group in files.values() for p in group)
     return chosen, subjects, rejected, leftover

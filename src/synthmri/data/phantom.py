@@ -25,20 +25,21 @@ from __future__ import annotations
 import gzip
 import logging
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
 
-from synthmri.config import PhantomConfig
+from synthmri.config import IMAGE_CHANNELS, PhantomConfig
+from synthmri.data.phantom_shapes import Waves, index_range, lobes, paint, radial, ramp
 from synthmri.io import atomic_write_bytes
-from synthmri.monitoring import StageMonitor
 
 log = logging.getLogger(__name__)
 
 #: Field of view of a BraTS volume in mm (240 x 240 x 155 voxels of 1 mm).
 FOV_MM: tuple[float, float, float] = (240.0, 240.0, 155.0)
 #: Image contrasts in file order; the segmentation is written as ``seg``.
-MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+MODALITIES: tuple[str, ...] = IMAGE_CHANNELS
 
 # Tissue classes, and each contrast's intensity for them (relative to T1 white matter).
 TISSUES: tuple[str, ...] = ("csf", "gm", "wm", "ncr", "et", "ed")
@@ -68,76 +69,6 @@ def phantom_affine(shape: tuple[int, int, int]) -> np.ndarray:
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape, dtype=float) - 1) / 2)
     return affine
-
-
-def _ramp(signed_mm: np.ndarray, width: float) -> np.ndarray:
-    """Partial-volume fraction inside a boundary: 0 outside, 1 inside, linear over `width` mm."""
-    out = signed_mm * np.float32(1.0 / width)
-    out += np.float32(0.5)
-    np.maximum(out, 0.0, out=out)
-    return np.minimum(out, 1.0, out=out)
-
-
-def _unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
-    v = rng.normal(size=(n, 3))
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-class _Waves:
-    """A sum of random plane waves on the crop grid, evaluated separably (no 3D cosines).
-
-    cos(k.r + phase) = cos(kx x + ky y) cos(kz z + phase) - sin(kx x + ky y) sin(kz z + phase):
-    the in-plane factors are tabulated once, so a slab costs four multiply-adds per wave.
-    Grids are ordered (z, x, y) with `x` shaped (1, nx, 1) and `y` shaped (1, 1, ny).
-    """
-
-    def __init__(self, rng: np.random.Generator, n: int, wavelength: tuple[float, float],
-                 amplitude: float, x: np.ndarray, y: np.ndarray) -> None:
-        self.k = _unit_vectors(rng, n) * (2 * np.pi / rng.uniform(*wavelength, size=(n, 1)))
-        self.phase = rng.uniform(0, 2 * np.pi, size=n)
-        self.amp = (amplitude * rng.uniform(0.5, 1.0, size=n)).astype(np.float32)
-        # RMS gradient of the sum: |value| / grad_rms approximates the distance to its zero set.
-        self.grad_rms = float(np.sqrt(np.sum(self.amp.astype(float) ** 2 * np.sum(self.k**2, axis=1)) / 2))
-        plane = [np.float32(k[0]) * x + np.float32(k[1]) * y for k in self.k]
-        self.cos_xy = [np.cos(p) for p in plane]
-        self.sin_xy = [np.sin(p) for p in plane]
-
-    def __call__(self, z: np.ndarray, ix: slice = slice(None), iy: slice = slice(None)) -> np.ndarray:
-        """The sum at z-coordinates `z` (shaped (nz, 1, 1)) on the in-plane window (ix, iy)."""
-        out = np.zeros((z.shape[0],) + self.cos_xy[0][:, ix, iy].shape[1:], dtype=np.float32)
-        for k, phase, amp, c, s in zip(self.k, self.phase, self.amp, self.cos_xy, self.sin_xy):
-            arg = k[2] * z + phase
-            out += c[:, ix, iy] * (amp * np.cos(arg)).astype(np.float32)
-            out -= s[:, ix, iy] * (amp * np.sin(arg)).astype(np.float32)
-        return out
-
-
-def _lobes(rng: np.random.Generator, n: int, freq: tuple[float, float], amp: float) -> list[tuple]:
-    """Random smooth functions of a unit direction: (wave vector, phase, amplitude) terms."""
-    return [(k * rng.uniform(*freq), rng.uniform(0, 2 * np.pi), amp * rng.uniform(0.5, 1.0))
-            for k in _unit_vectors(rng, n)]
-
-
-def _radial(ux: np.ndarray, uy: np.ndarray, uz: np.ndarray, terms: list[tuple]) -> np.ndarray:
-    """1 + a smooth function of direction: an irregular, star-shaped outline."""
-    out = np.ones(np.broadcast_shapes(ux.shape, uy.shape, uz.shape), dtype=np.float32)
-    for k, phase, amp in terms:
-        out += np.float32(amp) * np.cos(np.float32(k[0]) * ux + np.float32(k[1]) * uy + np.float32(k[2]) * uz + np.float32(phase))
-    return out
-
-
-def _paint(fractions: np.ndarray, box: tuple[slice, ...], tissue: int, weight: np.ndarray) -> None:
-    """In `box`, replace a share `weight` of every tissue by `tissue` (fractions sum to 1)."""
-    region = fractions[(slice(None),) + tuple(box)]
-    region *= 1.0 - weight
-    region[tissue] += weight
-
-
-def _index_range(coords: np.ndarray, lo: float, hi: float) -> slice:
-    """Slice of the sorted `coords` within [lo, hi] (never empty)."""
-    a, b = np.searchsorted(coords, [lo, hi])
-    a = int(min(a, len(coords) - 1))
-    return slice(a, int(max(b, a + 1)))
 
 
 def make_phantom_subject(shape: tuple[int, int, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -179,9 +110,9 @@ class _Subject:
         self.core = self.radius * rng.uniform(0.55, 0.75)  # necrotic core: wide enough to see at 64 px
         self.oedema = self.radius + rng.uniform(10, 32)
         self.mass = rng.uniform(0.15, 0.4)  # how far the tumour pushes the anatomy aside
-        self.tumour_lobes = _lobes(rng, 4, (1.0, 3.0), 0.06)
-        self.core_lobes = _lobes(rng, 3, (1.0, 3.0), 0.04)
-        self.oedema_lobes = _lobes(rng, 5, (1.0, 4.0), 0.1)
+        self.tumour_lobes = lobes(rng, 4, (1.0, 3.0), 0.06)
+        self.core_lobes = lobes(rng, 3, (1.0, 3.0), 0.04)
+        self.oedema_lobes = lobes(rng, 5, (1.0, 4.0), 0.1)
         self.fissure_depth = self.semi[2] * rng.uniform(0.45, 0.6)
         self.sulcus_depth = rng.uniform(9, 14)
         self.vent = self.semi[0] / 66 * np.array([rng.uniform(4, 7), rng.uniform(20, 26), rng.uniform(6, 9)])
@@ -191,18 +122,18 @@ class _Subject:
         axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]
         # The outline bulges by at most 5 x 0.03 (see `outline`), the mass effect by < mass x oedema / 2.
         reach = self.semi * 1.16 + self.mass * self.oedema * 0.5 + 2 * self.width
-        self.crop = tuple(_index_range(a, c - r, c + r) for a, c, r in zip(axes, self.centre, reach))
+        self.crop = tuple(index_range(a, c - r, c + r) for a, c, r in zip(axes, self.centre, reach))
         # Rendering grids are ordered (z, x, y): slabs along z are contiguous, rows are long.
         self.x, self.y, self.z = (a[sl].astype(np.float32).reshape(grid)
                                   for a, sl, grid in zip(axes, self.crop, ((1, -1, 1), (1, 1, -1), (-1, 1, 1))))
         t_reach = self.oedema * 1.5 + 2 * self.width
-        self.tbox = tuple(_index_range(a[sl], c - t_reach, c + t_reach)
+        self.tbox = tuple(index_range(a[sl], c - t_reach, c + t_reach)
                           for a, sl, c in zip(axes, self.crop, self.t_centre))
 
-        self.outline = _Waves(rng, 5, (50.0, 120.0), 0.03, self.x, self.y)
-        self.folds = _Waves(rng, 8, (16.0, 28.0), 1.0, self.x, self.y)
-        self.texture = _Waves(rng, 4, (15.0, 40.0), 0.02, self.x, self.y)
-        self.tumour_texture = _Waves(rng, 6, (3.0, 8.0), 0.05, self.x, self.y)
+        self.outline = Waves(rng, 5, (50.0, 120.0), 0.03, self.x, self.y)
+        self.folds = Waves(rng, 8, (16.0, 28.0), 1.0, self.x, self.y)
+        self.texture = Waves(rng, 4, (15.0, 40.0), 0.02, self.x, self.y)
+        self.tumour_texture = Waves(rng, 6, (3.0, 8.0), 0.05, self.x, self.y)
         # Per-contrast tissue levels (jittered), separable smooth bias fields and noise levels.
         self.levels = np.array([CONTRAST[m] for m in MODALITIES]) * rng.uniform(0.94, 1.06, size=(len(MODALITIES), len(TISSUES)))
         self.levels = self.levels.astype(np.float32)
@@ -245,7 +176,7 @@ class _Subject:
         """
         reach = np.asarray(half) + self.mass * self.oedema * 0.5 + 2 * self.width
         where = self.centre + np.asarray(centre)
-        box = [_index_range(a.ravel(), c - r, c + r) for a, c, r in zip((self.x, self.y, self.z), where, reach)]
+        box = [index_range(a.ravel(), c - r, c + r) for a, c, r in zip((self.x, self.y, self.z), where, reach)]
         lo, hi = max(box[2].start, zs.start), min(box[2].stop, zs.stop)
         if lo >= hi:
             return None
@@ -285,8 +216,8 @@ class _Subject:
         del fissure, sulci
         tissue = {t: i for i, t in enumerate(TISSUES)}
         fractions = np.zeros((len(TISSUES),) + depth.shape, dtype=np.float32)
-        outer = _ramp(depth - f32(1.0), w)
-        fractions[tissue["wm"]] = _ramp(depth - f32(3.8), w)
+        outer = ramp(depth - f32(1.0), w)
+        fractions[tissue["wm"]] = ramp(depth - f32(3.8), w)
         fractions[tissue["gm"]] = outer - fractions[tissue["wm"]]
         fractions[tissue["csf"]] = f32(1.0) - outer
         del outer, depth
@@ -306,10 +237,10 @@ class _Subject:
                 q = (bx / vx) ** 2 + t2 + (bz / vz) ** 2
             else:
                 q = (bx / f32(half[0])) ** 2 + (by / f32(half[1])) ** 2 + (bz / f32(half[2])) ** 2
-            share = _ramp((f32(1) - np.sqrt(q)) * f32(thickness), w)
+            share = ramp((f32(1) - np.sqrt(q)) * f32(thickness), w)
             if weight != 1.0:
                 share *= f32(weight)
-            _paint(fractions, box, tissue[name], share)
+            paint(fractions, box, tissue[name], share)
         del ax, ay, az
         seg = np.zeros(brain.shape, dtype=np.int16)
         tumour = self._tumour(zs, dx, dy, dz, fractions, brain, seg)
@@ -335,18 +266,18 @@ class _Subject:
         tx, ty, tz = dx[:, box[1]], dy[:, :, box[2]], dz[box[0]]
         d = np.sqrt(tx * tx + ty * ty + tz * tz) + f32(1e-6)
         ux, uy, uz = tx / d, ty / d, tz / d
-        shell = _radial(ux, uy, uz, self.tumour_lobes)
+        shell = radial(ux, uy, uz, self.tumour_lobes)
         et_sdf = f32(self.radius) * shell - d
-        ncr_sdf = f32(self.core) * shell * _radial(ux, uy, uz, self.core_lobes) - d
-        ed_sdf = f32(self.oedema) * _radial(ux, uy, uz, self.oedema_lobes) - d
+        ncr_sdf = f32(self.core) * shell * radial(ux, uy, uz, self.core_lobes) - d
+        ed_sdf = f32(self.oedema) * radial(ux, uy, uz, self.oedema_lobes) - d
         index = {t: i for i, t in enumerate(TISSUES)}
         sub = fractions[(slice(None),) + box]  # a view
         in_brain = brain[box]
         # Oedema follows white matter, partly grey matter, never CSF.
-        ed_weight = _ramp(ed_sdf, 3 * w) * (sub[index["wm"]] + f32(0.5) * sub[index["gm"]]) * in_brain
-        _paint(sub, (), index["ed"], ed_weight)
-        _paint(sub, (), index["et"], _ramp(et_sdf, w) * in_brain)
-        _paint(sub, (), index["ncr"], _ramp(ncr_sdf, w) * in_brain)
+        ed_weight = ramp(ed_sdf, 3 * w) * (sub[index["wm"]] + f32(0.5) * sub[index["gm"]]) * in_brain
+        paint(sub, (), index["ed"], ed_weight)
+        paint(sub, (), index["et"], ramp(et_sdf, w) * in_brain)
+        paint(sub, (), index["ncr"], ramp(ncr_sdf, w) * in_brain)
         labels = np.zeros(d.shape, dtype=np.int16)
         labels[ed_weight > 0.5] = 2
         labels[et_sdf > 0] = 4
@@ -369,12 +300,13 @@ def nifti_gz_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
 
 
-def write_phantom_dataset(out: Path, cfg: PhantomConfig) -> list[Path]:
+def write_phantom_dataset(out: Path, cfg: PhantomConfig, *, progress: Callable[[int], None] | None = None) -> list[Path]:
     """Write `cfg.subjects` phantom subjects in the BraTS 2021 layout.
 
     Args:
         out: dataset directory (created); subject folders already there are overwritten.
         cfg: number of subjects, volume shape and seed.
+        progress: called with the number of subjects written after each one.
 
     Returns:
         The subject directories, ``out/BraTS2021_00000`` onwards, in order.
@@ -390,15 +322,15 @@ def write_phantom_dataset(out: Path, cfg: PhantomConfig) -> list[Path]:
         raise ValueError(f"phantom.shape must be three sizes of at least 8 voxels, got {list(cfg.shape)}")
     affine = phantom_affine(shape)
     paths = []
-    with StageMonitor("phantom", unit="subjects", total=cfg.subjects) as monitor:
-        for index in range(cfg.subjects):
-            name = subject_name(index)
-            rng = np.random.default_rng([cfg.seed, index])
-            volumes = make_phantom_subject(shape, rng)
-            folder = out / name
-            for channel, data in volumes.items():
-                atomic_write_bytes(folder / f"{name}_{channel}.nii.gz", nifti_gz_bytes(data, affine))
-            paths.append(folder)
-            monitor.progress(index + 1)
+    for index in range(cfg.subjects):
+        name = subject_name(index)
+        rng = np.random.default_rng([cfg.seed, index])
+        volumes = make_phantom_subject(shape, rng)
+        folder = out / name
+        for channel, data in volumes.items():
+            atomic_write_bytes(folder / f"{name}_{channel}.nii.gz", nifti_gz_bytes(data, affine))
+        paths.append(folder)
+        if progress is not None:
+            progress(index + 1)
     log.info("phantom: wrote %d subjects of shape %s to %s", len(paths), "x".join(map(str, shape)), out)
     return paths

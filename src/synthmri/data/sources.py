@@ -1,4 +1,4 @@
-"""BraTS sources on S3: list, download concurrently, resume and verify (DESIGN.md, 'Operations').
+"""BraTS sources on S3: list, download concurrently, resume and verify (docs/design.md).
 
 ``fetch_s3("s3://bucket/prefix", dest)`` mirrors every NIfTI object under the prefix into
 `dest`, keeping the key's path below the prefix. The endpoint comes from the argument or the
@@ -22,9 +22,7 @@ large object, which BraTS files (a few MB each) do not need.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -32,24 +30,27 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
+from synthmri.data.etags import (  # noqa: F401 (MiB, MULTIPART_PART_SIZES: re-exported)
+    CHUNK,
+    MISMATCH,
+    MULTIPART_ETAG,
+    MULTIPART_PART_SIZES,
+    SIZE_ONLY,
+    VERIFIED,
+    EtagCheck,
+    MiB,
+    etag_verdict,
+    opaque_etag,
+)
+from synthmri.data.s3_errors import describe_error, is_transient
 from synthmri.data.store import StoreError
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
-#: Part sizes tried, in order, to recompute a multipart ETag: boto3's default, the S3 minimum
-#: (also ``aws s3``'s old default), then common tool settings. The size implied by the part
-#: count is tried last.
-MULTIPART_PART_SIZES: tuple[int, ...] = (8 * MiB, 5 * MiB, 16 * MiB, 64 * MiB)
 ATTEMPTS = 3
-CHUNK = 1 * MiB
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 
 _BUCKET = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")
-_PLAIN_ETAG = re.compile(r"^[0-9a-f]{32}$")
-_MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-([0-9]+)$")
-#: ETags of objects encrypted with KMS keys or customer keys are not the MD5 of their content.
-_OPAQUE_ETAG_ENCRYPTION = ("aws:kms", "aws:kms:dsse")
 
 
 class SourceError(StoreError):
@@ -235,7 +236,7 @@ def _list(client: Any, uri: str, bucket: str, prefix: str, dest: Path, suffixes:
                     target = dest / _relative_path(uri, prefix, item["Key"], dest)
                     remotes.append(_Remote(item["Key"], target, int(item["Size"]), item.get("ETag", "")))
     except Exception as exc:
-        message = _describe(exc, bucket, endpoint)
+        message = describe_error(exc, bucket, endpoint)
         if message is None:
             raise
         raise SourceError(f"{uri}: {message}") from exc
@@ -278,26 +279,26 @@ def _fetch_one(client: Any, bucket: str, remote: _Remote, endpoint: str | None) 
         kept = _keep_local(remote, head)
         if kept is not None:
             _part_path(remote.target).unlink(missing_ok=True)
-            return _Outcome(remote.key, downloaded=False, size=remote.size, size_only=kept == _SIZE_ONLY)
+            return _Outcome(remote.key, downloaded=False, size=remote.size, size_only=kept == SIZE_ONLY)
         return _download_verified(client, bucket, remote, head, address)
     except SourceError:
         raise
     except Exception as exc:
-        message = _describe(exc, bucket, endpoint)
+        message = describe_error(exc, bucket, endpoint)
         if message is None:
             raise
         raise SourceError(f"{address}: {message}") from exc
 
 
 def _keep_local(remote: _Remote, head: _Head) -> str | None:
-    """`_VERIFIED` or `_SIZE_ONLY` when the local file can stay, None when it must be downloaded."""
+    """`VERIFIED` or `SIZE_ONLY` when the local file can stay, None when it must be downloaded."""
     if not (remote.target.is_file() and remote.target.stat().st_size == remote.size):
         return None
-    check = _EtagCheck.for_object(remote.etag, remote.size, head.part_size())
+    check = EtagCheck.for_object(remote.etag, remote.size, head.part_size())
     if check is not None:
         check.update_from_file(remote.target)
-    verdict = _verdict(check, head.opaque)
-    if verdict == _MISMATCH:
+    verdict = etag_verdict(check, head.opaque)
+    if verdict == MISMATCH:
         log.info("fetch: %s has the listed size but not the listed content; downloading it again", remote.target)
         return None
     return verdict
@@ -312,12 +313,12 @@ def _download_verified(client: Any, bucket: str, remote: _Remote, head: _Head, a
             verdict, problem = _download(client, bucket, remote, head, part)
         except Exception as exc:
             part.unlink(missing_ok=True)
-            if not _is_transient(exc):
+            if not is_transient(exc):
                 raise
-            verdict, problem = _MISMATCH, f"download broke off ({type(exc).__name__}: {exc})"
-        if verdict != _MISMATCH:
+            verdict, problem = MISMATCH, f"download broke off ({type(exc).__name__}: {exc})"
+        if verdict != MISMATCH:
             os.replace(part, remote.target)
-            return _Outcome(remote.key, downloaded=True, size=remote.size, size_only=verdict == _SIZE_ONLY)
+            return _Outcome(remote.key, downloaded=True, size=remote.size, size_only=verdict == SIZE_ONLY)
         part.unlink(missing_ok=True)
         log.warning("fetch: %s: attempt %d of %d failed: %s", address, attempt, ATTEMPTS, problem)
     raise SourceError(f"{address}: {problem} (after {ATTEMPTS} attempts)")
@@ -331,9 +332,9 @@ def _download(client: Any, bucket: str, remote: _Remote, head: _Head, part: Path
     """Stream the object into `part`, hashing it on the way.
 
     Returns:
-        ``(verdict, problem)``: `_VERIFIED`, `_SIZE_ONLY` or `_MISMATCH`, and what differed.
+        ``(verdict, problem)``: `VERIFIED`, `SIZE_ONLY` or `MISMATCH`, and what differed.
     """
-    check = _EtagCheck.for_object(remote.etag, remote.size, head.part_size())
+    check = EtagCheck.for_object(remote.etag, remote.size, head.part_size())
     response = client.get_object(Bucket=bucket, Key=remote.key, **({"IfMatch": remote.etag} if remote.etag else {}))
     body, written = response["Body"], 0
     try:
@@ -348,81 +349,9 @@ def _download(client: Any, bucket: str, remote: _Remote, head: _Head, part: Path
     finally:
         body.close()
     if written != remote.size:
-        return _MISMATCH, f"size differs: got {written} bytes, listed {remote.size}"
-    verdict = _verdict(check, lambda: _opaque_etag(response))
+        return MISMATCH, f"size differs: got {written} bytes, listed {remote.size}"
+    verdict = etag_verdict(check, lambda: opaque_etag(response))
     return verdict, "" if check is None else f"content differs from ETag {remote.etag} ({check.describe()})"
-
-
-def _is_transient(exc: Exception) -> bool:
-    """A broken-off stream or a failed in-flight checksum: worth another attempt."""
-    from botocore.exceptions import (
-        ConnectionClosedError,
-        FlexibleChecksumError,
-        IncompleteReadError,
-        ReadTimeoutError,
-        ResponseStreamingError,
-    )
-
-    return isinstance(exc, (ConnectionClosedError, FlexibleChecksumError, IncompleteReadError, ReadTimeoutError,
-                            ResponseStreamingError))
-
-
-def _describe(exc: Exception, bucket: str, endpoint: str | None) -> str | None:
-    """A one-line cause for a boto3 error, or None for anything that is not one."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        NoCredentialsError,
-    )
-
-    if isinstance(exc, NoCredentialsError):
-        return "no credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
-    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
-        return f"cannot reach the S3 endpoint {endpoint or '(AWS default)'} ({exc})"
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code, text = str(error.get("Code", "")), error.get("Message") or str(exc)
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code == "NoSuchBucket":
-            return f"bucket {bucket!r} does not exist"
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
-            return f"credentials rejected ({code}: {text})"
-        if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
-            return f"access denied ({code}: {text})"
-        if code in ("PreconditionFailed", "412") or status == 412:
-            return "object changed since it was listed; run again"
-        if code in ("NoSuchKey", "404"):
-            return "object disappeared since it was listed; run again"
-        return f"{code or status}: {text}"
-    if isinstance(exc, BotoCoreError):
-        return str(exc)
-    return None
-
-
-# ------------------------------------------------------------------------------ checking
-
-_VERIFIED, _SIZE_ONLY, _MISMATCH = "verified", "size-only", "mismatch"
-
-
-def _verdict(check: _EtagCheck | None, opaque: Callable[[], bool]) -> str:
-    """`_VERIFIED`, `_SIZE_ONLY` (the ETag cannot be reproduced) or `_MISMATCH`, for hashed content.
-
-    A plain or exactly known multipart ETag that does not match is a mismatch, unless the
-    object's encryption makes its ETag something other than an MD5 (`opaque`, asked last).
-    """
-    if check is not None and check.matches():
-        return _VERIFIED
-    if check is None or not check.exact or opaque():
-        return _SIZE_ONLY
-    return _MISMATCH
-
-
-def _opaque_etag(response: dict[str, Any]) -> bool:
-    """Whether a HEAD/GET response says the ETag is not the content's MD5 (KMS or customer-key encryption)."""
-    return (response.get("ServerSideEncryption") in _OPAQUE_ETAG_ENCRYPTION
-            or response.get("SSECustomerAlgorithm") is not None)
 
 
 class _Head:
@@ -434,7 +363,7 @@ class _Head:
 
     def __init__(self, client: Any, bucket: str, remote: _Remote) -> None:
         self._client, self._bucket, self._remote = client, bucket, remote
-        self._multipart = _MULTIPART_ETAG.match(remote.etag.strip('"').lower()) is not None
+        self._multipart = MULTIPART_ETAG.match(remote.etag.strip('"').lower()) is not None
         self._response: dict[str, Any] | None = None
 
     def part_size(self) -> int | None:
@@ -445,7 +374,7 @@ class _Head:
         return int(response["ContentLength"]) if response.get("PartsCount") and "ContentLength" in response else None
 
     def opaque(self) -> bool:
-        return _opaque_etag(self._get())
+        return opaque_etag(self._get())
 
     def _get(self) -> dict[str, Any]:
         if self._response is None:
@@ -458,86 +387,3 @@ class _Head:
                 log.debug("fetch: HEAD %s failed: %s", self._remote.key, exc)
                 self._response = {}
         return self._response
-
-
-class _PartMd5:
-    """The multipart ETag of a stream cut into parts of `part_size` bytes."""
-
-    def __init__(self, part_size: int) -> None:
-        self.part_size = part_size
-        self.digests: list[bytes] = []
-        self.current = hashlib.md5(usedforsecurity=False)
-        self.filled = 0
-
-    def update(self, data: memoryview) -> None:
-        while data:
-            take = min(len(data), self.part_size - self.filled)
-            self.current.update(data[:take])
-            self.filled += take
-            data = data[take:]
-            if self.filled == self.part_size:
-                self.digests.append(self.current.digest())
-                self.current, self.filled = hashlib.md5(usedforsecurity=False), 0
-
-    def etag(self) -> str:
-        digests = self.digests + ([self.current.digest()] if self.filled else [])
-        return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
-
-
-class _EtagCheck:
-    """Hashes a stream once and says whether it reproduces an S3 ETag.
-
-    `exact` is False when the part sizes are guesses: then a mismatch proves nothing.
-    """
-
-    def __init__(self, etag: str, part_sizes: list[int], *, exact: bool) -> None:
-        self.etag = etag
-        self.exact = exact
-        self.whole = None if part_sizes else hashlib.md5(usedforsecurity=False)
-        self.parts = [_PartMd5(size) for size in part_sizes]
-
-    @classmethod
-    def for_object(cls, listed_etag: str, size: int, part_size: int | None) -> _EtagCheck | None:
-        """The check for an object, or None when its ETag is not an MD5 of any kind (size-only).
-
-        Args:
-            listed_etag: the ETag as listed (quotes allowed).
-            size: the object's size.
-            part_size: the multipart part size when known (`_Head`); otherwise the sizes in
-                `MULTIPART_PART_SIZES` and the one implied by the part count are tried.
-        """
-        etag = listed_etag.strip('"').lower()
-        if _PLAIN_ETAG.match(etag):
-            return cls(etag, [], exact=True)
-        multipart = _MULTIPART_ETAG.match(etag)
-        if multipart is None:
-            return None
-        count = int(multipart.group(1))
-        if part_size and math.ceil(size / part_size) == count:
-            return cls(etag, [part_size], exact=True)
-        implied = math.ceil(size / count / MiB) * MiB if count else 0
-        guesses = [p for p in dict.fromkeys((*MULTIPART_PART_SIZES, implied)) if p and math.ceil(size / p) == count]
-        return cls(etag, guesses, exact=False) if guesses else None
-
-    def update(self, data: bytes) -> None:
-        view = memoryview(data)
-        if self.whole is not None:
-            self.whole.update(view)
-        for part in self.parts:
-            part.update(view)
-
-    def update_from_file(self, path: Path) -> _EtagCheck:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(CHUNK), b""):
-                self.update(chunk)
-        return self
-
-    def matches(self) -> bool:
-        if self.whole is not None:
-            return self.whole.hexdigest() == self.etag
-        return any(part.etag() == self.etag for part in self.parts)
-
-    def describe(self) -> str:
-        if self.whole is not None:
-            return f"content md5 {self.whole.hexdigest()}"
-        return "recomputed " + ", ".join(f"{part.part_size / MiB:g} MiB parts: {part.etag()}" for part in self.parts)

@@ -31,7 +31,7 @@ from typing import Any, Collection
 
 import numpy as np
 
-from synthmri.config import DataConfig
+from synthmri.config import SLICE_SPLITS, DataConfig
 from synthmri.data.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def assign_splits(names: list[str], data: DataConfig, layout: str,
             raise SplitError(f"unknown data.split {data.split!r}: use published or seeded")
         assignment = split_subjects(names, data)
         record = {"kind": "seeded", "seed": data.seed, "test_subjects": data.test_subjects}
-    counts = {s: sum(v == s for v in assignment.values()) for s in ("train", "val", "test")}
+    counts = {s: sum(v == s for v in assignment.values()) for s in SLICE_SPLITS}
     log.info("prepare: %s split: %d train, %d val, %d test subjects", record["kind"], counts["train"], counts["val"],
              counts["test"])
     return SubjectSplit(assignment, record)

@@ -1,4 +1,4 @@
-"""The slice store: the one on-disk contract between every stage (DESIGN.md, 'Data contract').
+"""The slice store: the one on-disk contract between every stage (docs/design.md, "The slice store").
 
 A store is a directory::
 
@@ -24,14 +24,15 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from synthmri.config import SLICE_CHANNELS, SLICE_SPLITS
 from synthmri.data.labels import LABEL_VALUES
 from synthmri.io import atomic_save_npy_parts, atomic_write_json, atomic_write_text, sha256_file
 
 SCHEMA_VERSION = 1
-CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair", "seg")
+CHANNELS: tuple[str, ...] = SLICE_CHANNELS
 IMAGE_CHANNELS = 4  # the first four channels are MR contrasts; the fifth is the annotation
 INDEX_COLUMNS = ("slice_id", "subject", "z", "split", "shard", "row")
-SPLITS = ("train", "val", "test")
+SPLITS: tuple[str, ...] = SLICE_SPLITS
 
 
 class StoreError(ValueError):

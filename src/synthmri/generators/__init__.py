@@ -1,21 +1,26 @@
 """Generators: networks, training loops, sampling and the MLflow sampler.
 
-Each model family lives in one module and is listed by name in :data:`FAMILIES`, an
-explicit registry (no import strings). A family is anything that satisfies
-:class:`GeneratorFamily`; the training loop (:mod:`synthmri.generators.train`), sampling
-(:mod:`synthmri.generators.sample`) and the MLflow pyfunc (:mod:`synthmri.generators.pyfunc`)
-only talk to that interface. To add a GAN family (``progan``, ``stylegan2``...), write
+Each model family lives in one module and is registered by name in :data:`FAMILIES`, an
+explicit :class:`~synthmri.registry.Registry` (no import strings). A family is anything
+that satisfies :class:`GeneratorFamily`; the training loop (:mod:`synthmri.generators.train`),
+sampling (:mod:`synthmri.generators.sample`) and the MLflow pyfunc
+(:mod:`synthmri.generators.pyfunc`) only talk to that interface. To add a family, write
 ``generators/<name>.py`` with an object providing the methods below (a GAN needs only its
-networks and an objective: see :class:`synthmri.generators.adversarial.AdversarialFamily`),
-add its config section to ``config.GeneratorConfig``, and add one line to :data:`FAMILIES`.
+networks and an objective: see :class:`synthmri.generators.adversarial.AdversarialFamily`)
+and its settings dataclass, and register both with one line::
+
+    FAMILIES.register("<name>", <name>.FAMILY, section=<name>.<Name>Config)
+
+The config then accepts ``generator.model: <name>`` and a ``generator.<name>`` section,
+which the family reads as ``cfg.generator.<name>`` (:mod:`synthmri.config.sections`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
-from synthmri.config import ConfigError
 from synthmri.generators import ddpm, progan, stylegan1, stylegan2, stylegan3
+from synthmri.registry import GENERATORS, Registry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,23 +80,19 @@ class GeneratorFamily(Protocol):
         """`n` images as uint8 [n, 5, H, W], annotation snapped to the label values."""
 
 
-#: Model name -> family. The one place that says which generators exist.
-FAMILIES: dict[str, GeneratorFamily] = {
-    "ddpm": ddpm.FAMILY,
-    "progan": progan.FAMILY,
-    "stylegan1": stylegan1.FAMILY,
-    "stylegan2": stylegan2.FAMILY,
-    "stylegan3": stylegan3.FAMILY,
-}
+#: Model name -> family: the one place that says which generators exist (``synthmri.registry.GENERATORS``).
+FAMILIES: Registry[GeneratorFamily] = GENERATORS
+FAMILIES.register("ddpm", ddpm.FAMILY)
+FAMILIES.register("progan", progan.FAMILY)
+FAMILIES.register("stylegan1", stylegan1.FAMILY)
+FAMILIES.register("stylegan2", stylegan2.FAMILY)
+FAMILIES.register("stylegan3", stylegan3.FAMILY)
 
 
 def get_family(name: str) -> GeneratorFamily:
-    """The family registered as `name`.
+    """The family registered as `name` (``FAMILIES.get``).
 
     Raises:
         ConfigError: (a ValueError) `name` is not registered; the message lists the known names.
     """
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise ConfigError(f"unknown generator model {name!r}; known: {', '.join(sorted(FAMILIES))}") from None
+    return FAMILIES.get(name)

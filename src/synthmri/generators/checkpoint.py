@@ -9,40 +9,27 @@ so they load with ``torch.load(weights_only=True)``:
 ``generator.pt`` (what ``generate`` and the MLflow pyfunc consume)
     format, model, model_args, state_dict (the EMA weights), config, image_size,
     data_hash, step, sampling (default sampler options), sample_batch_size.
+
+Both are written by :func:`synthmri.io.atomic_torch_save` (``save_checkpoint`` here).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from synthmri.generators import GeneratorFamily, get_family
-from synthmri.io import sha256_file
+from synthmri.io import atomic_torch_save, sha256_file, torch_load
+
+#: Checkpoints are written with the one atomic save of :mod:`synthmri.io` (fsync, mode 0644).
+save_checkpoint = atomic_torch_save
 
 GENERATOR_FORMAT = 1
 _GENERATOR_KEYS = ("format", "model", "model_args", "state_dict", "image_size", "data_hash", "sampling",
                    "sample_batch_size")
-
-
-def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
-    """``torch.save`` to a temporary file beside `path`, then rename: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(payload), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -55,10 +42,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"generator checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign or corrupt files
-        raise ValueError(f"{path}: not a loadable checkpoint ({exc})") from None
+    payload = torch_load(path)
     if not isinstance(payload, dict) or "model" not in payload or "model_args" not in payload:
         raise ValueError(f"{path}: not a synthmri generator checkpoint (no 'model'/'model_args')")
     return payload

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 
-from synthmri.config import ConfigError
+from synthmri.config import DDPM_NETWORKS, DDPM_SAMPLER_ALIASES, DDPM_SAMPLERS, DDPM_SCHEDULES, ConfigError
 from synthmri.generators.distributed import Runtime, device_of
 from synthmri.generators.guided_unet import GuidedUNet, check_shape
 from synthmri.generators.layers import gaussian
@@ -54,10 +54,6 @@ from synthmri.generators.pixels import to_uint8, to_unit_range
 if TYPE_CHECKING:
     from synthmri.config import Config, DDPMConfig
 
-SAMPLERS = ("ancestral", "ddim")
-SAMPLER_ALIASES = {"ddpm": "ancestral"}  # the ancestral sampler's old name (older checkpoints record it)
-NETWORKS = ("guided", "monai")
-SCHEDULES = ("rescaled_linear", "linear")
 _MONAI_KEYS = ("spatial_dims", "in_channels", "out_channels", "channels", "attention_levels",
                "num_res_blocks", "num_head_channels", "norm_num_groups")
 
@@ -65,28 +61,28 @@ _MONAI_KEYS = ("spatial_dims", "in_channels", "out_channels", "channels", "atten
 def model_args_from(section: "DDPMConfig", image_size: int, channels: int) -> dict[str, Any]:
     """Network and noise-schedule arguments, checked against the image size.
 
+    The section itself was validated with the config (:mod:`synthmri.config.validate`);
+    what is checked here is what depends on `image_size`, the slice store's.
+
+    Args:
+        section: the ``generator.ddpm`` section.
+        image_size: side of the square training images.
+        channels: image channels.
+
+    Returns:
+        JSON-able arguments of :func:`build_network` and the noise schedule.
+
     Raises:
-        ConfigError: (a ValueError) an inconsistent ``generator.ddpm`` section; the message
+        ConfigError: (a ValueError) the network does not fit `image_size`; the message
             names the key.
     """
     groups = int(section.norm_num_groups)
     if section.network == "guided":
         args = _guided_args(section, image_size, channels, groups)
-    elif section.network == "monai":
-        args = _monai_args(section, image_size, channels, groups)
     else:
-        raise ConfigError(f"generator.ddpm.network must be one of {NETWORKS}, got {section.network!r}")
-    if section.timesteps < 2:
-        raise ConfigError(f"generator.ddpm.timesteps must be at least 2, got {section.timesteps}")
-    if section.schedule not in SCHEDULES:
-        raise ConfigError(f"generator.ddpm.schedule must be one of {SCHEDULES}, got {section.schedule!r}")
-    if not 0 < section.beta_start < section.beta_end < 1:
-        raise ConfigError(f"generator.ddpm needs 0 < beta_start < beta_end < 1, got {section.beta_start}, {section.beta_end}")
+        args = _monai_args(section, image_size, channels, groups)
     schedule = {"timesteps": int(section.timesteps), "schedule": section.schedule,
                 "beta_start": float(section.beta_start), "beta_end": float(section.beta_end)}
-    if betas_for(schedule)[-1] >= 1:
-        raise ConfigError(f"generator.ddpm: rescaled_linear at {section.timesteps} timesteps puts the last beta at "
-                          f"{betas_for(schedule)[-1]:.3g} (beta_end * 1000 / timesteps); it must stay below 1")
     return {**args, "image_size": int(image_size), **schedule}
 
 
@@ -98,14 +94,9 @@ def _guided_args(section: "DDPMConfig", image_size: int, channels: int, groups: 
     except ValueError as exc:
         raise ConfigError(f"generator.ddpm.channel_mult/attention_resolutions: {exc}") from None
     widths = [section.model_channels * m for m in mult]
-    if groups < 1 or any(w < 1 or w % groups for w in widths):
-        raise ConfigError(f"generator.ddpm.model_channels x channel_mult {widths} must be multiples of "
-                          f"generator.ddpm.norm_num_groups ({groups})")
     attended = [w for level, w in enumerate(widths) if image_size // 2 ** level in attention] + [widths[-1]]
-    if section.num_heads < 1 or any(w % section.num_heads for w in attended):
+    if any(w % section.num_heads for w in attended):
         raise ConfigError(f"generator.ddpm.num_heads={section.num_heads} must divide the attention widths {attended}")
-    if not 0 <= section.dropout < 1:
-        raise ConfigError(f"generator.ddpm.dropout must be in [0, 1), got {section.dropout}")
     return {"network": "guided", "in_channels": channels, "out_channels": channels,
             "model_channels": int(section.model_channels), "channel_mult": mult,
             "num_res_blocks": int(section.num_res_blocks), "attention_resolutions": attention,
@@ -116,20 +107,10 @@ def _guided_args(section: "DDPMConfig", image_size: int, channels: int, groups: 
 def _monai_args(section: "DDPMConfig", image_size: int, channels: int, groups: int) -> dict[str, Any]:
     widths = tuple(int(c) for c in section.channels)
     attention = tuple(bool(a) for a in section.attention_levels)
-    if len(attention) != len(widths):
-        raise ConfigError(f"generator.ddpm.attention_levels has {len(attention)} entries, "
-                          f"generator.ddpm.channels has {len(widths)}; they must match")
-    if groups < 1 or any(width % groups for width in widths):
-        raise ConfigError(f"generator.ddpm.channels {list(widths)} must be multiples of "
-                          f"generator.ddpm.norm_num_groups ({groups})")
     factor = 2 ** (len(widths) - 1)
     if image_size % factor:
         raise ConfigError(f"image size {image_size} is not divisible by {factor} "
                           f"(generator.ddpm.channels has {len(widths)} levels, each halving the size)")
-    for level, (width, attend) in enumerate(zip(widths, attention)):
-        if attend and width % section.num_head_channels:
-            raise ConfigError(f"generator.ddpm.channels[{level}]={width} is not divisible by "
-                              f"generator.ddpm.num_head_channels={section.num_head_channels}")
     return {"network": "monai", "spatial_dims": 2, "in_channels": channels, "out_channels": channels,
             "channels": list(widths), "attention_levels": list(attention),
             "num_res_blocks": int(section.num_res_blocks), "num_head_channels": int(section.num_head_channels),
@@ -153,7 +134,7 @@ def build_network(model_args: Mapping[str, Any]) -> torch.nn.Module:
                           channel_mult=model_args["channel_mult"], num_heads=model_args["num_heads"],
                           dropout=model_args["dropout"], use_scale_shift_norm=model_args["use_scale_shift_norm"],
                           norm_groups=model_args["norm_num_groups"])
-    raise ValueError(f"unknown DDPM network {network!r}; known: {', '.join(NETWORKS)}")
+    raise ValueError(f"unknown DDPM network {network!r}; known: {', '.join(DDPM_NETWORKS)}")
 
 
 def betas_for(model_args: Mapping[str, Any]) -> np.ndarray:
@@ -164,7 +145,7 @@ def betas_for(model_args: Mapping[str, Any]) -> np.ndarray:
     if kind == "rescaled_linear":
         start, end = start * 1000 / total, end * 1000 / total
     elif kind != "linear":
-        raise ValueError(f"unknown DDPM schedule {kind!r}; known: {', '.join(SCHEDULES)}")
+        raise ValueError(f"unknown DDPM schedule {kind!r}; known: {', '.join(DDPM_SCHEDULES)}")
     return np.linspace(start, end, total, dtype=np.float64)
 
 
@@ -299,9 +280,9 @@ class DDPMTrainer:
 
 def sampler_name(kind: str) -> str:
     """The canonical sampler name (``ddpm`` -> ``ancestral``); ValueError for an unknown one."""
-    kind = SAMPLER_ALIASES.get(kind, kind)
-    if kind not in SAMPLERS:
-        raise ValueError(f"DDPM sampler must be one of {SAMPLERS}, got {kind!r}")
+    kind = DDPM_SAMPLER_ALIASES.get(kind, kind)
+    if kind not in DDPM_SAMPLERS:
+        raise ValueError(f"DDPM sampler must be one of {DDPM_SAMPLERS}, got {kind!r}")
     return kind
 
 
@@ -366,13 +347,7 @@ class DDPMFamily:
 
     def sampling_options(self, cfg: "Config") -> dict[str, Any]:
         section = cfg.generator.ddpm
-        try:
-            kind = sampler_name(section.sampler)
-        except ValueError:
-            raise ConfigError(f"generator.ddpm.sampler must be one of {SAMPLERS}, got {section.sampler!r}") from None
-        if section.sample_steps < 1:
-            raise ConfigError(f"generator.ddpm.sample_steps must be positive, got {section.sample_steps}")
-        return {"sampler": kind, "steps": int(section.sample_steps)}
+        return {"sampler": sampler_name(section.sampler), "steps": int(section.sample_steps)}
 
     def sample(self, network: torch.nn.Module, model_args: Mapping[str, Any], n: int,
                generator: torch.Generator, options: Mapping[str, Any]) -> np.ndarray:

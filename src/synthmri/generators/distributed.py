@@ -19,6 +19,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from synthmri.training import select_device
+
 log = logging.getLogger(__name__)
 
 
@@ -104,6 +106,11 @@ class Runtime:
         return gathered
 
 
+def process_rank() -> int:
+    """This process's rank among ``torchrun``'s processes (``$RANK``; 0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @contextlib.contextmanager
 def runtime(mixed_precision: bool = True) -> Iterator[Runtime]:
     """The runtime of this process, set up for the duration of the context.
@@ -117,13 +124,10 @@ def runtime(mixed_precision: bool = True) -> Iterator[Runtime]:
         mixed_precision: the config's request for bfloat16 autocast.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+    rank = process_rank()
+    device = select_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     joined = False
     if world_size > 1:
         import torch.distributed as dist

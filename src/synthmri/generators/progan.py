@@ -46,7 +46,9 @@ def resolution_at(level: int) -> int:
 
 
 def check_common(section: Any, key: str, image_size: int, channels: int) -> dict[str, Any]:
-    """Validate the fields every progressive family shares and return them as model args.
+    """The model args every progressive family shares, checked against the image size.
+
+    The section's values were validated with the config (:mod:`synthmri.config.validate`).
 
     Args:
         section: a config section with ``z_dim``, ``channel_base`` and ``channel_max``.
@@ -54,8 +56,11 @@ def check_common(section: Any, key: str, image_size: int, channels: int) -> dict
         image_size: side length of the (square) training images.
         channels: image channels.
 
+    Returns:
+        ``image_size``, ``channels``, ``z_dim``, ``channel_base`` and ``channel_max``.
+
     Raises:
-        ConfigError: a non-positive width, or an image size that is not a power of two >= 8.
+        ConfigError: an image size that is not a power of two >= 8, or no channels.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8 \
             or image_size & (image_size - 1):
@@ -63,21 +68,15 @@ def check_common(section: Any, key: str, image_size: int, channels: int) -> dict
                           f"of at least 8, got {image_size!r}")
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ConfigError(f"{key} needs a positive number of image channels, got {channels!r}")
-    args: dict[str, Any] = {"image_size": image_size, "channels": channels}
-    for name in ("z_dim", "channel_base", "channel_max"):
-        value = getattr(section, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}.{name} must be a positive integer, got {value!r}")
-        args[name] = value
-    return args
+    return {"image_size": image_size, "channels": channels, "z_dim": section.z_dim,
+            "channel_base": section.channel_base, "channel_max": section.channel_max}
 
 
 def model_args_from(section: ProGANConfig, image_size: int, channels: int) -> dict[str, Any]:
     """Everything that rebuilds the ProGAN networks (JSON-able, architecture only).
 
     Raises:
-        ConfigError: (a ValueError) an invalid ``generator.progan`` field or image size; the
-            message names the key.
+        ConfigError: (a ValueError) an image size the network cannot grow to.
     """
     return check_common(section, "generator.progan", image_size, channels)
 

@@ -1,7 +1,9 @@
 """Sampling: a trained generator -> a synthetic slice store, and sample-grid PNGs.
 
 ``generate`` accepts a checkpoint path or an MLflow URI, samples in batches straight into
-a :class:`~synthmri.data.store.StoreWriter`, and records which generator made the store.
+a :class:`~synthmri.data.store.StoreWriter` (:func:`write_synthetic_store`), and records
+which generator made the store. Progress goes to a callback; the ``generate`` stage
+(:mod:`synthmri.stages.generate`) connects it to its monitor.
 Batch ``b`` is seeded from ``(seed, b)`` alone, so the same seed, count and batch size give
 the same bytes on the CPU, and a killed run resumes by skipping the batches whose shards
 are already complete.
@@ -16,7 +18,7 @@ import logging
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -26,7 +28,6 @@ from synthmri.config import Config, ConfigError
 from synthmri.data.store import CHANNELS, SliceRow, StoreWriter
 from synthmri.generators.checkpoint import LoadedGenerator, load_generator
 from synthmri.io import atomic_write_bytes, atomic_write_json
-from synthmri.monitoring import StageMonitor
 
 log = logging.getLogger(__name__)
 
@@ -162,30 +163,53 @@ def resolve_generator(generator: str, cfg: Config) -> Iterator[tuple[Path, int |
         yield found[0], version
 
 
-def generate(generator: str, out: Path, cfg: Config) -> dict[str, Any]:
-    """Sample ``cfg.generator.n_synthetic`` slices into a synthetic slice store.
+def open_generator(generator: str, cfg: Config) -> tuple[LoadedGenerator, int | None]:
+    """Load the generator `generator` names (see :func:`resolve_generator`) and its registry version.
+
+    Raises:
+        FileNotFoundError: The generator cannot be found.
+        ValueError: An unusable checkpoint.
+    """
+    with resolve_generator(generator, cfg) as (path, version):
+        return load_generator(path), version
+
+
+def sampling_counts(cfg: Config) -> tuple[int, int]:
+    """``(generator.n_synthetic, generator.sample_batch_size)``, both checked positive.
+
+    Raises:
+        ConfigError: A count below 1 (a ValueError).
+    """
+    n, batch_size = int(cfg.generator.n_synthetic), int(cfg.generator.sample_batch_size)
+    if n < 1 or batch_size < 1:
+        raise ConfigError(f"generator.n_synthetic ({n}) and generator.sample_batch_size ({batch_size}) must be positive")
+    return n, batch_size
+
+
+def write_synthetic_store(loaded: LoadedGenerator, out: Path, cfg: Config, *, uri: str, version: int | None = None,
+                          progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Sample ``cfg.generator.n_synthetic`` slices from `loaded` into a synthetic slice store.
+
+    Batch ``b`` is seeded from ``(cfg.seed, b)``; a run with the same settings that was
+    killed resumes after its complete shards.
 
     Args:
-        generator: a ``generator.pt`` path (or the directory holding it) or an MLflow URI
-            such as ``models:/synthmri-ddpm@candidate``.
-        out: store directory.
-        cfg: resolved config; uses ``seed``, ``generator.n_synthetic``,
+        loaded: The generator.
+        out: Store directory.
+        cfg: Resolved config; uses ``seed``, ``generator.n_synthetic``,
             ``generator.sample_batch_size``, ``data.shard_size`` and the family's sampler
             settings (e.g. ``generator.ddpm.sampler``/``sample_steps``).
+        uri: How the generator was named (recorded in the manifest).
+        version: Its registry version, if known.
+        progress: Called with the number of slices stored after each batch.
 
     Returns:
         The store manifest.
 
     Raises:
-        FileNotFoundError: the generator cannot be found.
-        ConfigError: non-positive counts (a ValueError).
-        ValueError: an unusable checkpoint.
+        ConfigError: Non-positive counts (a ValueError).
     """
-    n, batch_size = int(cfg.generator.n_synthetic), int(cfg.generator.sample_batch_size)
-    if n < 1 or batch_size < 1:
-        raise ConfigError(f"generator.n_synthetic ({n}) and generator.sample_batch_size ({batch_size}) must be positive")
-    with resolve_generator(generator, cfg) as (path, version):
-        loaded = load_generator(path)
+    n, batch_size = sampling_counts(cfg)
     options = loaded.family.sampling_options(cfg)
     settings = {"seed": int(cfg.seed), "n": n, "batch_size": batch_size, "options": options,
                 "checkpoint_sha256": loaded.sha256}
@@ -196,9 +220,9 @@ def generate(generator: str, out: Path, cfg: Config) -> dict[str, Any]:
     writer = StoreWriter(
         out,
         image_size=loaded.image_size,
-        source={"path": generator, "content_hash": loaded.data_hash},
+        source={"path": uri, "content_hash": loaded.data_hash},
         shard_size=cfg.data.shard_size,
-        generator={"name": loaded.name, "version": version, "uri": generator, "checkpoint_sha256": loaded.sha256},
+        generator={"name": loaded.name, "version": version, "uri": uri, "checkpoint_sha256": loaded.sha256},
         extra={"sampling": {k: v for k, v in settings.items() if k != "checkpoint_sha256"}},
         resume=resume,
     )
@@ -207,21 +231,45 @@ def generate(generator: str, out: Path, cfg: Config) -> dict[str, Any]:
     if skip:
         log.info("resuming %s: %d of %d slices already stored", out, skip, n)
     size = loaded.image_size
-    # One Pushgateway group per generator: parallel pipeline tasks must not overwrite each other.
-    with StageMonitor("generate", unit="images", total=n, instance=loaded.name) as monitor:
-        for batch, start in enumerate(range(0, n, batch_size)):
-            count = min(batch_size, n - start)
-            if start + count <= skip:
-                # Already in complete shards: the writer only checks these slice ids, so
-                # zeros stand in for pixels it will not write again.
-                images = np.zeros((count, len(CHANNELS), size, size), dtype=np.uint8)
-            else:
-                images = sample_batch(loaded, count, cfg.seed, batch, options)
-            writer.add(images, _rows(loaded.name, start, start + count))
-            monitor.progress(start + count)
-        manifest = writer.close()
-    log.info("wrote %d synthetic slices from %s to %s", n, generator, out)
+    for batch, start in enumerate(range(0, n, batch_size)):
+        count = min(batch_size, n - start)
+        if start + count <= skip:
+            # Already in complete shards: the writer only checks these slice ids, so
+            # zeros stand in for pixels it will not write again.
+            images = np.zeros((count, len(CHANNELS), size, size), dtype=np.uint8)
+        else:
+            images = sample_batch(loaded, count, cfg.seed, batch, options)
+        writer.add(images, _rows(loaded.name, start, start + count))
+        if progress is not None:
+            progress(start + count)
+    manifest = writer.close()
+    log.info("wrote %d synthetic slices from %s to %s", n, uri, out)
     return manifest
+
+
+def generate(generator: str, out: Path, cfg: Config, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Sample ``cfg.generator.n_synthetic`` slices from `generator` into a synthetic slice store.
+
+    ``synthmri generate`` (:func:`synthmri.stages.generate.run`) adds progress monitoring.
+
+    Args:
+        generator: A ``generator.pt`` path (or the directory holding it) or an MLflow URI
+            such as ``models:/synthmri-ddpm@candidate``.
+        out: Store directory.
+        cfg: Resolved config (see :func:`write_synthetic_store`).
+        progress: Called with the number of slices stored after each batch.
+
+    Returns:
+        The store manifest.
+
+    Raises:
+        FileNotFoundError: The generator cannot be found.
+        ConfigError: Non-positive counts (a ValueError).
+        ValueError: An unusable checkpoint.
+    """
+    sampling_counts(cfg)
+    loaded, version = open_generator(generator, cfg)
+    return write_synthetic_store(loaded, out, cfg, uri=generator, version=version, progress=progress)
 
 
 def _rows(model: str, start: int, stop: int) -> list[SliceRow]:

@@ -20,13 +20,11 @@ sampled with psi 0.7 (``generator.stylegan1.truncation_psi``).
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from synthmri.config import ConfigError
 from synthmri.generators.adversarial import AdversarialFamily, Objective
 from synthmri.generators.layers import (
     Blur,
@@ -53,20 +51,11 @@ def model_args_from(section: StyleGAN1Config, image_size: int, channels: int) ->
     """Everything that rebuilds the StyleGAN 1 networks (JSON-able, architecture only).
 
     Raises:
-        ConfigError: (a ValueError) an invalid ``generator.stylegan1`` field or image size;
-            the message names the key.
+        ConfigError: (a ValueError) an image size the network cannot grow to.
     """
     args = check_common(section, KEY, image_size, channels)
-    for name in ("w_dim", "mapping_layers"):
-        value = getattr(section, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{KEY}.{name} must be a positive integer, got {value!r}")
-        args[name] = value
-    lr_mul = section.mapping_lr_mul
-    if isinstance(lr_mul, bool) or not isinstance(lr_mul, (int, float)) or not 0 < lr_mul < math.inf:
-        raise ConfigError(f"{KEY}.mapping_lr_mul must be a positive number, got {lr_mul!r}")
-    args["mapping_lr_mul"] = float(lr_mul)
-    return args
+    return {**args, "w_dim": section.w_dim, "mapping_layers": section.mapping_layers,
+            "mapping_lr_mul": float(section.mapping_lr_mul)}
 
 
 class AdaIN(nn.Module):

@@ -51,7 +51,6 @@ from synthmri.generators.layers import (
 if TYPE_CHECKING:
     from synthmri.config import StyleGAN2Config
 
-SECTION = "generator.stylegan2"
 RESIDUAL_GAIN = math.sqrt(0.5)  # keeps the variance of skip + residual equal to each branch's
 CONV_CLAMP = 256.0  # the official conv_clamp: activations clamped to [-256, 256] in reduced precision
 _INT_KEYS = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")
@@ -60,6 +59,8 @@ _D_KEYS = ("image_size", "channels", "channel_base", "channel_max")
 
 def model_args_from(section: StyleGAN2Config, image_size: int, channels: int) -> dict[str, Any]:
     """The JSON-able architecture of a StyleGAN2 pair.
+
+    The section's values were validated with the config (:mod:`synthmri.config.validate`).
 
     Args:
         section: the ``generator.stylegan2`` config section.
@@ -71,26 +72,17 @@ def model_args_from(section: StyleGAN2Config, image_size: int, channels: int) ->
         ``mapping_lr_mul``, ``channel_base`` and ``channel_max``.
 
     Raises:
-        ConfigError: (a ValueError) an invalid value; the message names the key.
+        ConfigError: (a ValueError) an image size or channel count the network cannot take.
     """
-    args: dict[str, Any] = {}
-    for key in _INT_KEYS:
-        value = getattr(section, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{SECTION}.{key} must be a positive integer, got {value!r}")
-        args[key] = value
-    lr_mul = section.mapping_lr_mul
-    if isinstance(lr_mul, bool) or not isinstance(lr_mul, (int, float)) or not 0 < lr_mul < math.inf:
-        raise ConfigError(f"{SECTION}.mapping_lr_mul must be a positive number, got {lr_mul!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8 \
             or image_size & (image_size - 1):
         raise ConfigError(f"data.size: StyleGAN2 needs a power-of-two image size of at least 8, "
                           f"got {image_size!r}")
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ConfigError(f"StyleGAN2 needs a positive number of image channels, got {channels!r}")
-    return {"image_size": image_size, "channels": channels, "z_dim": args["z_dim"], "w_dim": args["w_dim"],
-            "mapping_layers": args["mapping_layers"], "mapping_lr_mul": float(lr_mul),
-            "channel_base": args["channel_base"], "channel_max": args["channel_max"]}
+    return {"image_size": image_size, "channels": channels, "z_dim": section.z_dim, "w_dim": section.w_dim,
+            "mapping_layers": section.mapping_layers, "mapping_lr_mul": float(section.mapping_lr_mul),
+            "channel_base": section.channel_base, "channel_max": section.channel_max}
 
 
 class ModulatedConv2d(nn.Module):

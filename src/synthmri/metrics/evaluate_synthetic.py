@@ -25,8 +25,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -34,7 +35,9 @@ from synthmri.config import Config
 from synthmri.data.splits import GENERATOR_TRAIN_SPLITS
 from synthmri.data.store import CHANNELS, SliceStore, StoreError
 from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable, read_stage_summary
-from synthmri.monitoring import StageMonitor
+
+if TYPE_CHECKING:
+    from synthmri.metrics.features import InDomainFeatures
 
 log = logging.getLogger(__name__)
 
@@ -144,37 +147,66 @@ def _nearest_pairs(slice_ids: np.ndarray, max_corr: np.ndarray, train_ids: np.nd
     return [{"slice_id": str(slice_ids[i]), "train_slice_id": str(train_ids[i]), "max_corr": float(max_corr[i])} for i in order]
 
 
-def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config,
-                       segmenter: Path | None = None) -> dict[str, float | int]:
-    """Score every synthetic slice (and the real test slices) against the training slices.
+@dataclass(frozen=True)
+class SyntheticStores:
+    """The stores of one evaluation and the positions it compares.
 
-    Args:
-        real: real slice store; its generator training splits (``train`` and ``val``) are
-            the reference, its ``test`` split the baseline.
-        synthetic: synthetic slice store (all its slices are scored).
-        out: output directory (see the module docstring).
-        cfg: resolved config: ``memorization`` (chunk_size, threshold, max_shift,
-            per_channel, top_k) and ``quality`` (see :mod:`synthmri.metrics.quality`).
-        segmenter: a train-segmenter output trained on real slices, whose features give the
-            in-domain metrics; None skips them (and says so).
+    Attributes:
+        real: The real slice store.
+        synthetic: The synthetic slice store.
+        train: Positions of the real generator training slices (``train`` and ``val``): the reference.
+        test: Positions of the real ``test`` slices: the baseline.
+    """
 
-    Returns:
-        Flat summary: ``synthetic_<stat>`` and ``baseline_<stat>`` for stat in mean, median,
-        p99, max, share_above_threshold, n; plus ``threshold``.
+    real: SliceStore
+    synthetic: SliceStore
+    train: np.ndarray
+    test: np.ndarray
+
+    @property
+    def generator_name(self) -> str:
+        """The generator named in the synthetic store's manifest, else ``synthetic``."""
+        generator = self.synthetic.manifest.get("generator") or {}
+        return str(generator.get("name") or "synthetic")
+
+
+@dataclass
+class SyntheticEvaluation:
+    """What :func:`memorization` computed, before its summary is written.
+
+    Attributes:
+        out: The output directory.
+        summary: What ``summary.json`` holds (:meth:`write_summary` adds the run id).
+        metrics: The MLflow metrics.
+        artifacts: The files written in `out`, summary.json excepted.
+        flat: The flat scores returned to the command line.
+    """
+
+    out: Path
+    summary: dict[str, Any]
+    metrics: dict[str, float]
+    artifacts: list[str]
+    flat: dict[str, float | int]
+
+    def write_summary(self, run_id: str | None) -> Path:
+        """Write ``summary.json`` with ``mlflow_run_id`` = `run_id`; returns its path."""
+        self.summary["mlflow_run_id"] = run_id
+        path = self.out / "summary.json"
+        atomic_write_json(path, self.summary)
+        return path
+
+
+def open_stores(real: Path, synthetic: Path) -> SyntheticStores:
+    """Open and check both stores.
 
     Raises:
         StoreError: a store is missing or incomplete, the real store has no train/val or no
             test slices, the synthetic store is empty, or the image sizes differ.
     """
-    import mlflow
-
-    from synthmri.metrics.memorization import max_correlation, summarize
-    from synthmri.metrics.quality import mlflow_metrics, quality_metrics
-    from synthmri.tracking import stage_run
-
     real_store, syn_store = SliceStore(Path(real)), SliceStore(Path(synthetic))
     if real_store.image_size != syn_store.image_size:
-        raise StoreError(f"{synthetic}: image size {syn_store.image_size} differs from the real store's {real_store.image_size} ({real})")
+        raise StoreError(f"{synthetic}: image size {syn_store.image_size} differs from the real store's "
+                         f"{real_store.image_size} ({real})")
     train = real_store.indices(GENERATOR_TRAIN_SPLITS)  # what the generator learned from
     test = real_store.indices("test")
     if len(train) == 0:
@@ -183,43 +215,50 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config,
         raise StoreError(f"{real}: no slices in the 'test' split for the memorization baseline")
     if len(syn_store) == 0:
         raise StoreError(f"{synthetic}: the synthetic store holds no slices")
+    return SyntheticStores(real_store, syn_store, train, test)
+
+
+def memorization(stores: SyntheticStores, out: Path, cfg: Config, quality: dict[str, Any], device: str,
+                 progress: Callable[[int], None] | None = None) -> SyntheticEvaluation:
+    """Score every synthetic slice (and the real test slices) against the training slices.
+
+    Writes the CSVs and figures of the module docstring; :meth:`SyntheticEvaluation.write_summary`
+    writes ``summary.json``.
+
+    Args:
+        stores: The checked stores (:func:`open_stores`).
+        out: Output directory (see the module docstring).
+        cfg: Resolved config: ``memorization`` (chunk_size, threshold, max_shift,
+            per_channel, top_k).
+        quality: The distribution metrics (:func:`synthmri.metrics.quality.quality_metrics`).
+        device: Where the correlation products run.
+        progress: Called with the number of slices scored so far (synthetic, then baseline).
+
+    Returns:
+        The SyntheticEvaluation; its ``flat`` has ``synthetic_<stat>`` and ``baseline_<stat>``
+        for stat in mean, median, p99, max, share_above_threshold, n; ``threshold``; and the
+        quality metrics.
+    """
+    from synthmri.metrics.memorization import max_correlation, summarize
+    from synthmri.metrics.quality import mlflow_metrics
+
+    real_store, syn_store, train, test = stores.real, stores.synthetic, stores.train, stores.test
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mem = cfg.memorization
-    generator = syn_store.manifest.get("generator") or {}
-    generator_name = str(generator.get("name") or "synthetic")
-    device = memorization_device()
+    report = progress or (lambda done: None)
     log.info("memorization of %d synthetic and %d test slices against %d training slices on %s",
              len(syn_store), len(test), len(train), device)
-
-    # Distribution metrics first: a bad weights URI or segmenter fails before the long search.
-    quality = quality_metrics(real_store, syn_store, cfg, segmenter, device)
-    total = len(syn_store) + len(test)
-    with StageMonitor(STAGE, unit="images", total=total, instance=generator_name) as monitor:
-        syn_corr, syn_arg = max_correlation(
-            syn_store, (real_store, train), mem.chunk_size, max_shift=mem.max_shift, device=device,
-            progress=lambda done, _: monitor.progress(done))
-        base_corr, base_arg = max_correlation(
-            (real_store, test), (real_store, train), mem.chunk_size, max_shift=mem.max_shift, device=device,
-            progress=lambda done, _: monitor.progress(len(syn_store) + done))
-        if mem.per_channel:  # each channel on its own: which sequence (or the annotation) was copied
-            channel_corr, _ = max_correlation(syn_store, (real_store, train), mem.chunk_size, per_channel=True,
-                                              max_shift=mem.max_shift, device=device)
-
-    train_ids = real_store.slice_id[train]
-    syn_train_ids = train_ids[syn_arg]
-    write_memorization_csv(out / "memorization.csv", syn_store.slice_id, syn_corr, syn_train_ids)
-    write_memorization_csv(out / "memorization_baseline.csv", real_store.slice_id[test], base_corr, train_ids[base_arg])
-    png = plot_histogram(syn_corr, base_corr, mem.threshold, f"memorization: {generator_name}")
-    atomic_write_bytes(out / "memorization_hist.png", png)
-    top = np.argsort(-syn_corr, kind="stable")[: mem.top_k]
-    nearest_train = train[syn_arg[top]]
-    pairs = [(str(syn_store.slice_id[i]), s, str(real_store.slice_id[t]), r, float(syn_corr[i]))
-             for i, s, t, r in zip(top, syn_store.read(top), nearest_train, real_store.read(nearest_train))]
-    # SliceStore.read returns rows in the order asked for, so pairs line up.
-    atomic_write_bytes(out / "memorization_pairs.png", plot_pairs(pairs))
-    artifacts = ["memorization.csv", "memorization_baseline.csv", "memorization_hist.png", "memorization_pairs.png"]
-    if mem.per_channel:
+    syn_corr, syn_arg = max_correlation(
+        syn_store, (real_store, train), mem.chunk_size, max_shift=mem.max_shift, device=device,
+        progress=lambda done, _: report(done))
+    base_corr, base_arg = max_correlation(
+        (real_store, test), (real_store, train), mem.chunk_size, max_shift=mem.max_shift, device=device,
+        progress=lambda done, _: report(len(syn_store) + done))
+    artifacts = _write_figures_and_tables(stores, out, cfg, syn_corr, syn_arg, base_corr, base_arg)
+    if mem.per_channel:  # each channel on its own: which sequence (or the annotation) was copied
+        channel_corr, _ = max_correlation(syn_store, (real_store, train), mem.chunk_size, per_channel=True,
+                                          max_shift=mem.max_shift, device=device)
         buffer = io.StringIO()
         table = csv.writer(buffer, lineterminator="\n")
         table.writerow(["slice_id", *(f"max_corr_{c}" for c in CHANNELS)])
@@ -239,42 +278,81 @@ def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config,
         "synthetic_hash": syn_store.content_hash,
         "train_slices": int(len(train)),  # the reference: every slice of the generator's training splits
         "train_splits": list(GENERATOR_TRAIN_SPLITS),
-        "nearest": _nearest_pairs(syn_store.slice_id, syn_corr, syn_train_ids, mem.top_k),
+        "nearest": _nearest_pairs(syn_store.slice_id, syn_corr, real_store.slice_id[train][syn_arg], mem.top_k),
+        "mlflow_run_id": None,
+        "quality": jsonable(quality),
     }
-    metrics = {
-        "memorization_mean": syn_summary["mean"],
-        "memorization_median": syn_summary["median"],
-        "memorization_p99": syn_summary["p99"],
-        "memorization_max": syn_summary["max"],
-        "memorization_share_above": syn_summary["share_above_threshold"],
-        "baseline_mean": base_summary["mean"],
-        "baseline_median": base_summary["median"],
-        "baseline_p99": base_summary["p99"],
-        "baseline_max": base_summary["max"],
-        "baseline_share_above": base_summary["share_above_threshold"],
-        "memorization_excess_share": syn_summary["share_above_threshold"] - base_summary["share_above_threshold"],
-    }
-    with stage_run(cfg, stage=STAGE, experiment="evaluation", run_name=f"{generator_name}-memorization",
-                   datasets={"real": real_store, "synthetic": syn_store},
-                   tags={"synthmri.generator": generator_name}) as run:
-        summary["mlflow_run_id"] = run.info.run_id
-        summary["quality"] = jsonable(quality)
-        metrics.update(mlflow_metrics(quality))
-        for section in ("inception", "in_domain"):
-            mlflow.set_tag(f"synthmri.{section}", quality[section]["status"])
-            if quality[section]["status"] == "skipped":
-                mlflow.set_tag(f"synthmri.{section}.reason", quality[section]["reason"][:500])
-        atomic_write_json(out / "summary.json", summary)
-        mlflow.log_metrics(metrics)
-        for name in (*artifacts, "summary.json"):
-            mlflow.log_artifact(str(out / name))
-
+    metrics = {f"memorization_{key}": syn_summary[stat] for key, stat in _METRIC_STATS}
+    metrics.update({f"baseline_{key}": base_summary[stat] for key, stat in _METRIC_STATS})
+    metrics["memorization_excess_share"] = syn_summary["share_above_threshold"] - base_summary["share_above_threshold"]
+    metrics.update(mlflow_metrics(quality))
     flat: dict[str, float | int] = {}
     for prefix, stats in (("synthetic", syn_summary), ("baseline", base_summary)):
         flat.update({f"{prefix}_{key}": value for key, value in stats.items()})
     flat["threshold"] = float(mem.threshold)
     flat.update(mlflow_metrics(quality))
-    return flat
+    return SyntheticEvaluation(out=out, summary=summary, metrics=metrics, artifacts=artifacts, flat=flat)
+
+
+def evaluate_synthetic(real: Path, synthetic: Path, out: Path, cfg: Config,
+                       features: "InDomainFeatures | None" = None) -> dict[str, float | int]:
+    """The whole evaluation, untracked: quality metrics, memorization and ``summary.json`` (no run id).
+
+    The ``evaluate-synthetic`` stage (:func:`synthmri.stages.evaluate_synthetic.run`) does the
+    same inside an MLflow run.
+
+    Args:
+        real: Real slice store (train+val: the reference; test: the baseline).
+        synthetic: Synthetic slice store.
+        out: Output directory (see the module docstring).
+        cfg: Resolved config: ``memorization`` and ``quality``.
+        features: The in-domain feature extractor; None skips those metrics.
+
+    Returns:
+        The flat scores (see :func:`memorization`).
+    """
+    from synthmri.metrics.quality import quality_metrics
+
+    stores = open_stores(real, synthetic)
+    device = memorization_device()
+    quality = quality_metrics(stores.real, stores.synthetic, cfg, features, device)
+    result = memorization(stores, out, cfg, quality, device)
+    result.write_summary(None)
+    return result.flat
+
+
+#: (MLflow metric suffix, summary statistic) of the memorization and baseline metrics.
+_METRIC_STATS = (("mean", "mean"), ("median", "median"), ("p99", "p99"), ("max", "max"),
+                 ("share_above", "share_above_threshold"))
+
+
+def quality_tags(quality: dict[str, Any]) -> dict[str, str]:
+    """The run tags saying whether each quality section was computed, and why not."""
+    tags = {}
+    for section in ("inception", "in_domain"):
+        tags[f"synthmri.{section}"] = quality[section]["status"]
+        if quality[section]["status"] == "skipped":
+            tags[f"synthmri.{section}.reason"] = quality[section]["reason"][:500]
+    return tags
+
+
+def _write_figures_and_tables(stores: SyntheticStores, out: Path, cfg: Config, syn_corr: np.ndarray,
+                              syn_arg: np.ndarray, base_corr: np.ndarray, base_arg: np.ndarray) -> list[str]:
+    """The memorization CSVs, the histogram and the nearest pairs in `out`; returns their names."""
+    real_store, syn_store, train, test = stores.real, stores.synthetic, stores.train, stores.test
+    mem = cfg.memorization
+    train_ids = real_store.slice_id[train]
+    write_memorization_csv(out / "memorization.csv", syn_store.slice_id, syn_corr, train_ids[syn_arg])
+    write_memorization_csv(out / "memorization_baseline.csv", real_store.slice_id[test], base_corr, train_ids[base_arg])
+    png = plot_histogram(syn_corr, base_corr, mem.threshold, f"memorization: {stores.generator_name}")
+    atomic_write_bytes(out / "memorization_hist.png", png)
+    top = np.argsort(-syn_corr, kind="stable")[: mem.top_k]
+    nearest_train = train[syn_arg[top]]
+    pairs = [(str(syn_store.slice_id[i]), s, str(real_store.slice_id[t]), r, float(syn_corr[i]))
+             for i, s, t, r in zip(top, syn_store.read(top), nearest_train, real_store.read(nearest_train))]
+    # SliceStore.read returns rows in the order asked for, so pairs line up.
+    atomic_write_bytes(out / "memorization_pairs.png", plot_pairs(pairs))
+    return ["memorization.csv", "memorization_baseline.csv", "memorization_hist.png", "memorization_pairs.png"]
 
 
 def load_summary(path: Path) -> dict[str, Any]:

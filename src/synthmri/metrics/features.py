@@ -25,69 +25,48 @@ The U-Nets' layers are taken before the block's final instance norm: after it ev
 spatial mean in every image (the norm's learned shift), so averaging over space would erase
 what distinguishes one slice from another.
 
-Slices are preprocessed exactly as the segmenters see them in validation and evaluation
-(:func:`synthmri.segmenters.data.prepare_batch` without augmentation, with the
-architecture's input normalisation; the annotation channel is not an input).
+This module holds what does not depend on the segmenters: the pooling of any hooked layer
+(:func:`pooled_features`) and the extractor the quality metrics take
+(:class:`InDomainFeatures`). Which layer of which architecture, and how slices are
+preprocessed (exactly as the segmenters see them in validation and evaluation), is
+:mod:`synthmri.segmenters.features`; the ``evaluate-synthetic`` stage loads the network
+there and hands the extractor to :mod:`synthmri.metrics.quality`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from synthmri.segmenters import ARCHITECTURES
-from synthmri.segmenters.data import prepare_batch
-from synthmri.segmenters.evaluate import load_segmenter
 
+@dataclass(frozen=True)
+class InDomainFeatures:
+    """A feature extractor for the in-domain metrics.
+
+    Attributes:
+        extract: uint8 [n, 5, H, W] stored slices -> float64 [n, d] features.
+        source: Where the network came from (recorded in the quality section).
+        arch: The network's architecture name (recorded in the quality section).
+    """
+
+    extract: Callable[[np.ndarray], np.ndarray]
+    source: str
+    arch: str
 
 
 class _FeaturesCaptured(Exception):
-    """Raised by the hook once the features are taken, to skip the decoder."""
+    """Raised by the hook once the features are taken, to skip the rest of the network."""
 
 
-def feature_layer(model: nn.Module, arch: str) -> nn.Module:
-    """The submodule of `model` whose pooled output are the features of architecture `arch`.
-
-    Raises:
-        ValueError: `arch` has no feature layer, or `model` lacks the submodule.
-    """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"no feature layer for architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
-    name = ARCHITECTURES[arch].feature_layer
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        raise ValueError(f"{type(model).__name__} has no submodule {name!r}: not a {arch!r} network") from None
-
-
-def segmenter_features(model: nn.Module, arch: str, slices: np.ndarray, batch_size: int = 64,
-                       device: torch.device | str = "cpu") -> np.ndarray:
-    """Global-average-pooled activations of the deepest encoder layer of a segmentation network.
-
-    A forward hook on the architecture's ``feature_layer`` takes its output, averages it
-    over the spatial axes and stops the forward pass there (the decoder is not run). The
-    network runs in eval mode under ``torch.inference_mode``; the training flags of its
-    modules are restored afterwards.
-
-    Args:
-        model: a network built by the registry's ``get_architecture(arch).build``, already
-            on `device` (:func:`load_feature_network` puts it there).
-        arch: its architecture name, ``unet`` or ``swin``.
-        slices: uint8 [n, 5, H, W] stored slices (t1, t1ce, t2, flair, annotation); H and W
-            as the network accepts them (a U-Net: divisible by 2 ** (levels - 1); Swin:
-            multiples of 32, at least 64).
-        batch_size: slices per forward pass.
-        device: where the inputs go.
-
-    Returns:
-        float64 [n, channels of the hooked layer].
+def check_slices(slices: np.ndarray, batch_size: int) -> np.ndarray:
+    """`slices` as an array, refused unless uint8-like [n, 5, H, W] with n >= 1 and `batch_size` >= 1.
 
     Raises:
-        ValueError: unknown `arch`, a model without its feature layer, slices not
-            [n, 5, H, W] or empty, or `batch_size` below 1.
+        ValueError: slices not [n, 5, H, W] or empty, or `batch_size` below 1.
     """
     slices = np.asarray(slices)
     if slices.ndim != 4 or slices.shape[1] != 5:
@@ -96,7 +75,33 @@ def segmenter_features(model: nn.Module, arch: str, slices: np.ndarray, batch_si
         raise ValueError("no slices to compute features of")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    layer = feature_layer(model, arch)
+    return slices
+
+
+def pooled_features(model: nn.Module, layer: nn.Module, prepare: Callable[[np.ndarray], torch.Tensor],
+                    slices: np.ndarray, batch_size: int = 64, name: str = "feature layer") -> np.ndarray:
+    """Global-average-pooled activations of `layer` of `model`, batch by batch.
+
+    A forward hook on `layer` takes its output, averages it over the spatial axes and stops
+    the forward pass there (what follows is not run). The network runs in eval mode under
+    ``torch.inference_mode``; the training flags of its modules are restored afterwards.
+
+    Args:
+        model: The network, on the device `prepare` puts the inputs on.
+        layer: A submodule of `model`.
+        prepare: Stored slices (uint8 [b, 5, H, W]) -> the network's input batch.
+        slices: uint8 [n, 5, H, W] stored slices.
+        batch_size: Slices per forward pass.
+        name: What `layer` is, for the error when the forward pass does not reach it.
+
+    Returns:
+        float64 [n, channels of `layer`].
+
+    Raises:
+        ValueError: slices not [n, 5, H, W] or empty, or `batch_size` below 1.
+        RuntimeError: the forward pass did not run `layer`.
+    """
+    slices = check_slices(slices, batch_size)
     captured: list[torch.Tensor] = []
 
     def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
@@ -109,33 +114,13 @@ def segmenter_features(model: nn.Module, arch: str, slices: np.ndarray, batch_si
         model.eval()
         with torch.inference_mode():
             for start in range(0, len(slices), batch_size):
-                images, _ = prepare_batch(slices[start:start + batch_size], None, device,
-                                          ARCHITECTURES[arch].normalization)
                 try:
-                    model(images)
+                    model(prepare(slices[start:start + batch_size]))
                 except _FeaturesCaptured:
                     continue
-                raise RuntimeError(f"the {arch!r} feature layer {ARCHITECTURES[arch].feature_layer!r} was not run by the "
-                                   "forward pass")
+                raise RuntimeError(f"the {name} was not run by the forward pass")
     finally:
         handle.remove()
         for module, training in modes:
             module.training = training
     return torch.cat(captured).numpy()
-
-
-def load_feature_network(path: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
-    """A train-segmenter checkpoint as a feature network: (model in eval mode on `device`, arch).
-
-    Args:
-        path: ``model.pt`` or the directory holding it.
-        device: where the model goes.
-
-    Raises:
-        FileNotFoundError: no checkpoint at `path`.
-        ValueError: not a segmenter checkpoint, or an architecture without a feature layer.
-    """
-    model, checkpoint = load_segmenter(Path(path), device)
-    arch = checkpoint["arch"]
-    feature_layer(model, arch)  # fail early on an architecture without a feature layer
-    return model, arch

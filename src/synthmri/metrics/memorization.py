@@ -1,7 +1,7 @@
 """Memorization: each query image's highest Pearson correlation against a reference set.
 
-For every synthetic slice we want the training slice it resembles most (DESIGN.md,
-'Memorization'); the same statistic for held-out real test slices is the baseline that
+For every synthetic slice we want the training slice it resembles most (the paper's
+memorization test); the same statistic for held-out real test slices is the baseline that
 says what "resembles" means for two different patients. Pearson r of two flattened
 images x, y is the dot product of their centred, L2-normalised versions, so all pairs
 of a query block against a reference block are one matrix product:

@@ -24,14 +24,16 @@ records the input and how many slices of each set it used.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from synthmri.config import Config, QualityConfig
 from synthmri.data.splits import GENERATOR_TRAIN_SPLITS
 from synthmri.data.store import CHANNELS, SliceStore
+
+if TYPE_CHECKING:
+    from synthmri.metrics.features import InDomainFeatures
 
 log = logging.getLogger(__name__)
 
@@ -113,40 +115,43 @@ def inception_metrics(real: SliceStore, real_positions: np.ndarray, synthetic: S
 
 
 def in_domain_metrics(real: SliceStore, real_positions: np.ndarray, synthetic: SliceStore,
-                      syn_positions: np.ndarray, cfg: Config, segmenter: Path | None, device: str) -> dict[str, Any]:
-    """Fréchet distance, KID and precision/recall on segmentation features, or why they were skipped."""
-    if segmenter is None:
+                      syn_positions: np.ndarray, cfg: Config, features: InDomainFeatures | None) -> dict[str, Any]:
+    """Fréchet distance, KID and precision/recall on segmentation features, or why they were skipped.
+
+    Args:
+        real: The real store.
+        real_positions: Its slices to use.
+        synthetic: The synthetic store.
+        syn_positions: Its slices to use.
+        cfg: ``quality`` (batch_size, kid_subsets, kid_subset_size, pr_k) and ``seed``.
+        features: The segmenter's feature extractor; None skips the section.
+    """
+    if features is None:
         reason = "no --segmenter given (a segmentation network trained on real slices provides the features)"
         log.warning("in-domain metrics skipped: %s", reason)
         return {"status": SKIPPED, "reason": reason}
     from synthmri.metrics.distribution import frechet_distance, kernel_inception_distance, precision_recall
-    from synthmri.metrics.features import load_feature_network, segmenter_features
 
     quality = cfg.quality
-    model, arch = load_feature_network(Path(segmenter))
-    model = model.to(device)
-
-    def extract(slices: np.ndarray) -> np.ndarray:
-        return segmenter_features(model, arch, slices, batch_size=quality.batch_size, device=device)
-
-    real_features = np.concatenate(batched_features(real, real_positions, extract, 4 * quality.batch_size))
-    syn_features = np.concatenate(batched_features(synthetic, syn_positions, extract, 4 * quality.batch_size))
+    real_features = np.concatenate(batched_features(real, real_positions, features.extract, 4 * quality.batch_size))
+    syn_features = np.concatenate(batched_features(synthetic, syn_positions, features.extract, 4 * quality.batch_size))
     kid, kid_sd = kernel_inception_distance(real_features, syn_features, subsets=quality.kid_subsets,
                                             subset_size=quality.kid_subset_size, seed=cfg.seed)
     k = min(quality.pr_k, len(real_features) - 1, len(syn_features) - 1)
     pr = precision_recall(real_features, syn_features, k=k)
-    return {"status": COMPUTED, "segmenter": str(segmenter), "arch": arch, "feature_dim": int(real_features.shape[1]),
+    return {"status": COMPUTED, "segmenter": features.source, "arch": features.arch,
+            "feature_dim": int(real_features.shape[1]),
             "real_images": int(len(real_positions)), "synthetic_images": int(len(syn_positions)),
             "frechet_distance": frechet_distance(real_features, syn_features), "kid": kid, "kid_sd": kid_sd,
             "precision": float(pr["precision"]), "recall": float(pr["recall"]), "k": int(k)}
 
 
-def quality_metrics(real: SliceStore, synthetic: SliceStore, cfg: Config, segmenter: Path | None,
+def quality_metrics(real: SliceStore, synthetic: SliceStore, cfg: Config, features: InDomainFeatures | None,
                     device: str) -> dict[str, Any]:
     """Both sections, on seeded subsets of the real training slices (train + val) and of the synthetic store.
 
     FID and IS use at most ``quality.inception_images`` slices per set, the in-domain metrics at
-    most ``quality.max_images``.
+    most ``quality.max_images``. `features` extracts the in-domain features (None skips them).
 
     Returns:
         ``{"real_images", "synthetic_images", "inception": {...}, "in_domain": {...}}``: the
@@ -163,7 +168,7 @@ def quality_metrics(real: SliceStore, synthetic: SliceStore, cfg: Config, segmen
     return {
         "real_images": int(len(real_positions)), "synthetic_images": int(len(syn_positions)),
         "inception": inception_metrics(real, inception_real, synthetic, inception_syn, cfg, device),
-        "in_domain": in_domain_metrics(real, real_positions, synthetic, syn_positions, cfg, segmenter, device),
+        "in_domain": in_domain_metrics(real, real_positions, synthetic, syn_positions, cfg, features),
     }
 
 

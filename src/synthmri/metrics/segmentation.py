@@ -37,9 +37,11 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
+from synthmri.config import EVALUATION_CONVENTIONS
+
 Label = int | Sequence[int]
-#: The empty-mask conventions (the same names as ``synthmri.config.EVALUATION_CONVENTIONS``).
-CONVENTIONS: tuple[str, ...] = ("paper", "penalise")
+#: The empty-mask conventions: ``synthmri.config.EVALUATION_CONVENTIONS``.
+CONVENTIONS: tuple[str, ...] = EVALUATION_CONVENTIONS
 
 
 def check_convention(convention: str) -> str:

@@ -22,7 +22,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from synthmri.config import Config
 from synthmri.data.splits import GENERATOR_TRAIN_SPLITS
 from synthmri.data.store import SliceRow, SliceStore, StoreError, StoreWriter
 from synthmri.io import atomic_write_json, atomic_write_text
-from synthmri.monitoring import StageMonitor
+from synthmri.metrics.evaluate_synthetic import SyntheticStores
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,23 @@ REMOVED_COLUMNS = ("slice_id", "max_corr", "train_slice_id", "reason")
 
 @dataclass(frozen=True)
 class ShareResult:
-    """What `share` kept and removed."""
+    """What `share` kept and removed.
+
+    Attributes:
+        out: The shareable store.
+        kept: Slices kept.
+        removed: Slices removed.
+        threshold: The correlation above which slices were removed.
+        threshold_source: Where the threshold came from.
+        removed_fraction: ``removed / (kept + removed)``.
+    """
 
     out: Path
     kept: int
     removed: int
     threshold: float
     threshold_source: str
+    removed_fraction: float = float("nan")
 
     def summary(self) -> str:
         """One line for the command line."""
@@ -70,30 +80,14 @@ def share_threshold(cfg: Config, baseline: np.ndarray, override: float | None = 
     return float(np.max(baseline)), f"baseline: maximum over {len(baseline)} held-out real test slices"
 
 
-def share(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | None = None) -> ShareResult:
-    """Write a copy of `synthetic` without the slices that are too close to a training slice.
-
-    Args:
-        synthetic: the synthetic slice store.
-        real: the real slice store: its generator training splits (``train`` and ``val``)
-            are what must not leak, its ``test`` split the baseline.
-        out: directory of the shareable store and its report; must differ from `synthetic`.
-        cfg: ``memorization`` (chunk_size, max_shift, share_threshold) and ``tracking``.
-        threshold: overrides ``memorization.share_threshold``.
-
-    Returns:
-        The ShareResult.
+def open_share_stores(synthetic: Path, real: Path, out: Path) -> SyntheticStores:
+    """Open and check both stores for :func:`share_stores`.
 
     Raises:
-        StoreError: a store is missing or incomplete, sizes differ, or a split is empty.
+        StoreError: A store is missing or incomplete, sizes differ, or the real store has no
+            generator training slices.
         ValueError: `out` is the synthetic store itself.
     """
-    import mlflow
-
-    from synthmri.metrics.evaluate_synthetic import memorization_device
-    from synthmri.metrics.memorization import max_correlation, summarize
-    from synthmri.tracking import stage_run
-
     synthetic, real, out = Path(synthetic), Path(real), Path(out)
     if out.resolve() == synthetic.resolve():
         raise ValueError(f"--out {out} is the synthetic store itself; write the shareable store elsewhere")
@@ -103,17 +97,50 @@ def share(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float 
     train, test = real_store.indices(GENERATOR_TRAIN_SPLITS), real_store.indices("test")
     if len(train) == 0:
         raise StoreError(f"{real}: no {' or '.join(GENERATOR_TRAIN_SPLITS)} slices to compare against")
+    return SyntheticStores(real_store, syn_store, train, test)
+
+
+def share(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | None = None,
+          progress: Callable[[int], None] | None = None) -> ShareResult:
+    """Write a copy of `synthetic` without the slices that are too close to a training slice (untracked).
+
+    Args:
+        synthetic: The synthetic slice store.
+        real: The real slice store: its generator training splits (``train`` and ``val``)
+            are what must not leak, its ``test`` split the baseline.
+        out: Directory of the shareable store and its report; must differ from `synthetic`.
+        cfg: ``memorization`` (chunk_size, max_shift, share_threshold) and ``data.shard_size``.
+        threshold: Overrides ``memorization.share_threshold``.
+        progress: Called with the number of slices scored so far.
+
+    Returns:
+        The ShareResult.
+
+    Raises:
+        StoreError: A store is missing or incomplete, sizes differ, or a split is empty.
+        ValueError: `out` is the synthetic store itself.
+    """
+    return share_stores(open_share_stores(synthetic, real, out), out, cfg, threshold, progress)
+
+
+def share_stores(stores: SyntheticStores, out: Path, cfg: Config, threshold: float | None = None,
+                 progress: Callable[[int], None] | None = None) -> ShareResult:
+    """:func:`share` on stores already opened by :func:`open_share_stores`."""
+    from synthmri.metrics.evaluate_synthetic import memorization_device
+    from synthmri.metrics.memorization import max_correlation, summarize
+
+    syn_store, real_store, train, test = stores.synthetic, stores.real, stores.train, stores.test
+    synthetic, real, out = syn_store.path, real_store.path, Path(out)
     mem = cfg.memorization
     device = memorization_device()
-    instance = str((syn_store.manifest.get("generator") or {}).get("name") or "synthetic")
-    with StageMonitor(STAGE, unit="images", total=len(syn_store) + len(test), instance=instance) as monitor:
-        corr, nearest = max_correlation(syn_store, (real_store, train), mem.chunk_size, max_shift=mem.max_shift,
-                                        device=device, progress=lambda done, _: monitor.progress(done))
-        baseline = np.empty(0)
-        if len(test):
-            baseline, _ = max_correlation((real_store, test), (real_store, train), mem.chunk_size,
-                                          max_shift=mem.max_shift, device=device,
-                                          progress=lambda done, _: monitor.progress(len(syn_store) + done))
+    report = progress or (lambda done: None)
+    corr, nearest = max_correlation(syn_store, (real_store, train), mem.chunk_size, max_shift=mem.max_shift,
+                                    device=device, progress=lambda done, _: report(done))
+    baseline = np.empty(0)
+    if len(test):
+        baseline, _ = max_correlation((real_store, test), (real_store, train), mem.chunk_size,
+                                      max_shift=mem.max_shift, device=device,
+                                      progress=lambda done, _: report(len(syn_store) + done))
     limit, source = share_threshold(cfg, baseline, threshold)
     removed = corr > limit
     train_ids = real_store.slice_id[train][nearest]
@@ -141,19 +168,16 @@ def share(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float 
         table.writerow([syn_store.slice_id[i], f"{corr[i]:.6f}", train_ids[i],
                         f"r = {corr[i]:.4f} with {train_ids[i]} exceeds {limit:.4f} ({source})"])
     atomic_write_text(out / "removed.csv", buffer.getvalue())
-    report: dict[str, Any] = {
+    report_json: dict[str, Any] = {
         "synthetic": str(synthetic), "real": str(real), "threshold": limit, "threshold_source": source,
         "max_shift": mem.max_shift, "kept": int(len(keep)), "removed": int(removed.sum()),
         "synthetic_stats": summarize(corr, limit), "baseline_stats": summarize(baseline, limit),
     }
-    atomic_write_json(out / "share_report.json", report)
-    name = str((generator or {}).get("name") or synthetic.name)
-    with stage_run(cfg, stage=STAGE, experiment="evaluation", run_name=f"{name}-share",
-                   datasets={"real": real_store, "synthetic": syn_store}, tags={"synthmri.generator": name}):
-        mlflow.log_params({"share.threshold": limit, "share.threshold_source": source})
-        mlflow.log_metrics({"share_kept": len(keep), "share_removed": int(removed.sum()),
-                            "share_removed_fraction": float(removed.mean())})
-        mlflow.log_artifact(str(out / "removed.csv"))
-        mlflow.log_artifact(str(out / "share_report.json"))
+    atomic_write_json(out / "share_report.json", report_json)
     return ShareResult(out=out, kept=int(len(keep)), removed=int(removed.sum()), threshold=limit,
-                       threshold_source=source)
+                       threshold_source=source, removed_fraction=float(removed.mean()))
+
+
+def share_name(stores: SyntheticStores) -> str:
+    """The generator named in the synthetic store's manifest, else the store's folder name (the run's name)."""
+    return str((stores.synthetic.manifest.get("generator") or {}).get("name") or stores.synthetic.path.name)

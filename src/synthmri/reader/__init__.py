@@ -2,10 +2,19 @@
 
 :mod:`synthmri.reader.study` plans the study (which slices, in which order, behind which
 tokens) and keeps the answers; :mod:`synthmri.reader.server` serves the page, the JSON API
-and the images; :mod:`synthmri.reader.results` writes the confusion table to CSV and MLflow.
+and the images; :mod:`synthmri.reader.results` writes the confusion table to CSV;
+:mod:`synthmri.stages.reader_study` logs it to MLflow.
 """
 
-from synthmri.reader.results import StudyResult, confusion_rows, finish
+from synthmri.reader.results import (
+    StudyResult,
+    confusion_rows,
+    finish,
+    study_datasets,
+    study_metrics,
+    study_params,
+    study_tags,
+)
 from synthmri.reader.server import ReaderServer, render_png, run_until_done, serve
 from synthmri.reader.study import ForegroundRule, ReaderStudy, StudyError, build_plan, open_study
 
@@ -22,4 +31,8 @@ __all__ = [
     "render_png",
     "run_until_done",
     "serve",
+    "study_datasets",
+    "study_metrics",
+    "study_params",
+    "study_tags",
 ]

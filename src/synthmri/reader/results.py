@@ -1,4 +1,4 @@
-"""The reader study's result: the confusion table of the paper's Table 8, as CSV and in MLflow.
+"""The reader study's result: the confusion table of the paper's Table 8, as CSV (and what MLflow gets).
 
 ``confusion.csv`` has one row per source (real first, then each generator)::
 
@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synthmri.config import Config
 from synthmri.io import atomic_write_text
-from synthmri.reader.study import STAGE, ReaderStudy, StudyError
+from synthmri.reader.study import ReaderStudy, StudyError
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +72,17 @@ def _metric_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-.]", "_", name)
 
 
-def finish(study: ReaderStudy, cfg: Config, *, log_mlflow: bool = True) -> StudyResult:
-    """Write ``confusion.csv`` from the answers so far and log it to MLflow (experiment ``evaluation``).
+def finish(study: ReaderStudy) -> StudyResult:
+    """Write ``confusion.csv`` from the answers so far.
 
-    Metrics: ``reader.<source>.answered_real``, ``.answered_synthetic``, ``.accuracy`` (when
-    any answered), ``.n``, plus ``reader.answered``, ``reader.total`` and ``reader.accuracy``.
+    The stage (:mod:`synthmri.stages.reader_study`) logs it to MLflow with
+    :func:`study_datasets`, :func:`study_params` and :func:`study_metrics`.
+
+    Args:
+        study: The study, finished or stopped early.
+
+    Returns:
+        The confusion table (without a run id).
     """
     answers = study.answers()
     rows = confusion_rows(study.plan, answers)
@@ -89,13 +94,11 @@ def finish(study: ReaderStudy, cfg: Config, *, log_mlflow: bool = True) -> Study
     csv_path = study.out / "confusion.csv"
     atomic_write_text(csv_path, buffer.getvalue())  # csv writes None as an empty field
     reader = str(study.plan.get("reader", ""))
-    result = StudyResult(rows, len(answers), study.total, reader, csv_path, None)
-    if not log_mlflow:
-        return result
-    import mlflow
+    return StudyResult(rows, len(answers), study.total, reader, csv_path, None)
 
-    from synthmri.tracking import stage_run
 
+def study_datasets(study: ReaderStudy) -> dict[str, Any]:
+    """Role -> slice store of the study's sources (``real``, ``synthetic-<name>``); moved stores are skipped."""
     datasets = {}
     for source in study.plan["sources"]:
         try:
@@ -103,22 +106,34 @@ def finish(study: ReaderStudy, cfg: Config, *, log_mlflow: bool = True) -> Study
                 study.store(source["name"])
         except (StudyError, OSError, ValueError) as exc:  # a store moved away since: log without its hash
             log.warning("reader study: %s", exc)
-    tags = {"synthmri.reader": reader, "synthmri.reader.complete": str(study.complete).lower()}
-    with stage_run(cfg, stage=STAGE, experiment="evaluation", run_name=f"reader-study{'-' + reader if reader else ''}",
-                   datasets=datasets, tags=tags) as run:
-        mlflow.log_params({"reader.per_source": study.plan["per_source"], "reader.seed": study.plan["seed"],
-                           "reader.sources": ",".join(s["name"] for s in study.plan["sources"])})
-        metrics: dict[str, float] = {"reader.answered": len(answers), "reader.total": study.total}
-        if result.accuracy is not None:
-            metrics["reader.accuracy"] = result.accuracy
-        for r in rows:
-            key = f"reader.{_metric_key(r['source'])}"
-            metrics.update({f"{key}.n": r["n"], f"{key}.answered_real": r["answered_real"],
-                            f"{key}.answered_synthetic": r["answered_synthetic"]})
-            if r["accuracy"] is not None:
-                metrics[f"{key}.accuracy"] = r["accuracy"]
-        mlflow.log_metrics(metrics)
-        for name in ("confusion.csv", "plan.json", "answers.jsonl"):
-            if (study.out / name).is_file():
-                mlflow.log_artifact(str(study.out / name), artifact_path=STAGE)
-        return StudyResult(rows, len(answers), study.total, reader, csv_path, run.info.run_id)
+    return datasets
+
+
+def study_tags(study: ReaderStudy) -> dict[str, str]:
+    """The run's tags: the reader and whether every image was answered."""
+    return {"synthmri.reader": str(study.plan.get("reader", "")),
+            "synthmri.reader.complete": str(study.complete).lower()}
+
+
+def study_params(study: ReaderStudy) -> dict[str, Any]:
+    """The run's params: images per source, seed and sources."""
+    return {"reader.per_source": study.plan["per_source"], "reader.seed": study.plan["seed"],
+            "reader.sources": ",".join(s["name"] for s in study.plan["sources"])}
+
+
+def study_metrics(result: StudyResult) -> dict[str, float]:
+    """The run's metrics.
+
+    ``reader.<source>.answered_real``, ``.answered_synthetic``, ``.accuracy`` (when any
+    answered), ``.n``, plus ``reader.answered``, ``reader.total`` and ``reader.accuracy``.
+    """
+    metrics: dict[str, float] = {"reader.answered": result.answered, "reader.total": result.total}
+    if result.accuracy is not None:
+        metrics["reader.accuracy"] = result.accuracy
+    for r in result.rows:
+        key = f"reader.{_metric_key(r['source'])}"
+        metrics.update({f"{key}.n": r["n"], f"{key}.answered_real": r["answered_real"],
+                        f"{key}.answered_synthetic": r["answered_synthetic"]})
+        if r["accuracy"] is not None:
+            metrics[f"{key}.accuracy"] = r["accuracy"]
+    return metrics

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from synthmri.data.store import IMAGE_CHANNELS, SliceStore, StoreError
 
 TRAIN_SOURCES: tuple[str, ...] = ("real", "synthetic", "mixed", "ratio")
 REAL, SYNTHETIC = 0, 1  # values of Batch.source
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -236,6 +237,19 @@ class BatchSampler:
             self._order = self._rng.permutation(len(positions))
         pick, self._order = self._order[:self.batch_size], self._order[self.batch_size:]
         return self._read(sources[pick], stores[pick], positions[pick])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream stands: the sampling generator's state and what is left of this epoch.
+
+        Plain numbers, strings and a tensor, so a checkpoint holding it loads with
+        ``torch.load(weights_only=True)``.
+        """
+        return {"rng": self._rng.bit_generator.state, "order": torch.from_numpy(self._order.copy())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the stream from what :meth:`state_dict` returned (same stores and settings)."""
+        self._rng.bit_generator.state = dict(state["rng"])
+        self._order = state["order"].numpy().astype(np.int64)
 
     def _read(self, source: np.ndarray, store: np.ndarray, positions: np.ndarray) -> Batch:
         slices = np.empty((len(positions), *self._slice_shape()), dtype=np.uint8)

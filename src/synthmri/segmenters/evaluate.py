@@ -45,20 +45,18 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import mlflow
 import numpy as np
 import torch
 
 from synthmri.config import Config
-from synthmri.data.labels import LABEL_VALUES, STRUCTURES
+from synthmri.data.labels import STRUCTURES
 from synthmri.data.store import IMAGE_CHANNELS, SliceStore, StoreError
 from synthmri.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
 from synthmri.metrics.segmentation import dice, hausdorff
-from synthmri.monitoring import StageMonitor
 from synthmri.segmenters import get_architecture
-from synthmri.segmenters.data import prepare_batch
+from synthmri.segmenters.inference import find_checkpoints, load_segmenter, model_info, segment
 from synthmri.segmenters.summaries import (  # noqa: F401 (gather_evaluations, evaluation_runs: re-exported)
     EXAMPLE,
     SCORES,
@@ -67,11 +65,10 @@ from synthmri.segmenters.summaries import (  # noqa: F401 (gather_evaluations, e
     evaluation_runs,
     gather_evaluations,
     mean_dice,
-    mlflow_metrics,
     subject_means,
 )
-from synthmri.segmenters.train import REPEAT_GLOB, device
-from synthmri.tracking import stage_run
+from synthmri.segmenters.train import device
+from synthmri.segmenters.volumes import restack, subject_depths, subject_spacings
 
 log = logging.getLogger(__name__)
 
@@ -117,101 +114,6 @@ class EvaluationSummary:
         return "\n".join(lines)
 
 
-def load_segmenter(path: Path, dev: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The network of a train-segmenter checkpoint (``model.pt`` or its directory), in eval mode.
-
-    A directory of several repeats gives its first repeat's network.
-
-    Raises:
-        FileNotFoundError: no checkpoint at `path`.
-        ValueError: the file is not a segmenter checkpoint (keys missing).
-    """
-    file = find_checkpoints(Path(path))[0]
-    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    missing = [k for k in ("arch", "model_args", "state_dict") if k not in checkpoint]
-    if missing:
-        raise ValueError(f"{file}: not a segmenter checkpoint (missing {missing})")
-    model = get_architecture(checkpoint["arch"]).build(**checkpoint["model_args"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(dev).eval(), checkpoint
-
-
-def find_checkpoints(model: Path) -> list[Path]:
-    """The checkpoints of a train-segmenter output: ``model.pt``, or one per ``repeat-*``.
-
-    Raises:
-        FileNotFoundError: neither is there.
-    """
-    model = Path(model)
-    if model.is_file():
-        return [model]
-    if (model / "model.pt").is_file():
-        return [model / "model.pt"]
-    repeats = sorted(p / "model.pt" for p in model.glob(REPEAT_GLOB) if (p / "model.pt").is_file())
-    if repeats:
-        return repeats
-    raise FileNotFoundError(f"{model / 'model.pt'}: segmenter checkpoint not found (run train-segmenter first)")
-
-
-def volume_spacing(source: Any, pad_to: int, image_size: int) -> tuple[float, float, float]:
-    """Voxel size (z, row, column) in mm of a restacked volume from the source voxel size (x, y, z).
-
-    Stored rows run along the source x axis and columns along y (``prepare`` slices the
-    last axis); in-plane pixels grow by ``pad_to / image_size`` through the resampling.
-
-    Raises:
-        StoreError: `source` is not 3 positive numbers.
-    """
-    try:
-        x, y, z = (float(v) for v in source)
-    except (TypeError, ValueError):
-        raise StoreError(f"voxel spacing must be 3 numbers (x, y, z mm), got {source!r}") from None
-    if not all(v > 0 and np.isfinite(v) for v in (x, y, z)):
-        raise StoreError(f"voxel spacing must be 3 positive numbers (x, y, z mm), got {source!r}")
-    zoom = int(pad_to) / int(image_size)
-    return (z, x * zoom, y * zoom)
-
-
-def subject_spacings(store: SliceStore, pad_to: int) -> tuple[dict[str, tuple[float, float, float]], str]:
-    """Volume voxel size (z, row, column) in mm per subject of `store`, and where it came from.
-
-    Args:
-        store: the real slice store.
-        pad_to: the padded slice side, used when the manifest does not record ``pad_to``.
-
-    Returns:
-        subject -> spacing (every subject of the store), and a note for the summary.
-    """
-    manifest = store.manifest
-    padded, size = int(manifest.get("pad_to") or pad_to), store.image_size
-    resampling = f"in-plane x {padded}/{size} (padding, resampling)"
-    table = store.path / "subjects.csv"
-    if table.is_file():
-        with open(table, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if rows and "spacing_x" in rows[0]:
-            spacings = {}
-            for row in rows:
-                source = (row["spacing_x"], row["spacing_y"], row["spacing_z"])
-                try:
-                    spacings[row["subject"]] = volume_spacing(source, padded, size)
-                except StoreError as exc:
-                    raise StoreError(f"{table}: subject {row['subject']}: {exc}") from None
-            missing = sorted(set(store.subjects()) - set(spacings))
-            if missing:
-                raise StoreError(f"{table}: no voxel spacing for subjects {missing[:5]}")
-            distinct = sorted({tuple(float(row[f"spacing_{a}"]) for a in "xyz") for row in rows})
-            sources = "; ".join("x".join(f"{v:g}" for v in d) for d in distinct[:3])
-            return spacings, f"source voxels {sources} mm from subjects.csv, {resampling}"
-    source = manifest.get("spacing")
-    if source is not None:
-        spacing = volume_spacing(source, padded, size)
-        return ({subject: spacing for subject in store.subjects()},
-                f"source voxels {'x'.join(f'{float(v):g}' for v in source)} mm from the manifest, {resampling}")
-    return ({subject: (1.0, 1.0, 1.0) for subject in store.subjects()},
-            "the store records no voxel spacing; 1 mm assumed on every axis (distances in voxels)")
-
-
 def score_volumes(pred: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float],
                   convention: str = "penalise") -> dict[str, dict[str, float]]:
     """Dice, maximum and 95th-percentile Hausdorff (mm) of every structure of two label volumes.
@@ -228,137 +130,126 @@ def score_volumes(pred: np.ndarray, reference: np.ndarray, spacing: tuple[float,
     }
 
 
-def restack(z: np.ndarray, slices: np.ndarray, mode: str = "filtered", depth: int | None = None) -> tuple[np.ndarray, int]:
-    """Stack one subject's 2D slices into a volume ordered by z.
+@dataclass(frozen=True)
+class EvaluationSetup:
+    """What every checkpoint of one evaluation shares.
 
-    Args:
-        z: slice positions (one per slice, any order).
-        slices: [n, H, W] arrays in the same order as `z`.
-        mode: ``filtered`` stacks the slices consecutively in z order; ``all`` places each
-            at its z in a zero volume of `depth` slices.
-        depth: volume depth for ``all`` (default: the largest z + 1).
+    Attributes:
+        checkpoints: The ``model.pt`` files (one per repeat).
+        store: The real slice store.
+        spacings: Voxel size (z, row, column) in mm per subject.
+        spacing_note: Where the spacings came from.
+        depths: Volume depth per subject (``eval_slices=all`` only; else empty).
+        dev: Where the networks run.
+    """
 
-    Returns:
-        The volume [D, H, W] and the number of slices filled with zeros.
+    checkpoints: list[Path]
+    store: SliceStore
+    spacings: dict[str, tuple[float, float, float]]
+    spacing_note: str
+    depths: dict[str, int]
+    dev: torch.device
+
+
+def prepare_evaluation(model: Path, data: Path, cfg: Config) -> EvaluationSetup:
+    """Find the checkpoints, open the store and read each test subject's spacing and depth.
 
     Raises:
-        ValueError: z values repeat or lie outside the depth, or `mode` is unknown.
+        FileNotFoundError: No checkpoint at `model`.
+        StoreError: The store is incomplete, has no test slices or a bad voxel spacing.
     """
-    z = np.asarray(z, dtype=np.int64)
-    values, counts = np.unique(z, return_counts=True)
-    if (counts > 1).any():
-        raise ValueError(f"slices repeat z positions {values[counts > 1].tolist()}")
-    order = np.argsort(z, kind="stable")
-    if mode == "filtered":
-        return slices[order], 0
-    if mode != "all":
-        raise ValueError(f"mode must be 'filtered' or 'all', got {mode!r}")
-    depth = int(z.max()) + 1 if depth is None else int(depth)
-    if len(z) and (z.min() < 0 or z.max() >= depth):
-        raise ValueError(f"z positions {int(z.min())}..{int(z.max())} do not fit a depth of {depth}")
-    volume = np.zeros((depth, *slices.shape[1:]), dtype=slices.dtype)
-    volume[z] = slices
-    return volume, depth - len(z)
+    checkpoints = find_checkpoints(model)
+    store = SliceStore(data)
+    if len(store.indices("test")) == 0:
+        raise StoreError(f"{store.path}: no 'test' slices to evaluate")
+    spacings, spacing_note = subject_spacings(store, cfg.data.pad_to)
+    depths = subject_depths(store) if cfg.evaluation.eval_slices == "all" else {}
+    return EvaluationSetup(checkpoints, store, spacings, spacing_note, depths, device())
 
 
-def subject_depths(store: SliceStore) -> dict[str, int]:
-    """Source volume depth per subject: ``subjects.csv`` (slices_total), else manifest ``shape``; {} if neither."""
-    table = store.path / "subjects.csv"
-    if table.is_file():
-        with open(table, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if rows and "slices_total" in rows[0]:
-            return {row["subject"]: int(row["slices_total"]) for row in rows}
-    shape = store.manifest.get("shape")
-    if shape:
-        return {subject: int(shape[2]) for subject in store.subjects()}
-    return {}
-
-
-@torch.no_grad()
-def segment(model: torch.nn.Module, slices: np.ndarray, batch_size: int, dev: torch.device | str,
-            normalization: str = "zscore") -> np.ndarray:
-    """Annotation values (uint8 [n, H, W]) predicted for stored slices (uint8 [n, 5, H, W]).
-
-    `normalization` is the network's input normalisation (its architecture's, see
-    :data:`synthmri.segmenters.data.NORMALIZATIONS`).
-    """
-    values = torch.tensor(LABEL_VALUES, dtype=torch.uint8)
-    out = np.empty((len(slices), *slices.shape[2:]), dtype=np.uint8)
-    for start in range(0, len(slices), batch_size):
-        images, _ = prepare_batch(slices[start:start + batch_size], None, dev, normalization)
-        classes = model(images).argmax(dim=1).cpu()
-        out[start:start + batch_size] = values[classes].numpy()
-    return out
-
-
-def model_info(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
-    """What the evaluation records of the model: architecture, data mix, setting, seed, name."""
-    trained = checkpoint.get("config", {}).get("segmenter", {})
-    return {
-        "arch": checkpoint["arch"], "train": checkpoint.get("train"), "augment": bool(trained.get("augment", False)),
-        "seed": checkpoint.get("seed"), "synthetic": list(checkpoint.get("synthetic") or []),
-        "real_share": checkpoint.get("real_share"), "name": checkpoint.get("name") or path.parent.name,
-        "synthetic_versions": list(checkpoint.get("synthetic_versions") or []), "repeat": checkpoint.get("repeat"),
-    }
-
-
-def _evaluate_checkpoint(checkpoint_path: Path, store: SliceStore, out: Path, cfg: Config,
-                         spacings: dict[str, tuple[float, float, float]], spacing_note: str,
-                         depths: dict[str, int], dev: torch.device) -> EvaluationSummary:
-    """Segment, restack and score every test subject with one checkpoint; write out/ and one MLflow run."""
-    mode, convention = cfg.evaluation.eval_slices, cfg.evaluation.convention
-    network, checkpoint = load_segmenter(checkpoint_path, dev)
-    info = model_info(checkpoint, checkpoint_path)
+def test_subjects(store: SliceStore) -> list[str]:
+    """The test subjects, sorted."""
     test = store.indices("test")
-    subjects = sorted(set(store.subject[test].tolist()))
+    return sorted(set(store.subject[test].tolist()))
+
+
+def evaluation_tags(info: dict[str, Any], convention: str, repeats: int | None = None) -> dict[str, str]:
+    """The MLflow tags of an evaluation run: of one checkpoint (`repeats` None) or of the mean over repeats."""
+    tags = {"synthmri.train": str(info["train"]), "synthmri.arch": info["arch"],
+            "synthmri.augment": str(info["augment"]).lower(), "synthmri.convention": convention}
+    if repeats is not None:
+        return {**tags, "synthmri.repeats": str(repeats)}
+    generator = "+".join(info["synthetic"]) if info["train"] != "real" and info["synthetic"] else "real"
+    return {**tags, "synthmri.model": info["name"], "synthmri.generator": generator,
+            "synthmri.generator_version": ",".join(info["synthetic_versions"])}
+
+
+def evaluate_checkpoint(network: torch.nn.Module, info: dict[str, Any], setup: EvaluationSetup, out: Path,
+                        cfg: Config, progress: Callable[[int], None] | None = None) -> EvaluationSummary:
+    """Segment, restack and score every test subject with one network; write ``out``.
+
+    Args:
+        network: The loaded segmenter (:func:`load_segmenter`).
+        info: Its :func:`model_info`.
+        setup: The evaluation's store, spacings and depths (:func:`prepare_evaluation`).
+        out: Output directory: ``per_subject.csv``, ``summary.json``, ``example.npz``.
+        cfg: ``evaluation`` (eval_slices, batch_size, convention).
+        progress: Called with the number of subjects scored so far.
+
+    Returns:
+        The EvaluationSummary (``run_id`` empty: the caller tracks).
+    """
+    store, dev = setup.store, setup.dev
+    mode, convention = cfg.evaluation.eval_slices, cfg.evaluation.convention
+    test = store.indices("test")
+    subjects = test_subjects(store)
     rows: list[dict[str, Any]] = []
     filled = 0
-    tags = {"synthmri.train": str(info["train"]), "synthmri.arch": info["arch"],
-            "synthmri.augment": str(info["augment"]).lower(), "synthmri.model": info["name"],
-            "synthmri.generator": "+".join(info["synthetic"]) if info["train"] != "real" and info["synthetic"]
-            else "real", "synthmri.generator_version": ",".join(info["synthetic_versions"]),
-            "synthmri.convention": convention}
-    with stage_run(cfg, stage="evaluate-segmenter", experiment="evaluation", run_name=f"{info['name']}-eval",
-                   datasets={"real": store}, tags=tags) as run, \
-            StageMonitor("evaluate-segmenter", unit="subjects", total=len(subjects), instance=info["name"]) as monitor:
-        for number, subject in enumerate(subjects, start=1):
-            positions = test[store.subject[test] == subject]
-            slices = store.read(positions)
-            pred = segment(network, slices, cfg.evaluation.batch_size, dev,
-                           get_architecture(info["arch"]).normalization)
-            z = store.z[positions]
-            try:
-                pred_volume, fill = restack(z, pred, mode, depths.get(subject))
-                ref_volume, _ = restack(z, slices[:, IMAGE_CHANNELS], mode, depths.get(subject))
-            except ValueError as exc:
-                raise StoreError(f"{store.path}: test subject {subject}: {exc}") from None
-            filled += fill
-            for name, scores in score_volumes(pred_volume, ref_volume, spacings[subject], convention).items():
-                rows.append({"subject": subject, "structure": name, **scores})
-            if number == 1:  # the first subject by sorted id: every evaluated model shows the same slice
-                write_example(out / EXAMPLE, store.slice_id[positions], z, slices, pred)
-            monitor.progress(number)
-        means, counts = subject_means(rows, convention)
-        summary = {"model": info, "data_hash": store.content_hash, "eval_slices": mode, "subjects": len(subjects),
-                   "convention": convention, "dataset": dataset_info(store), **means,
-                   "mean_dice": mean_dice(means["dice"], convention), "subjects_scored": counts,
-                   "repeats": 1, "runs": []}
-        summary = jsonable(summary)  # undefined means (NaN) as null: what summary.json holds
-        notes = [f"{filled} slices not in the store were scored as background (eval_slices=all)"] if filled else []
-        _write_outputs(out, summary, rows)
-        mlflow.log_params({"eval.spacing_source": spacing_note[:500], "eval.filled_slices": filled})
-        _log_metrics(summary)
-        mlflow.log_artifact(str(out / "summary.json"))
-        mlflow.log_artifact(str(out / "per_subject.csv"))
-        mlflow.log_artifact(str(out / EXAMPLE))
-        run_id = run.info.run_id
-    return EvaluationSummary(summary=summary, per_subject=rows, spacing_note=spacing_note, filled_slices=filled,
-                             out=out, run_id=run_id, notes=notes)
+    for number, subject in enumerate(subjects, start=1):
+        positions = test[store.subject[test] == subject]
+        slices = store.read(positions)
+        pred = segment(network, slices, cfg.evaluation.batch_size, dev, get_architecture(info["arch"]).normalization)
+        z = store.z[positions]
+        try:
+            pred_volume, fill = restack(z, pred, mode, setup.depths.get(subject))
+            ref_volume, _ = restack(z, slices[:, IMAGE_CHANNELS], mode, setup.depths.get(subject))
+        except ValueError as exc:
+            raise StoreError(f"{store.path}: test subject {subject}: {exc}") from None
+        filled += fill
+        for name, scores in score_volumes(pred_volume, ref_volume, setup.spacings[subject], convention).items():
+            rows.append({"subject": subject, "structure": name, **scores})
+        if number == 1:  # the first subject by sorted id: every evaluated model shows the same slice
+            write_example(out / EXAMPLE, store.slice_id[positions], z, slices, pred)
+        if progress is not None:
+            progress(number)
+    means, counts = subject_means(rows, convention)
+    summary = {"model": info, "data_hash": store.content_hash, "eval_slices": mode, "subjects": len(subjects),
+               "convention": convention, "dataset": dataset_info(store), **means,
+               "mean_dice": mean_dice(means["dice"], convention), "subjects_scored": counts,
+               "repeats": 1, "runs": []}
+    summary = jsonable(summary)  # undefined means (NaN) as null: what summary.json holds
+    notes = [f"{filled} slices not in the store were scored as background (eval_slices=all)"] if filled else []
+    _write_outputs(out, summary, rows)
+    return EvaluationSummary(summary=summary, per_subject=rows, spacing_note=setup.spacing_note,
+                             filled_slices=filled, out=out, notes=notes)
+
+
+def combine_repeats(results: list[EvaluationSummary], checkpoints: list[Path], out: Path) -> EvaluationSummary:
+    """The mean over repeats (and their sd) of per-repeat evaluations, written to ``out``."""
+    runs = [f"{path.parent.name}/summary.json" for path in checkpoints]
+    summary = aggregate_repeats([r.summary for r in results], runs)
+    rows = [{"run": r.summary["model"]["name"], **row} for r in results for row in r.per_subject]
+    _write_outputs(out, summary, rows)
+    notes = sorted({n for r in results for n in r.notes})
+    return EvaluationSummary(summary=summary, per_subject=rows, spacing_note=results[0].spacing_note,
+                             filled_slices=sum(r.filled_slices for r in results), out=out, notes=notes)
 
 
 def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> EvaluationSummary:
-    """Segment the test subjects of `data` with every repeat of `model`, score them in 3D and record it.
+    """Segment the test subjects of `data` with every repeat of `model` and score them in 3D (untracked).
+
+    The ``evaluate-segmenter`` stage (:func:`synthmri.stages.evaluate_segmenter.run`) does
+    the same with an MLflow run per checkpoint and one for the mean over repeats.
 
     Args:
         model: train-segmenter output directory (``model.pt``, or ``repeat-*/model.pt``)
@@ -367,9 +258,10 @@ def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> Evalu
         out: output directory: ``per_subject.csv`` (subject, structure, dice, hausdorff,
             hausdorff95) and ``summary.json`` (model, data_hash, eval_slices, subjects, dice,
             hausdorff, hausdorff95 per structure as means over subjects, mean_dice, convention,
-            dataset, subjects_scored, repeats, runs and, over repeats, sd), ``example.npz`` (one test slice with its prediction,
-            :func:`write_example`). Several repeats write ``out/repeat-*/`` each.
-        cfg: ``evaluation`` (eval_slices, batch_size, convention), ``data.pad_to`` and ``tracking``.
+            dataset, subjects_scored, repeats, runs and, over repeats, sd), ``example.npz`` (one
+            test slice with its prediction, :func:`write_example`). Several repeats write
+            ``out/repeat-*/`` each.
+        cfg: ``evaluation`` (eval_slices, batch_size, convention) and ``data.pad_to``.
 
     Returns:
         The EvaluationSummary (of the aggregate when there are several repeats).
@@ -379,34 +271,14 @@ def evaluate_segmenter(model: Path, data: Path, out: Path, cfg: Config) -> Evalu
         StoreError: the store is incomplete, has no test slices or a bad voxel spacing.
     """
     out = Path(out)
-    checkpoints = find_checkpoints(model)
-    store = SliceStore(data)
-    if len(store.indices("test")) == 0:
-        raise StoreError(f"{store.path}: no 'test' slices to evaluate")
-    spacings, spacing_note = subject_spacings(store, cfg.data.pad_to)
-    depths = subject_depths(store) if cfg.evaluation.eval_slices == "all" else {}
-    dev = device()
-    if len(checkpoints) == 1:
-        return _evaluate_checkpoint(checkpoints[0], store, out, cfg, spacings, spacing_note, depths, dev)
-
-    results = [_evaluate_checkpoint(path, store, out / path.parent.name, cfg, spacings, spacing_note, depths, dev)
-               for path in checkpoints]
-    runs = [f"{path.parent.name}/summary.json" for path in checkpoints]
-    summary = aggregate_repeats([r.summary for r in results], runs)
-    rows = [{"run": r.summary["model"]["name"], **row} for r in results for row in r.per_subject]
-    _write_outputs(out, summary, rows)
-    info = summary["model"]
-    with stage_run(cfg, stage="evaluate-segmenter", experiment="evaluation", run_name=f"{info['name']}-eval",
-                   datasets={"real": store}, tags={"synthmri.train": str(info["train"]), "synthmri.arch": info["arch"],
-                                                   "synthmri.augment": str(info["augment"]).lower(),
-                                                   "synthmri.repeats": str(len(results)),
-                                                   "synthmri.convention": summary["convention"]}) as run:
-        _log_metrics(summary)
-        mlflow.log_artifact(str(out / "summary.json"))
-        run_id = run.info.run_id
-    notes = sorted({n for r in results for n in r.notes})
-    return EvaluationSummary(summary=summary, per_subject=rows, spacing_note=spacing_note,
-                             filled_slices=sum(r.filled_slices for r in results), out=out, run_id=run_id, notes=notes)
+    setup = prepare_evaluation(model, data, cfg)
+    several = len(setup.checkpoints) > 1
+    results = []
+    for path in setup.checkpoints:
+        network, checkpoint = load_segmenter(path, setup.dev)
+        results.append(evaluate_checkpoint(network, model_info(checkpoint, path), setup,
+                                           out / path.parent.name if several else out, cfg))
+    return combine_repeats(results, setup.checkpoints, out) if several else results[0]
 
 
 def write_example(path: Path, slice_ids: np.ndarray, z: np.ndarray, slices: np.ndarray, pred: np.ndarray) -> str:
@@ -432,15 +304,8 @@ def write_example(path: Path, slice_ids: np.ndarray, z: np.ndarray, slices: np.n
     return str(slice_ids[pick])
 
 
-def _log_metrics(summary: dict[str, Any]) -> None:
-    """Log a summary's defined scores as MLflow metrics; name the undefined ones in a tag."""
-    metrics, undefined = mlflow_metrics(summary)
-    mlflow.log_metrics(metrics)
-    if undefined:
-        mlflow.set_tag("synthmri.undefined_metrics", ",".join(undefined))
-
-
 def _write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Write ``per_subject.csv`` (with a ``run`` column for repeats) and ``summary.json`` to `out`."""
     columns = (("run",) if rows and "run" in rows[0] else ()) + PER_SUBJECT_COLUMNS
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synthmri.config import SEGMENTER_ARCHS
-
-#: Sources a grid may train on (the ratio sweep has its own axis and is not part of the grid).
-GRID_SOURCES: tuple[str, ...] = ("real", "synthetic", "mixed")
+from synthmri.config import GRID_SOURCES, known_archs
 
 
 def segmenter_grid(archs: list[str], sources: list[str], augment: list[bool], repeats: int,
@@ -42,9 +39,10 @@ def segmenter_grid(archs: list[str], sources: list[str], augment: list[bool], re
             raise ValueError(f"the grid needs at least one {what}")
         if len(set(values)) != len(values):
             raise ValueError(f"{what}s repeat in the grid: {list(values)}")
-    unknown = [a for a in archs if a not in SEGMENTER_ARCHS] + [s for s in sources if s not in GRID_SOURCES]
+    known = known_archs()
+    unknown = [a for a in archs if a not in known] + [s for s in sources if s not in GRID_SOURCES]
     if unknown:
-        raise ValueError(f"unknown grid values {unknown}: architectures are {list(SEGMENTER_ARCHS)}, "
+        raise ValueError(f"unknown grid values {unknown}: architectures are {list(known)}, "
                          f"sources {list(GRID_SOURCES)}")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")

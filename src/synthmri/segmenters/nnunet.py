@@ -16,11 +16,11 @@ from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from synthmri.config import SegmenterConfig, NNUNetConfig
+from synthmri.config import IMAGE_CHANNELS, NNUNetConfig, SegmenterConfig
 
-IN_CHANNELS = 4  # t1, t1ce, t2, flair
+IN_CHANNELS = len(IMAGE_CHANNELS)  # t1, t1ce, t2, flair
 OUT_CLASSES = 4  # background, NCR/NET (51), ED (102), ET (204)
-#: In-domain features (synthmri.metrics.features): the bottom level's last conv, filters[-1] channels.
+#: In-domain features (synthmri.segmenters.features): the bottom level's last conv, filters[-1] channels.
 FEATURE_LAYER = "bottleneck.conv2"
 
 

@@ -31,11 +31,11 @@ from monai.losses import DiceCELoss
 from monai.networks.nets.swin_unetr import SwinTransformer, compute_mask, get_window_size
 from torch import nn
 
-from synthmri.config import SegmenterConfig, SwinConfig
+from synthmri.config import IMAGE_CHANNELS, SWIN_STAGES, SegmenterConfig, SwinConfig
 
-IN_CHANNELS = 4  # t1, t1ce, t2, flair
+IN_CHANNELS = len(IMAGE_CHANNELS)  # t1, t1ce, t2, flair
 OUT_CLASSES = 4  # background, NCR/NET (51), ED (102), ET (204)
-STAGES = 4  # MONAI's SwinTransformer has exactly four stages (layers1..layers4)
+STAGES = SWIN_STAGES  # MONAI's SwinTransformer has exactly four stages (layers1..layers4)
 AUX_STAGE = 2  # the FCN auxiliary head reads the third stage (MMSegmentation's in_index=2)
 DROPOUT = 0.1  # MMSegmentation's dropout_ratio before both classifiers
 WARMUP_RATIO = 1e-6  # MMCV's linear warm-up starts at lr * warmup_ratio
@@ -43,7 +43,7 @@ WARMUP_RATIO = 1e-6  # MMCV's linear warm-up starts at lr * warmup_ratio
 #: parameter whose name contains one of these is not decayed (backbone LayerNorms and the
 #: stage norms match "norm"; the heads' BatchNorms are named "bn" and are decayed, as in MMCV).
 NO_DECAY_KEYS = ("absolute_pos_embed", "relative_position_bias_table", "norm")
-#: Bottleneck features for synthmri.metrics.features: the normed last Swin stage, [B, 8 * embed_dim, H/32, W/32].
+#: Bottleneck features for synthmri.segmenters.features: the normed last Swin stage, [B, 8 * embed_dim, H/32, W/32].
 FEATURE_LAYER = "backbone.norm3"
 
 

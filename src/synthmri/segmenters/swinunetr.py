@@ -17,11 +17,11 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
-from synthmri.config import SegmenterConfig, SwinUNETRConfig
+from synthmri.config import IMAGE_CHANNELS, SWIN_STAGES, SegmenterConfig, SwinUNETRConfig
 
-IN_CHANNELS = 4  # t1, t1ce, t2, flair
+IN_CHANNELS = len(IMAGE_CHANNELS)  # t1, t1ce, t2, flair
 OUT_CLASSES = 4  # background, NCR/NET (51), ED (102), ET (204)
-STAGES = 4  # SwinUNETR's encoder has exactly four Swin stages (layers1..layers4)
+STAGES = SWIN_STAGES  # SwinUNETR's encoder has exactly four Swin stages (layers1..layers4)
 SIDE_MULTIPLE = 32  # patch size 2, then a 2x2 merge after each of the 4 stages: 2 ** 5
 MIN_SIDE = 2 * SIDE_MULTIPLE  # the bottleneck (side / 32) is instance-normed: it needs > 1 pixel
 NO_DECAY_NAMES = ("relative_position_bias_table",)
@@ -42,7 +42,7 @@ class SwinSegmenter(SwinUNETR):
         return super().forward(x)
 
 
-#: In-domain features (synthmri.metrics.features): the last conv on the last Swin stage's
+#: In-domain features (synthmri.segmenters.features): the last conv on the last Swin stage's
 #: output (input side / 32, 16 * feature_size channels), where the decoder starts.
 FEATURE_LAYER = "encoder10.layer.conv2"
 

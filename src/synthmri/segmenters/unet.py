@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-from synthmri.config import SegmenterConfig, UNetConfig
+from synthmri.config import IMAGE_CHANNELS, SegmenterConfig, UNetConfig
 from synthmri.segmenters import nnunet
 
-IN_CHANNELS = 4  # t1, t1ce, t2, flair
+IN_CHANNELS = len(IMAGE_CHANNELS)  # t1, t1ce, t2, flair
 OUT_CLASSES = 4  # background, NCR/NET (51), ED (102), ET (204)
 #: The bottleneck's last activation: its second convolution after the leaky ReLU, before the
 #: instance norm (after it every channel has the same spatial mean in every image).

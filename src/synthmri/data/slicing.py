@@ -1,0 +1,260 @@
+"""One subject's five volumes to the slices ``prepare`` keeps (steps 1-6 of :mod:`.prepare`).
+
+Read each file whole, check it (3D, numeric, finite, on t1's grid, labels in the map), scale
+images to 0..255, encode labels, cut, pad, filter and resample axial slices.
+:func:`prepare_subjects` runs subjects in worker processes and yields them in input order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import gzip
+import hashlib
+import io
+import math
+import multiprocessing
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import nibabel as nib
+import numpy as np
+
+from synthmri.config import DataConfig
+from synthmri.data.labels import LabelError, check_labels, encode_labels
+from synthmri.data.layouts import Rejection, Subject
+from synthmri.data.store import CHANNELS
+
+#: Largest difference between a modality's affine and t1's that still counts as the same grid.
+AFFINE_TOLERANCE = 1e-4
+
+
+@dataclass
+class PreparedSubject:
+    """One subject after :func:`prepare_subject`: its slices, or why it was rejected.
+
+    Attributes:
+        name: The subject id.
+        hashes: Relative path -> sha256 of each file's bytes.
+        slices: The kept slices, uint8 [k, 5, size, size] (None when rejected).
+        z: The kept slices' axial indices.
+        total: Axial slices examined.
+        spacing: Voxel size in mm (x, y, z) from the t1 header.
+        rejection: Why the subject was left out, or None.
+    """
+
+    name: str
+    hashes: dict[str, str]  # relative path -> sha256 of the file's bytes
+    slices: np.ndarray | None = None  # uint8 [k, 5, size, size]
+    z: list[int] = field(default_factory=list)
+    total: int = 0
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # voxel size in mm (x, y, z) from the t1 header
+    rejection: Rejection | None = None
+
+
+def pad_slices(slices: np.ndarray, pad_to: int) -> np.ndarray:
+    """Zero-pad [..., H, W] symmetrically to pad_to x pad_to (an odd remainder goes after)."""
+    h, w = slices.shape[-2:]
+    if h > pad_to or w > pad_to:
+        raise ValueError(f"slice {h}x{w} larger than data.pad_to {pad_to}")
+    top, left = (pad_to - h) // 2, (pad_to - w) // 2
+    out = np.zeros(slices.shape[:-2] + (pad_to, pad_to), dtype=slices.dtype)
+    out[..., top : top + h, left : left + w] = slices
+    return out
+
+
+def _resampling_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of antialiased linear resampling (a triangle filter widened by the
+    scale factor when shrinking; pixel centres aligned as with ``align_corners=False``)."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centres = (np.arange(n_out) + 0.5) * scale - 0.5  # output pixel centres in input pixels
+    weights = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in)[None, :] - centres[:, None]) / support)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def resample_slices(slices: np.ndarray, size: int) -> np.ndarray:
+    """Resample uint8 [n, 5, P, P] to [n, 5, size, size].
+
+    Images use antialiased linear interpolation (rounded to uint8); the annotation channel
+    uses nearest neighbour (centre-aligned), so its values stay in the label set.
+    """
+    pad_to = slices.shape[-1]
+    if pad_to == size:
+        return slices
+    along = np.ascontiguousarray(_resampling_matrix(pad_to, size).T)  # [P, size]
+    n = slices.shape[0] * 4
+    # Two plain GEMMs: resample the last axis, transpose, resample the other one.
+    rows = slices[:, :4].reshape(n * pad_to, pad_to).astype(np.float32) @ along
+    rows = np.ascontiguousarray(rows.reshape(n, pad_to, size).transpose(0, 2, 1)).reshape(n * size, pad_to)
+    images = (rows @ along).reshape(n, size, size).transpose(0, 2, 1).reshape(slices.shape[0], 4, size, size)
+    np.rint(images, out=images)
+    np.clip(images, 0, 255, out=images)
+    nearest = np.minimum(np.floor((np.arange(size) + 0.5) * (pad_to / size)).astype(np.int64), pad_to - 1)
+    out = np.empty(slices.shape[:2] + (size, size), dtype=np.uint8)
+    out[:, :4] = images
+    out[:, 4] = slices[:, 4][:, nearest][:, :, nearest]
+    return out
+
+
+def foreground_fraction(channel: np.ndarray, threshold: float, pad_to: int) -> np.ndarray:
+    """Per axial slice of [X, Y, Z], the share of the padded pad_to^2 pixels above `threshold`."""
+    above = (channel > threshold).sum(axis=(0, 1), dtype=np.int64)
+    if threshold < 0:  # padding zeros count too
+        above = above + (pad_to * pad_to - channel.shape[0] * channel.shape[1])
+    return above / float(pad_to * pad_to)
+
+
+def gunzip(raw: bytes, name: str) -> bytes:
+    """The file's bytes decompressed in one call when `name` ends in ``.gz``, else as they are."""
+    return gzip.decompress(raw) if name.endswith(".gz") else raw
+
+
+def read_nifti(raw: bytes, name: str) -> tuple[nib.Nifti1Header, np.ndarray]:
+    """Decode a whole (optionally gzipped) NIfTI-1 or NIfTI-2 file held in memory.
+
+    Returns:
+        The header (affine, voxel size) and the voxels. Without intensity scaling in the
+        header (the usual case) the voxels are a view of the decompressed bytes, not a copy.
+    """
+    raw = gunzip(raw, name)
+    klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+    header = klass.header_class.from_fileobj(io.BytesIO(raw))
+    slope, inter = header.get_slope_inter()
+    dtype, shape, offset = header.get_data_dtype(), header.get_data_shape(), int(header.get_data_offset())
+    unscaled = slope in (None, 1.0) and inter in (None, 0.0)
+    if unscaled and offset >= header.sizeof_hdr and offset + dtype.itemsize * math.prod(shape) <= len(raw):
+        return header, np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, order="F")
+    image = klass.from_bytes(raw)  # scaled or short: nibabel applies the scaling, or raises
+    return image.header, np.asarray(image.dataobj)
+
+
+def checked_voxels(header: nib.Nifti1Header, data: np.ndarray, reference: nib.Nifti1Header | None) -> np.ndarray:
+    """The voxels of one file, checked: 3D, numeric, finite, on the reference's (t1's) grid.
+
+    Raises:
+        ValueError: what is wrong, in words.
+    """
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"not a 3D volume (shape {list(data.shape)})")
+    if data.dtype.kind not in "biuf":
+        raise ValueError(f"non-numeric voxel type {data.dtype}")
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise ValueError("NaN or Inf voxels")
+    if reference is not None:
+        if data.shape != reference.get_data_shape()[:3]:
+            raise ValueError(f"shape {list(data.shape)} differs from t1 {list(reference.get_data_shape()[:3])}")
+        affine, expected = header.get_best_affine(), reference.get_best_affine()
+        if not np.allclose(affine, expected, rtol=0.0, atol=AFFINE_TOLERANCE):
+            raise ValueError(f"affine differs from t1's (largest difference {float(np.abs(affine - expected).max()):.3g})")
+    return data
+
+
+def to_uint8(part: np.ndarray, peak: float) -> np.ndarray:
+    """``part`` scaled by ``255 / peak`` in float32, rounded half to even, clipped to 0..255.
+
+    `peak` is the volume's maximum, so nothing exceeds 255 and only negatives need clipping.
+    """
+    scaled = np.multiply(part, np.float32(255.0 / peak), dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    if part.dtype.kind != "u" and part.min(initial=0) < 0:
+        np.maximum(scaled, 0, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def foreground(volume: np.ndarray, peak: float, data: DataConfig) -> np.ndarray:
+    """:func:`foreground_fraction` of the scaled volume, per axial slice, without scaling all of it.
+
+    For integer voxels the threshold moves into voxel units: scaling is monotonic, so a voxel
+    is foreground when it reaches the smallest value whose scaled value exceeds the threshold.
+    """
+    threshold = data.intensity_threshold
+    if threshold < 0:  # every pixel, the padding too, is above a negative threshold
+        return np.ones(volume.shape[-1])
+    if volume.dtype.kind not in "iu" or peak > 1 << 20:
+        return foreground_fraction(to_uint8(volume, peak), threshold, data.pad_to)
+    scaled = to_uint8(np.arange(int(peak) + 1, dtype=np.int64), peak)  # every value the volume can hold
+    first_above = int(np.searchsorted(scaled, threshold, side="right"))
+    return (volume >= first_above).sum(axis=(0, 1), dtype=np.int64) / float(data.pad_to * data.pad_to)
+
+
+def prepare_subject(subject: Subject, source: Path, data: DataConfig, label_map: dict[int, int]) -> PreparedSubject:
+    """Read, check, scale, slice, filter and resample one subject (runs in a worker).
+
+    Every check looks at the whole volume; the work after the foreground filter (scaling,
+    label encoding, padding) touches only the kept slices.
+    """
+    result = PreparedSubject(subject.name, hashes={})
+    voxels: dict[str, np.ndarray] = {}
+    peaks: dict[str, float] = {}
+    reference = None
+    for channel in CHANNELS:
+        path = subject.files[channel]
+        rel = path.relative_to(source).as_posix()
+        try:
+            raw = path.read_bytes()
+            result.hashes[rel] = hashlib.sha256(raw).hexdigest()
+            header, volume = read_nifti(raw, path.name)
+            del raw
+            volume = checked_voxels(header, volume, reference)
+            if channel == "t1":
+                reference = header
+                zooms = tuple(float(v) for v in header.get_zooms()[:3])
+                if len(zooms) != 3 or not all(math.isfinite(v) and v > 0 for v in zooms):
+                    raise ValueError(f"voxel size {list(zooms)} mm in the header is not 3 positive numbers")
+                result.spacing = (zooms[0], zooms[1], zooms[2])
+            if max(volume.shape[:2]) > data.pad_to:
+                raise ValueError(f"slice {volume.shape[0]}x{volume.shape[1]} larger than data.pad_to {data.pad_to}")
+            if channel == "seg":
+                if volume.dtype.kind == "f":
+                    if not np.array_equal(volume, np.rint(volume)):
+                        raise LabelError("non-integer label values")
+                    volume = volume.astype(np.int32)
+                check_labels(volume, label_map)
+            else:
+                peaks[channel] = float(np.float32(volume.max()))
+                if peaks[channel] <= 0:
+                    raise ValueError("all-zero image (maximum <= 0)")
+            voxels[channel] = volume
+        except (OSError, EOFError, zlib.error, LabelError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+            result.rejection = Rejection(subject.name, rel, str(exc) or type(exc).__name__)
+            return result
+        except Exception as exc:  # nibabel raises assorted errors on corrupt headers
+            result.rejection = Rejection(subject.name, rel, f"unreadable: {type(exc).__name__}: {exc}")
+            return result
+    fraction = foreground(voxels[data.filter_channel], peaks[data.filter_channel], data)
+    keep = np.flatnonzero(fraction > data.min_foreground_fraction)
+    result.total, result.z = int(fraction.size), keep.tolist()
+    h, w = voxels["t1"].shape[:2]
+    top, left = (data.pad_to - h) // 2, (data.pad_to - w) // 2
+    padded = np.zeros((len(keep), len(CHANNELS), data.pad_to, data.pad_to), dtype=np.uint8)
+    for index, channel in enumerate(CHANNELS):
+        if channel == "seg":
+            part = encode_labels(voxels[channel][..., keep], label_map, check=False)  # checked whole above
+        else:
+            part = to_uint8(voxels[channel][..., keep], peaks[channel])
+        padded[:, index, top:top + h, left:left + w] = np.moveaxis(part, -1, 0)  # [k, X, Y]
+    result.slices = resample_slices(padded, data.size)
+    return result
+
+
+def prepare_subjects(subjects: list[Subject], source: Path, data: DataConfig, label_map: dict[int, int],
+         workers: int) -> Iterator[PreparedSubject]:
+    """Prepared subjects in input order; `workers` > 1 runs them in a process pool."""
+    if workers <= 1:
+        for subject in subjects:
+            yield prepare_subject(subject, source, data, label_map)
+        return
+    context = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: deque[futures.Future] = deque()
+        for subject in subjects:  # at most 2 x workers subjects in flight (bounded memory)
+            pending.append(pool.submit(prepare_subject, subject, source, data, label_map))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

@@ -1,0 +1,76 @@
+"""``synthmri share``: a shareable synthetic store, every near-copy of a training slice removed."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from synthmri.config import Config
+
+from synthmri.stages.arguments import UsageError, resolve_config
+from synthmri.stages.base import Resources, Verb
+
+if TYPE_CHECKING:
+    from synthmri.metrics.share import ShareResult
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``synthmri share``."""
+    parser.add_argument("--synthetic", type=Path, required=True, help="synthetic slice store")
+    parser.add_argument("--real", type=Path, required=True,
+                        help="real slice store (train+val: what must not leak; test split: the baseline)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="directory of the shareable store (removed.csv, share_report.json)")
+    parser.add_argument("--threshold", type=float, help="remove slices with max r above this (default: "
+                        "memorization.share_threshold, else the baseline's maximum)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Write the shareable store."""
+    if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold must be a correlation in [-1, 1], got {args.threshold}")
+    cfg = resolve_config(args)
+    result = run(args.synthetic, args.real, args.out, cfg, threshold=args.threshold)
+    print(result.summary())
+    return 0
+
+
+def run(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | None = None) -> "ShareResult":
+    """Write the shareable store (:func:`synthmri.metrics.share.share`) in a tracked ``<generator>-share`` run.
+
+    Args:
+        synthetic: The synthetic slice store.
+        real: The real slice store (train+val: what must not leak; test: the baseline).
+        out: Directory of the shareable store and its report; must differ from `synthetic`.
+        cfg: ``memorization``, ``data.shard_size`` and ``tracking``.
+        threshold: Overrides ``memorization.share_threshold``.
+
+    Returns:
+        The ShareResult.
+
+    Raises:
+        StoreError: A store is missing or incomplete, sizes differ, or a split is empty.
+        ValueError: `out` is the synthetic store itself.
+    """
+    from synthmri.metrics.share import STAGE, open_share_stores, share_name, share_stores
+    from synthmri.stages.context import stage_context
+
+    stores = open_share_stores(synthetic, real, out)
+    name = share_name(stores)
+    with stage_context(STAGE, cfg, experiment="evaluation", run_name=f"{name}-share",
+                       datasets={"real": stores.real, "synthetic": stores.synthetic},
+                       tags={"synthmri.generator": name}, unit="images",
+                       total=len(stores.synthetic) + len(stores.test), instance=stores.generator_name) as context:
+        result = share_stores(stores, out, cfg, threshold, progress=context.monitor.progress)
+        context.log_params({"share.threshold": result.threshold, "share.threshold_source": result.threshold_source})
+        context.log_metrics({"share_kept": result.kept, "share_removed": result.removed,
+                             "share_removed_fraction": result.removed_fraction})
+        context.log_artifact(result.out / "removed.csv")
+        context.log_artifact(result.out / "share_report.json")
+    return result
+
+
+VERB = Verb(name="share", help="A shareable synthetic store: every near-copy of a training slice removed, with "
+            "reasons.", add_arguments=add_arguments, main=main,
+            resources=Resources(cpu="4", memory="16Gi", gpu=True))

@@ -1,0 +1,174 @@
+"""``synthmri train-generator``: train a generator on the training slices and register it in MLflow.
+
+The stage around :mod:`synthmri.generators.train`: rank 0 opens the MLflow run (tags, the
+real store as a dataset, the network's size as params) and the progress monitor, hands
+them to the training loop as its reporter, logs the final grid, and registers the
+generator as ``synthmri-<model>`` with alias ``candidate``; ``registration.json`` in the
+output directory records the registry name, version, run id and model URI. A run that
+SIGTERM stopped is marked KILLED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from synthmri.config import GENERATOR_MODELS, Config
+from synthmri.stages.arguments import UsageError, at_least, resolve_config
+from synthmri.stages.base import Resources, Verb
+
+if TYPE_CHECKING:
+    from synthmri.generators.train import GeneratorTrainResult
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``synthmri train-generator``."""
+    parser.add_argument("--model", choices=GENERATOR_MODELS,
+                        help="generator family (default: the profile's generator.model)")
+    parser.add_argument("--data", type=Path, required=True, help="real slice store")
+    parser.add_argument("--out", type=Path, required=True, help="directory for checkpoints and samples")
+    parser.add_argument("--iterations", type=int, help="ddpm: training iterations (overrides the profile)")
+    parser.add_argument("--kimg", type=float, help="GANs: thousands of real images to train on (overrides the profile)")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--no-register", action="store_true", help="do not register the model in MLflow")
+    parser.add_argument("--nproc-per-node", type=int, default=1,
+                        help="data-parallel processes (one per GPU); above 1 the command re-runs itself under torchrun")
+
+
+def under_torchrun(argv: list[str], processes: int) -> int:
+    """Run ``synthmri <argv>`` as `processes` data-parallel processes under torchrun."""
+    import subprocess
+
+    forwarded, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc-per-node":
+            skip = True
+        elif not item.startswith("--nproc-per-node="):
+            forwarded.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={processes}", "-m", "synthmri", *forwarded]
+    log.info("%d processes under torchrun: %s", processes, " ".join(command))
+    return subprocess.run(command, check=False).returncode
+
+
+def main(args: argparse.Namespace) -> int:
+    """Train (under torchrun when --nproc-per-node > 1) and print the result."""
+    at_least(args.nproc_per_node, 1, "--nproc-per-node")
+    if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        return under_torchrun(args.argv, args.nproc_per_node)
+
+    model = args.model or resolve_config(args).generator.model
+    overrides: dict[str, Any] = {"generator.model": model, "seed": args.seed}
+    # A GAN's length is in thousands of images shown, the diffusion model's in iterations.
+    if args.iterations is not None:
+        if model != "ddpm":
+            raise UsageError(f"--iterations sets the diffusion model's steps; {model} trains for --kimg "
+                             "thousand images")
+        overrides["generator.ddpm.iterations"] = args.iterations
+    if args.kimg is not None:
+        if model == "ddpm":
+            raise UsageError("--kimg sets a GAN's training length; the diffusion model takes --iterations")
+        overrides[f"generator.{model}.kimg"] = args.kimg
+    cfg = resolve_config(args, **overrides)
+    result = run(args.data, args.out, cfg, resume=args.resume, register=not args.no_register)
+    print(result.summary())
+    return 0
+
+
+def run(data: Path, out: Path, cfg: Config, *, resume: bool = False, register: bool = True) -> "GeneratorTrainResult":
+    """Train ``cfg.generator.model`` on the non-test slices of `data`, tracked, and register it.
+
+    Under ``torchrun`` every process trains; rank 0 alone tracks, writes and registers.
+
+    Args:
+        data: Real slice store.
+        out: Output directory: ``checkpoint.pt``, ``samples.png``, ``generator.pt``,
+            ``registration.json``.
+        cfg: Resolved config (see :func:`synthmri.generators.train.open_training`).
+        resume: Continue from ``out/checkpoint.pt`` if it exists.
+        register: Log the pyfunc model and register it as ``synthmri-<model>`` with alias
+            ``candidate``.
+
+    Returns:
+        The result (on every process; only rank 0's names a run and files).
+
+    Raises:
+        ConfigError: Unknown model, bad settings, or a checkpoint of other network settings.
+        StoreError: No train or val slices, or a checkpoint trained on other data.
+        TrainingInterrupted: SIGTERM arrived; the state was checkpointed and the run marked KILLED.
+    """
+    import dataclasses
+
+    from synthmri.generators.sample import REGISTRATION_NAME
+    from synthmri.generators.train import open_training
+    from synthmri.io import atomic_write_json
+    from synthmri.stages.context import stage_context
+    from synthmri.training import TrainingInterrupted
+
+    with open_training(data, out, cfg, resume=resume) as training:
+        if not training.is_main:
+            return training.fit()
+        with stage_context("train-generator", cfg, experiment="generators", run_name=f"{training.name}-s{cfg.seed}",
+                           datasets={"real": training.store}, tags=training.tags, unit="iterations",
+                           total=training.iterations, instance=training.name) as context:
+            context.log_params(training.params)
+            try:
+                result = training.fit(context)
+            except TrainingInterrupted:
+                _end_run("KILLED")
+                raise
+            context.log_artifact(training.grid_path)
+            record: dict[str, Any] = {"name": None, "version": None, "run_id": result.run_id, "model_uri": None}
+            if register:
+                record = _register(cfg, training.name, result.generator, training.store.image_size,
+                                   training.store.content_hash, result.run_id)
+            atomic_write_json(Path(out) / REGISTRATION_NAME, record)
+    return dataclasses.replace(result, registered_name=record["name"], version=record["version"])
+
+
+def _end_run(status: str) -> None:
+    """End the active MLflow run with `status` (``KILLED``: SIGTERM stopped it)."""
+    import mlflow
+
+    mlflow.end_run(status=status)
+
+
+def _register(cfg: Config, model: str, generator_path: Path, image_size: int, data_hash: str,
+              run_id: str) -> dict[str, Any]:
+    """Log the pyfunc to the active run, register it, alias it ``candidate`` and tag it.
+
+    Returns:
+        The ``registration.json`` record: name, version, run id and model URI.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from synthmri.generators.pyfunc import log_generator_model
+    from synthmri.generators.train import CANDIDATE_ALIAS
+    from synthmri.tracking import registered_model_name
+
+    info = log_generator_model(generator_path, image_size)
+    name = registered_model_name(cfg.tracking, model)
+    version = mlflow.register_model(info.model_uri, name)
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
+    for key, value in {"synthmri.data.real": data_hash, "synthmri.run_id": run_id,
+                       "synthmri.profile": cfg.profile, "synthmri.seed": str(cfg.seed)}.items():
+        client.set_model_version_tag(name, version.version, key, value)
+    log.info("registered %s version %s with alias %s", name, version.version, CANDIDATE_ALIAS)
+    return {"name": name, "version": int(version.version), "run_id": run_id,
+            "model_uri": f"models:/{name}/{version.version}"}
+
+
+VERB = Verb(name="train-generator", help="Train a generator on the training slices and register it in MLflow.",
+            add_arguments=add_arguments, main=main,
+            resources=Resources(cpu="4", memory="16Gi", gpu=True, multi_gpu=True))
