@@ -186,3 +186,22 @@ def test_config_flags_set_real_config_keys() -> None:
     keys = set(flatten(Config()))
     for verb, parser in verb_parsers().items():
         assert set(config_keys(parser).values()) <= keys, verb
+
+
+@pytest.mark.parametrize("module", ["training.py", "generators/train.py", "segmenters/train.py",
+                                    "stages/train_generator.py", "stages/train_segmenter.py"])
+def test_training_loops_define_no_functions_inside_functions(module: str) -> None:
+    tree = ast.parse((PACKAGE / module).read_text())
+    nested = [f"{outer.name} -> {getattr(inner, 'name', 'lambda')} (line {inner.lineno})"
+              for outer in ast.walk(tree) if isinstance(outer, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for inner in ast.walk(outer)
+              if inner is not outer and isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+    assert not nested, nested
+
+
+def test_design_doc_lists_exactly_the_verbs() -> None:
+    from synthmri.stages import VERBS
+
+    text = (REPO / "docs" / "design.md").read_text()
+    table = text.split("| verb | library it drives | writes |", 1)[1].split("\n\n", 1)[0]
+    assert re.findall(r"^\| `([a-z-]+)` \|", table, flags=re.M) == list(VERBS)

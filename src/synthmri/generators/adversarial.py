@@ -97,11 +97,6 @@ class AdversarialFamily:
         settings = self.settings(cfg)
         objective = self.objective(settings)
         objective.check(self.section)
-        for key in ("lr", "discriminator_lr"):
-            if getattr(settings, key) <= 0:
-                raise ConfigError(f"generator.{self.section}.{key} must be positive, got {getattr(settings, key)}")
-        if not 0.0 <= settings.augment_p <= 1.0:
-            raise ConfigError(f"generator.{self.section}.augment_p must be in [0, 1], got {settings.augment_p}")
         schedule = self._schedule(network, settings)
         self._check_batches(network, settings, schedule, runtime)
         discriminator = self.build_discriminator(model_args).to(runtime.device)
@@ -109,20 +104,10 @@ class AdversarialFamily:
         return AdversarialTrainer(network, discriminator, objective, settings, schedule, runtime)
 
     def _schedule(self, network: nn.Module, settings: "AdversarialConfig") -> GrowthSchedule | None:
-        """The growth schedule of a progressive family (None otherwise), its tables checked."""
+        """The growth schedule of a progressive family (None otherwise); the config checked its tables."""
         if not self.progressive:
             return None
-        key = f"generator.{self.section}"
         initial = getattr(settings, "initial_resolution", 4)
-        if isinstance(initial, bool) or not isinstance(initial, int) or initial < 4 or initial & (initial - 1):
-            raise ConfigError(f"{key}.initial_resolution must be a power of two of at least 4, got {initial!r}")
-        for name in ("minibatch_dict", "lr_dict", "discriminator_lr_dict"):
-            table = getattr(settings, name, None) or {}
-            bad = {r: v for r, v in table.items() if r < 4 or r & (r - 1) or not v > 0
-                   or (name == "minibatch_dict" and v != int(v))}
-            if bad:
-                raise ConfigError(f"{key}.{name}: keys must be resolutions (powers of two, at least 4) and "
-                                  f"values positive{' integers' if name == 'minibatch_dict' else ''}, got {bad}")
         return GrowthSchedule(network.max_level, settings.fade_kimg, settings.stable_kimg,
                               start_level=int(math.log2(initial)) - 2)
 
@@ -131,8 +116,6 @@ class AdversarialFamily:
         """Every global batch the run can use splits across the processes and into ``batch_gpu`` rounds."""
         key = f"generator.{self.section}"
         micro = settings.batch_gpu
-        if isinstance(micro, bool) or not isinstance(micro, int) or micro < 0:
-            raise ConfigError(f"{key}.batch_gpu must be 0 (the whole batch) or a positive integer, got {micro!r}")
         batches = {int(settings.batch_size)}
         table = getattr(settings, "minibatch_dict", None) or {}
         if schedule is not None and table:
@@ -148,14 +131,8 @@ class AdversarialFamily:
                                   f"(global batch {batch} over {runtime.world_size} process(es))")
 
     def sampling_options(self, cfg: "Config") -> dict[str, Any]:
-        psi = float(self.settings(cfg).truncation_psi)
-        if not self.truncation:
-            if psi != 1.0:
-                raise ConfigError(f"generator.{self.section}.truncation_psi: {self.name} has no truncation, got {psi}")
-            return {}
-        if not 0.0 <= psi <= 2.0:
-            raise ConfigError(f"generator.{self.section}.truncation_psi must be in [0, 2], got {psi}")
-        return {"truncation_psi": psi}
+        # The config refuses a psi outside [0, 2], or any psi but 1 for a family without truncation.
+        return {"truncation_psi": float(self.settings(cfg).truncation_psi)} if self.truncation else {}
 
     @torch.inference_mode()
     def sample(self, network: nn.Module, model_args: Mapping[str, Any], n: int,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synthmri.config import Config, ConfigError
+from synthmri.config import Config
 from synthmri.data.store import CHANNELS, SliceRow, StoreWriter
 from synthmri.generators.checkpoint import LoadedGenerator, load_generator
 from synthmri.io import atomic_write_bytes, atomic_write_json
@@ -175,15 +175,8 @@ def open_generator(generator: str, cfg: Config) -> tuple[LoadedGenerator, int | 
 
 
 def sampling_counts(cfg: Config) -> tuple[int, int]:
-    """``(generator.n_synthetic, generator.sample_batch_size)``, both checked positive.
-
-    Raises:
-        ConfigError: A count below 1 (a ValueError).
-    """
-    n, batch_size = int(cfg.generator.n_synthetic), int(cfg.generator.sample_batch_size)
-    if n < 1 or batch_size < 1:
-        raise ConfigError(f"generator.n_synthetic ({n}) and generator.sample_batch_size ({batch_size}) must be positive")
-    return n, batch_size
+    """``(generator.n_synthetic, generator.sample_batch_size)`` (the config checked both positive)."""
+    return int(cfg.generator.n_synthetic), int(cfg.generator.sample_batch_size)
 
 
 def write_synthetic_store(loaded: LoadedGenerator, out: Path, cfg: Config, *, uri: str, version: int | None = None,
@@ -205,9 +198,6 @@ def write_synthetic_store(loaded: LoadedGenerator, out: Path, cfg: Config, *, ur
 
     Returns:
         The store manifest.
-
-    Raises:
-        ConfigError: Non-positive counts (a ValueError).
     """
     n, batch_size = sampling_counts(cfg)
     options = loaded.family.sampling_options(cfg)
@@ -264,7 +254,6 @@ def generate(generator: str, out: Path, cfg: Config, progress: Callable[[int], N
 
     Raises:
         FileNotFoundError: The generator cannot be found.
-        ConfigError: Non-positive counts (a ValueError).
         ValueError: An unusable checkpoint.
     """
     sampling_counts(cfg)

@@ -121,14 +121,6 @@ def training_positions(store: SliceStore) -> np.ndarray:
     return positions
 
 
-def _check_settings(settings: Any, model: str) -> None:
-    for key in ("iterations", "batch_size", "log_every", "checkpoint_every", "sample_grid_every"):
-        if int(getattr(settings, key)) < 1:
-            raise ConfigError(f"generator.{model}.{key} must be positive, got {getattr(settings, key)}")
-    if not 0.0 <= settings.ema_decay < 1.0:
-        raise ConfigError(f"generator.{model}.ema_decay must be in [0, 1), got {settings.ema_decay}")
-
-
 class GeneratorTraining(TrainingTask):
     """One generator's training run, built and (when resuming) restored, ready to :meth:`fit`.
 
@@ -363,7 +355,6 @@ def open_training(data: Path, out: Path, cfg: Config, *, resume: bool = False) -
     """
     family = get_family(cfg.generator.model)
     settings = family.settings(cfg)
-    _check_settings(settings, family.name)
     out = Path(out)
     with runtime(getattr(settings, "mixed_precision", False)) as run:
         if settings.batch_size % run.world_size:
