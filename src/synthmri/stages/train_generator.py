@@ -112,7 +112,6 @@ def run(data: Path, out: Path, cfg: Config, *, resume: bool = False, register: b
     from synthmri.generators.train import open_training
     from synthmri.io import atomic_write_json
     from synthmri.stages.context import stage_context
-    from synthmri.training import TrainingInterrupted
 
     with open_training(data, out, cfg, resume=resume) as training:
         if not training.is_main:
@@ -121,11 +120,8 @@ def run(data: Path, out: Path, cfg: Config, *, resume: bool = False, register: b
                            datasets={"real": training.store}, tags=training.tags, unit="iterations",
                            total=training.iterations, instance=training.name) as context:
             context.log_params(training.params)
-            try:
-                result = training.fit(context)
-            except TrainingInterrupted:
-                _end_run("KILLED")
-                raise
+            # SIGTERM raises TrainingInterrupted (a KeyboardInterrupt): the context marks the run KILLED.
+            result = training.fit(context)
             context.log_artifact(training.grid_path)
             record: dict[str, Any] = {"name": None, "version": None, "run_id": result.run_id, "model_uri": None}
             if register:
@@ -134,12 +130,6 @@ def run(data: Path, out: Path, cfg: Config, *, resume: bool = False, register: b
             atomic_write_json(Path(out) / REGISTRATION_NAME, record)
     return dataclasses.replace(result, registered_name=record["name"], version=record["version"])
 
-
-def _end_run(status: str) -> None:
-    """End the active MLflow run with `status` (``KILLED``: SIGTERM stopped it)."""
-    import mlflow
-
-    mlflow.end_run(status=status)
 
 
 def _register(cfg: Config, model: str, generator_path: Path, image_size: int, data_hash: str,

@@ -117,18 +117,14 @@ def run(train: str, real: Path | None, synthetic: Sequence[Path], out: Path, cfg
     from synthmri.io import atomic_write_json
     from synthmri.segmenters.train import RESULT_NAME, SegmenterTraining, training_inputs
     from synthmri.stages.context import stage_context
-    from synthmri.training import TrainingInterrupted
 
     training = SegmenterTraining(train, real, synthetic, out, cfg, name=name, real_share=real_share, repeat=repeat)
     with stage_context("train-segmenter", cfg, experiment="segmenters", run_name=training.name,
                        datasets=training.datasets, tags=training.tags, unit="samples", total=training.total,
                        instance=training.name) as context:
         context.log_params(training.params)
-        try:
-            result = training.fit(context)
-        except TrainingInterrupted:
-            _end_run("KILLED")
-            raise
+        # SIGTERM raises TrainingInterrupted (a KeyboardInterrupt): the context marks the run KILLED.
+        result = training.fit(context)
     record = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}
     inputs = training_inputs(train, training.real_store, training.synthetic_stores, training.real_share)
     atomic_write_json(training.out / RESULT_NAME, {"result": record, "config": to_dict(cfg), "inputs": inputs})
@@ -193,12 +189,6 @@ def run_repeats(train: str, real: Path | None, synthetic: Sequence[Path], out: P
                            repeat=first_repeat + number))
     return results
 
-
-def _end_run(status: str) -> None:
-    """End the active MLflow run with `status` (``KILLED``: SIGTERM stopped it)."""
-    import mlflow
-
-    mlflow.end_run(status=status)
 
 
 def _finished(out: Path, cfg: Config, inputs: dict[str, Any]) -> "SegmenterTrainResult | None":
