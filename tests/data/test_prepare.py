@@ -29,11 +29,14 @@ def _config(base: Config | None = None, **data) -> Config:
     return dataclasses.replace(base, data=dataclasses.replace(base.data, **data))
 
 
-def _write_subject(root: Path, name: str, volumes: dict[str, np.ndarray], spacing=(1.0, 1.0, 1.0)) -> Path:
+def _write_subject(root: Path, name: str, volumes: dict[str, np.ndarray], spacing=(1.0, 1.0, 1.0),
+                   affine: np.ndarray | None = None) -> Path:
+    """Write one subject; by default with BraTS's own (canonical, LPS) voxel axes, so voxels are used as stored."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0]) if affine is None else affine
     for channel, volume in volumes.items():
-        nib.save(nib.Nifti1Image(volume, np.diag([*spacing, 1.0])), folder / f"{name}_{channel}.nii.gz")
+        nib.save(nib.Nifti1Image(volume, affine), folder / f"{name}_{channel}.nii.gz")
     return folder
 
 
@@ -107,7 +110,8 @@ def test_foreground_filter_keeps_the_right_slices(tmp_path, size):
     store = SliceStore(tmp_path / "out")
     assert store.z.tolist() == expected  # decided on the padded 32x32 slice, before resampling
     assert _rows(tmp_path / "out" / "subjects.csv") == [{"subject": "S1", "split": "train", "slices_kept": "3", "slices_total": "7",
-                                                         "spacing_x": "1", "spacing_y": "1", "spacing_z": "1"}]
+                                                         "spacing_x": "1", "spacing_y": "1", "spacing_z": "1",
+                                                         "orientation": "LPS"}]
     slices = store.read(np.arange(len(store)))
     assert slices.shape == (3, 5, size, size)
     assert set(np.unique(slices[:, 4]).tolist()) <= {0, 102}
@@ -216,7 +220,7 @@ def test_rejected_subjects_are_listed_and_the_rest_prepared(tmp_path, phantoms, 
     flair.write_bytes(flair.read_bytes()[:200])  # truncated gzip
     t2 = src / "BraTS2021_00003" / "BraTS2021_00003_t2.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((64, 64, 20), np.int16), np.eye(4)), t2)  # shape mismatch
-    cfg = _config(tiny_config, test_subjects=1)
+    cfg = _config(tiny_config, test_subjects=0, val_fraction=0.0)  # train only: a rejected subject empties no split
     with caplog.at_level(logging.WARNING, logger="synthmri.data.prepare"):
         result = prepare(src, tmp_path / "out", cfg)
     rejected = {r["subject"]: r for r in _rows(tmp_path / "out" / "rejected.csv")}

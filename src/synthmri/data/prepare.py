@@ -6,6 +6,8 @@ paper and its published code:
 
 1. read each of ``t1, t1ce, t2, flair, seg`` once (whole-file decompression, no lazy access),
    and check it: a 3D numeric finite volume on t1's grid (shape and affine), labels in the map;
+   then turn its voxel axes to the canonical ``LPS`` (BraTS's own: a no-op for BraTS files,
+   axes permuted and flipped for others, so one store never mixes orientations);
 2. scale every image volume by its own maximum to 0..255 (uint8);
 3. map the BraTS labels to 0/51/102/204 through ``data.label_map`` (default: the layout's);
 4. cut axial slices (last axis), zero-pad each symmetrically to ``pad_to`` x ``pad_to``;
@@ -19,15 +21,20 @@ val drawn with the seed from the rest) *before* any volume is decoded, from the 
 whose five files are present: a subject that later turns out unreadable drops out of its
 split without reshuffling the others; the manifest's ``split`` records which split was made.
 Unusable subjects are listed in ``rejected.csv`` (subject, file, reason); the others are still
-prepared. Subjects run in ``workers`` processes; the parent writes shards in subject order,
-so the store's bytes do not depend on the worker count or on an interruption. Progress
+prepared. A store is only completed (``manifest.json`` written) when every split the split
+made (train always; test and val when it assigned subjects to them) holds slices: otherwise
+:class:`PrepareError` names the empty split. Subjects run in ``workers`` processes; the
+parent writes shards in subject order, so the store's bytes do not depend on the worker
+count or on an interruption. Progress
 goes to optional callbacks; the ``prepare`` stage (:mod:`synthmri.stages.prepare`) wires
 them to its monitors.
 
-``subjects.csv`` records per subject its split, the slices kept and examined, and the
-voxel size in mm from the T1 header (``spacing_x, spacing_y, spacing_z``), which the 3D
-evaluation needs for Hausdorff distances in mm; the manifest's ``spacing`` holds it too
-when every subject shares one.
+``subjects.csv`` records per subject its split, the slices kept and examined, the voxel
+size in mm from the T1 header along the canonical axes (``spacing_x, spacing_y, spacing_z``),
+which the 3D evaluation needs for Hausdorff distances in mm, and the source's voxel axes
+(``orientation``, e.g. ``LPS``, ``RAS``); the manifest's ``spacing`` holds the voxel size too
+when every subject shares one, and its ``orientation`` the canonical axes and a count of the
+source orientations.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from typing import Any, Callable, Iterator
 from synthmri.config import Config, dump_config
 from synthmri.data.layouts import Rejection, find_subjects
 from synthmri.data.slicing import (  # noqa: F401 (pad_slices, resample_slices, foreground_fraction, gunzip: re-exported)
+    CANONICAL_ORIENTATION,
     foreground_fraction,
     gunzip,
     pad_slices,
@@ -59,11 +67,11 @@ from synthmri.io import atomic_write_text, sha256_file
 log = logging.getLogger(__name__)
 
 SPACING_COLUMNS = ("spacing_x", "spacing_y", "spacing_z")  # subjects.csv: voxel size in mm
-
+SUBJECT_COLUMNS = ("subject", "split", "slices_kept", "slices_total", *SPACING_COLUMNS, "orientation")
 
 
 class PrepareError(StoreError):
-    """Nothing could be prepared, or the source cannot make the requested split."""
+    """Nothing could be prepared, a split ended without slices, or the source cannot make the requested split."""
 
 
 @dataclass
@@ -149,8 +157,9 @@ def prepare(source: str | Path, out: Path, cfg: Config, *, workers: int = 1, end
 
     Raises:
         PrepareError: the source is missing, has too few subjects for the split, lacks some
-            of the authors' test subjects under ``data.split: published`` (named), or no
-            subject could be prepared; the message names the source.
+            of the authors' test subjects under ``data.split: published`` (named), or a split
+            the split made (train always) ends without slices (named); the message names the
+            source, and no ``manifest.json`` is left in `out`.
         SourceError: an ``s3://`` source cannot be listed or downloaded (named).
     """
     with source_directory(source, out, workers=workers, endpoint_url=endpoint_url, download_dir=download_dir,
@@ -216,7 +225,8 @@ def prepare_directory(label: str, root: Path, out: Path, cfg: Config, *, workers
         Counts per split, rejected subjects and the manifest.
 
     Raises:
-        PrepareError: Too few subjects for the split, or none could be prepared.
+        PrepareError: Too few subjects for the split, or a split the split made has no slices
+            (none prepared included); ``manifest.json`` is not written then.
     """
     out = Path(out)
     data = cfg.data
@@ -229,7 +239,7 @@ def prepare_directory(label: str, root: Path, out: Path, cfg: Config, *, workers
     for rejection in rejected:
         log.warning("prepare: rejected subject %s (%s): %s", rejection.subject, rejection.file, rejection.reason)
     if not subjects:
-        _write_rejected(out, rejected)
+        _abandon(out, rejected)
         raise PrepareError(f"{label}: no complete BraTS subject found (need five files per subject: "
                            f"<id>_{{t1,t1ce,t2,flair,seg}}.nii.gz, or <id>-{{t1n,t1c,t2w,t2f,seg}}.nii.gz for 2023)"
                            + (f"; {len(rejected)} incomplete, see {out / 'rejected.csv'}" if rejected else ""))
@@ -237,7 +247,7 @@ def prepare_directory(label: str, root: Path, out: Path, cfg: Config, *, workers
         plan = assign_splits([s.name for s in subjects], data, layout.name, incomplete=[r.subject for r in rejected])
     except SplitError as exc:
         if rejected:
-            _write_rejected(out, rejected)
+            _abandon(out, rejected)
         raise PrepareError(f"{label}: {exc}") from None
     splits = plan.assignment
     hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in leftover}
@@ -245,6 +255,7 @@ def prepare_directory(label: str, root: Path, out: Path, cfg: Config, *, workers
     writer = StoreWriter(out, image_size=data.size, source={"path": label}, shard_size=data.shard_size)
     rows, counts, slices = [], {s: 0 for s in SPLITS}, {s: 0 for s in SPLITS}
     spacings: set[tuple[float, float, float]] = set()
+    orientations: dict[str, int] = {}
     total = 0
     for done, result in enumerate(prepare_subjects(subjects, root, data, label_map, workers), start=1):
         hashes.update(result.hashes)
@@ -254,8 +265,10 @@ def prepare_directory(label: str, root: Path, out: Path, cfg: Config, *, workers
         else:
             split = splits[result.name]
             writer.add(result.slices, [SliceRow(f"{result.name}_z{z:03d}", result.name, z, split) for z in result.z])
-            rows.append([result.name, split, len(result.z), result.total, *(f"{v:g}" for v in result.spacing)])
+            rows.append([result.name, split, len(result.z), result.total, *(f"{v:g}" for v in result.spacing),
+                         result.orientation])
             spacings.add(result.spacing)
+            orientations[result.orientation] = orientations.get(result.orientation, 0) + 1
             counts[split] += 1
             slices[split] += len(result.z)
             total += result.total
@@ -263,9 +276,10 @@ def prepare_directory(label: str, root: Path, out: Path, cfg: Config, *, workers
             progress(done, len(subjects))
     _write_rejected(out, rejected)
     if not rows:
+        _abandon(out, rejected)
         raise PrepareError(f"{label}: none of {len(subjects)} subject(s) could be prepared; see {out / 'rejected.csv'}")
-    atomic_write_text(out / "subjects.csv", _csv(sorted(rows), ["subject", "split", "slices_kept", "slices_total",
-                                                                *SPACING_COLUMNS]))
+    atomic_write_text(out / "subjects.csv", _csv(sorted(rows), list(SUBJECT_COLUMNS)))
+    _check_splits(label, out, splits, counts, slices, total)
     dump_config(cfg, out / "config.yaml")
     writer.source = {"path": label, "content_hash": _content_hash(hashes)}
     writer.extra = {
@@ -280,11 +294,39 @@ def prepare_directory(label: str, root: Path, out: Path, cfg: Config, *, workers
         # One voxel size (x, y, z mm) shared by every subject, else null: then each
         # subject's own is in subjects.csv.
         "spacing": list(next(iter(spacings))) if len(spacings) == 1 else None,
+        # The voxel axes of every slice, and how many subjects' sources had which axes.
+        "orientation": {"canonical": CANONICAL_ORIENTATION, "source": dict(sorted(orientations.items()))},
     }
     manifest = writer.close()
     result = PrepareResult(out, label, counts, slices, total, rejected, manifest)
     log.info("prepare: %s", result.summary())
     return result
+
+
+def _check_splits(label: str, out: Path, splits: dict[str, str], counts: dict[str, int], slices: dict[str, int],
+                  total: int) -> None:
+    """Refuse a store in which a split the subject split made holds no slice.
+
+    Raises:
+        PrepareError: naming the first empty split, its subjects and why they gave no slices.
+    """
+    needed = [s for s in SPLITS if s == "train" or s in splits.values()]
+    for split in needed:
+        if slices[split]:
+            continue
+        planned = sum(v == split for v in splits.values())
+        why = (f"all {planned} of its subject(s) were rejected, see {out / 'rejected.csv'}" if not counts[split]
+               else f"the foreground filter kept none of its {counts[split]} prepared subject(s)' slices")
+        (out / "manifest.json").unlink(missing_ok=True)
+        raise PrepareError(f"{label}: no slices in the {split} split ({why}); the split needs "
+                           f"{', '.join(needed)}; kept {sum(slices.values())} of {total} slices in all. "
+                           "The store is left incomplete (no manifest.json)")
+
+
+def _abandon(out: Path, rejected: list[Rejection]) -> None:
+    """Write ``rejected.csv`` for a failed run and drop any earlier manifest: no complete-looking store."""
+    _write_rejected(out, rejected)
+    (out / "manifest.json").unlink(missing_ok=True)
 
 
 def _write_rejected(out: Path, rejected: list[Rejection]) -> None:

@@ -1,7 +1,9 @@
 """One subject's five volumes to the slices ``prepare`` keeps (steps 1-6 of :mod:`.prepare`).
 
-Read each file whole, check it (3D, numeric, finite, on t1's grid, labels in the map), scale
-images to 0..255, encode labels, cut, pad, filter and resample axial slices.
+Read each file whole, check it (3D, numeric, finite, on t1's grid, labels in the map), turn
+it to the canonical voxel order :data:`CANONICAL_ORIENTATION` (axes permuted and flipped to
+the closest match of t1's affine, no resampling), scale images to 0..255, encode labels, cut,
+pad, filter and resample axial slices.
 :func:`prepare_subjects` runs subjects in worker processes and yields them in input order.
 """
 
@@ -30,6 +32,11 @@ from synthmri.data.store import CHANNELS
 #: Largest difference between a modality's affine and t1's that still counts as the same grid.
 AFFINE_TOLERANCE = 1e-4
 
+#: Voxel axes of every prepared volume: x towards the patient's Left, y Posterior, z Superior
+#: (world RAS+, as nibabel names axes). It is how every BraTS release stores its voxels, so
+#: BraTS (and phantom) volumes are used as stored; others are permuted and flipped to it.
+CANONICAL_ORIENTATION = "LPS"
+
 
 @dataclass
 class PreparedSubject:
@@ -41,7 +48,8 @@ class PreparedSubject:
         slices: The kept slices, uint8 [k, 5, size, size] (None when rejected).
         z: The kept slices' axial indices.
         total: Axial slices examined.
-        spacing: Voxel size in mm (x, y, z) from the t1 header.
+        spacing: Voxel size in mm along the canonical x, y, z axes, from the t1 header.
+        orientation: The source's voxel axes (``aff2axcodes`` of t1's affine, e.g. ``RAS``).
         rejection: Why the subject was left out, or None.
     """
 
@@ -51,6 +59,7 @@ class PreparedSubject:
     z: list[int] = field(default_factory=list)
     total: int = 0
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # voxel size in mm (x, y, z) from the t1 header
+    orientation: str = CANONICAL_ORIENTATION  # the source's voxel axes (e.g. RAS) before reorientation
     rejection: Rejection | None = None
 
 
@@ -154,6 +163,26 @@ def checked_voxels(header: nib.Nifti1Header, data: np.ndarray, reference: nib.Ni
     return data
 
 
+def orientation_transform(affine: np.ndarray) -> tuple[str, np.ndarray | None]:
+    """The voxel axes of `affine` and how to turn them to :data:`CANONICAL_ORIENTATION`.
+
+    Returns:
+        The axis codes (e.g. ``RAS``) and a nibabel orientation transform, or None when the
+        voxels are already canonical.
+
+    Raises:
+        ValueError: an affine without three independent axes.
+    """
+    ornt = nib.orientations.io_orientation(affine)
+    if np.isnan(ornt).any():
+        raise ValueError("affine has no three independent axes: voxel orientation unknown")
+    codes = "".join(nib.orientations.ornt2axcodes(ornt))
+    transform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(tuple(CANONICAL_ORIENTATION)))
+    if (transform == [[0, 1], [1, 1], [2, 1]]).all():
+        return codes, None
+    return codes, transform
+
+
 def to_uint8(part: np.ndarray, peak: float) -> np.ndarray:
     """``part`` scaled by ``255 / peak`` in float32, rounded half to even, clipped to 0..255.
 
@@ -191,7 +220,7 @@ def prepare_subject(subject: Subject, source: Path, data: DataConfig, label_map:
     result = PreparedSubject(subject.name, hashes={})
     voxels: dict[str, np.ndarray] = {}
     peaks: dict[str, float] = {}
-    reference = None
+    reference, transform = None, None
     for channel in CHANNELS:
         path = subject.files[channel]
         rel = path.relative_to(source).as_posix()
@@ -206,7 +235,12 @@ def prepare_subject(subject: Subject, source: Path, data: DataConfig, label_map:
                 zooms = tuple(float(v) for v in header.get_zooms()[:3])
                 if len(zooms) != 3 or not all(math.isfinite(v) and v > 0 for v in zooms):
                     raise ValueError(f"voxel size {list(zooms)} mm in the header is not 3 positive numbers")
+                result.orientation, transform = orientation_transform(header.get_best_affine())
+                if transform is not None:  # canonical axis j is source axis i
+                    zooms = tuple(zooms[int(np.flatnonzero(transform[:, 0] == j)[0])] for j in range(3))
                 result.spacing = (zooms[0], zooms[1], zooms[2])
+            if transform is not None:  # every modality shares t1's affine (checked above)
+                volume = nib.orientations.apply_orientation(volume, transform)
             if max(volume.shape[:2]) > data.pad_to:
                 raise ValueError(f"slice {volume.shape[0]}x{volume.shape[1]} larger than data.pad_to {data.pad_to}")
             if channel == "seg":

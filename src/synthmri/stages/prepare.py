@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Prepare the store; exit 1 when nothing was prepared (or, with --strict, anything rejected)."""
+    """Prepare the store; exit 1 when nothing was prepared or a split has no slices (or, with --strict,
+    anything rejected)."""
     at_least(args.workers, 1, "--workers")
     cfg = resolve_config(args)
     workers = args.workers or min(os.cpu_count() or 1, 8)
@@ -84,7 +85,8 @@ def run(source: str | Path, out: Path, cfg: Config, *, workers: int = 1, endpoin
         Counts per split, rejected subjects and the manifest.
 
     Raises:
-        PrepareError: The source is missing or unusable, or nothing could be prepared.
+        PrepareError: The source is missing or unusable, or a split (train always; test and val when
+            the split assigned subjects to them) ends without slices; no manifest is written then.
         SourceError: An ``s3://`` source cannot be listed or downloaded.
     """
     from synthmri.data.prepare import prepare_directory, source_directory
