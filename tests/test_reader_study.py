@@ -101,12 +101,18 @@ def _http(url: str, body: dict | None = None) -> tuple[int, dict[str, str], byte
 
 def test_plan_is_balanced_deterministic_and_stable_across_restarts(stores, tmp_path):
     synthetic = [stores["ddpm"], stores["stylegan2"]]
-    first = build_plan(stores["real"], synthetic, 4, seed=3)
-    again = build_plan(stores["real"], synthetic, 4, seed=3)
-    other = build_plan(stores["real"], synthetic, 4, seed=4)
+    first = build_plan(stores["real"], synthetic, 4, seed=3, order_key=2**200 + 7)
+    again = build_plan(stores["real"], synthetic, 4, seed=3, order_key=2**200 + 7)
+    other = build_plan(stores["real"], synthetic, 4, seed=4, order_key=2**200 + 7)
+    reordered = build_plan(stores["real"], synthetic, 4, seed=3, order_key=2**200 + 8)
+    unkept = build_plan(stores["real"], synthetic, 4, seed=3)  # a fresh secret order
 
     assert Counter(source for source, _ in _items(first)) == {"real": 4, "ddpm": 4, "stylegan2": 4}
     assert _items(first) == _items(again) and _items(first) != _items(other)
+    # The seed picks the slices, the order key (never in the plan) the order they are shown in.
+    assert sorted(_items(first)) == sorted(_items(reordered)) == sorted(_items(unkept))
+    assert _items(first) != _items(reordered)
+    assert str(2**200 + 7) not in json.dumps(first) and f"{2**200 + 7:x}" not in json.dumps(first)
     tokens = [item["token"] for item in first["items"]]
     assert len(set(tokens)) == 12 and set(tokens).isdisjoint(item["token"] for item in again["items"])
     assert all(len(t) == 32 and int(t, 16) >= 0 for t in tokens)  # opaque: random hex, nothing else
@@ -125,7 +131,7 @@ def test_plan_is_balanced_deterministic_and_stable_across_restarts(stores, tmp_p
 
     study = open_study(tmp_path, real=stores["real"], synthetic=synthetic, per_source=4, seed=3, reader="ab")
     written = (tmp_path / "plan.json").read_bytes()
-    assert _items(study.plan) == _items(first)
+    assert sorted(_items(study.plan)) == sorted(_items(first))
     resumed = open_study(tmp_path, real=stores["real"], synthetic=synthetic, per_source=4, seed=3, reader="ab")
     assert resumed.plan == study.plan and (tmp_path / "plan.json").read_bytes() == written
     assert open_study(tmp_path).plan == study.plan  # the plan alone suffices to resume

@@ -1,9 +1,10 @@
 """``synthmri reader-study``: a blinded real-vs-synthetic reading by a radiologist (the paper's Table 8).
 
 :mod:`synthmri.reader.study` plans the study (which slices, in which order, behind which
-tokens) and keeps the answers; :mod:`synthmri.reader.server` serves the page, the JSON API
-and the images; :mod:`synthmri.reader.results` writes the confusion table to CSV;
-:mod:`synthmri.stages.reader_study` logs it to MLflow.
+tokens) and keeps the answers; :mod:`synthmri.reader.order` keeps the secret seed of the
+order; :mod:`synthmri.reader.server` serves the page, the JSON API and the images, and
+:mod:`synthmri.reader.guard` checks each request first; :mod:`synthmri.reader.results`
+writes the confusion table to CSV; :mod:`synthmri.stages.reader_study` logs it to MLflow.
 """
 
 from synthmri.reader.results import (
@@ -15,6 +16,7 @@ from synthmri.reader.results import (
     study_params,
     study_tags,
 )
+from synthmri.reader.order import order_key
 from synthmri.reader.server import ReaderServer, render_png, run_until_done, serve
 from synthmri.reader.study import ForegroundRule, ReaderStudy, StudyError, build_plan, open_study
 
@@ -28,6 +30,7 @@ __all__ = [
     "confusion_rows",
     "finish",
     "open_study",
+    "order_key",
     "render_png",
     "run_until_done",
     "serve",

@@ -2,7 +2,11 @@
 
 The standard library's ``ThreadingHTTPServer`` serves it: five routes need no framework, it
 starts in a thread for tests and stops with ``shutdown()``, and it adds nothing to the
-dependencies. It has no authentication: bind it to 127.0.0.1 (the default) or a trusted network.
+dependencies. It has no authentication: bind it to 127.0.0.1 (the default) or a trusted network
+(it warns on stderr and in the log when bound to anything else). :mod:`synthmri.reader.guard`
+refuses requests for another Host (DNS rebinding), POSTs from another origin or not JSON,
+bodies over 4 KiB whatever ``Content-Length`` says, and JSON nested more than 8 deep; a
+connection idle for :data:`REQUEST_TIMEOUT` seconds is dropped.
 
 Routes (the browser only ever sees opaque tokens)::
 
@@ -18,6 +22,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -26,13 +32,14 @@ from typing import Any, Callable
 import numpy as np
 
 from synthmri.data.store import IMAGE_CHANNELS
+from synthmri.reader.guard import HostPolicy, check_depth, check_host, check_post, is_loopback
 from synthmri.reader.study import ReaderStudy, StudyError
 
 log = logging.getLogger(__name__)
 
 PANEL_GAP = 4  # pixels between panels
 GAP_VALUE = 48  # dark grey, so panel edges stay visible on black background
-MAX_BODY = 4096
+REQUEST_TIMEOUT = 15.0  # seconds a connection may sit idle (or stall mid-request) before it is dropped
 
 
 def render_png(image: np.ndarray) -> bytes:
@@ -65,15 +72,34 @@ def page_html() -> bytes:
 class ReaderServer(ThreadingHTTPServer):
     """An HTTP server for one study; `done` is set once every item is answered.
 
+    Args:
+        study: the study to serve.
+        host: the address to bind to (a name, an IPv4 or an IPv6 literal).
+        port: the port (0: any free port).
+        timeout: seconds before an idle connection is dropped (None: :data:`REQUEST_TIMEOUT`).
+
     Attributes:
         study: the study it serves.
         done: set when the study is complete.
+        policy: the Host and Origin values it accepts.
+        request_timeout: seconds before an idle connection is dropped.
     """
 
     daemon_threads = True
 
-    def __init__(self, study: ReaderStudy, host: str = "127.0.0.1", port: int = 8000) -> None:
+    def __init__(self, study: ReaderStudy, host: str = "127.0.0.1", port: int = 8000,
+                 timeout: float | None = None) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
+        self.request_timeout = REQUEST_TIMEOUT if timeout is None else float(timeout)
+        address, bound_port = self.server_address[:2]
+        self.policy = HostPolicy(host, address, bound_port)
+        if not is_loopback(address):
+            message = (f"reader-study is listening on {address} port {bound_port}, not a loopback address: anyone who "
+                       "can reach it can see the images and answer (there is no login); use --host 127.0.0.1 unless "
+                       "this network is trusted")
+            log.warning(message)
+            print(f"WARNING: {message}", file=sys.stderr, flush=True)
         self.study = study
         self.done = threading.Event()
         self.page = page_html()
@@ -84,7 +110,7 @@ class ReaderServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
     def stop(self) -> None:
         """Stop serving (if started in a thread) and close the socket."""
@@ -99,6 +125,11 @@ class _Handler(BaseHTTPRequestHandler):
     server: ReaderServer
     server_version = "synthmri-reader"
     sys_version = ""
+    timeout = REQUEST_TIMEOUT  # socket timeout; the server's request_timeout replaces it in setup()
+
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
         log.debug("%s " + format, self.address_string(), *args)
@@ -125,9 +156,34 @@ class _Handler(BaseHTTPRequestHandler):
         if state["done"]:
             self.server.done.set()
 
+    def _refuse(self, exc: StudyError) -> None:
+        """Answer `exc` and close the connection (a body may be left unread)."""
+        self.close_connection = True
+        self._json(exc.status, {"error": str(exc)})
+
+    def _read_json(self) -> dict[str, Any]:
+        """The checked request's JSON object body (at most ``guard.MAX_BODY`` bytes are read)."""
+        length = check_post(self.server.policy, self.headers)
+        raw = self.rfile.read(length) if length else b""
+        if len(raw) != length:
+            raise StudyError("the body is shorter than its Content-Length")
+        check_depth(raw)
+        try:
+            body = json.loads(raw or b"{}")
+        except (ValueError, RecursionError) as exc:
+            raise StudyError(f"not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise StudyError("expected a JSON object")
+        return body
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = self.path.split("?", 1)[0]
         study = self.server.study
+        try:
+            check_host(self.server.policy, self.headers)
+        except StudyError as exc:
+            self._refuse(exc)
+            return
         if path in ("/", "/index.html"):
             self._send(200, self.server.page, "text/html; charset=utf-8")
         elif path == "/api/next":
@@ -146,14 +202,10 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         study = self.server.study
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                raise StudyError("request body too large", status=413)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            if not isinstance(body, dict):
-                raise StudyError("expected a JSON object")
-        except (ValueError, StudyError) as exc:
-            self._json(getattr(exc, "status", 400), {"error": str(exc)})
+            check_host(self.server.policy, self.headers)
+            body = self._read_json()
+        except StudyError as exc:  # (a stalled body: http.server drops the connection on the socket timeout)
+            self._refuse(exc)
             return
         if path == "/api/answer":
             self._call(lambda: study.answer(str(body.get("token", "")), str(body.get("answer", ""))))
@@ -163,9 +215,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": "not found"})
 
 
-def serve(study: ReaderStudy, host: str = "127.0.0.1", port: int = 8000) -> ReaderServer:
-    """Start serving `study` in a background thread (port 0: any free port); stop with ``.stop()``."""
-    server = ReaderServer(study, host, port)
+def serve(study: ReaderStudy, host: str = "127.0.0.1", port: int = 8000, timeout: float | None = None) -> ReaderServer:
+    """Start serving `study` in a background thread (port 0: any free port); stop with ``.stop()``.
+
+    `timeout`: seconds before an idle connection is dropped (None: :data:`REQUEST_TIMEOUT`).
+    """
+    server = ReaderServer(study, host, port, timeout)
     server.thread = threading.Thread(target=server.serve_forever, name="reader-study", daemon=True)
     server.thread.start()
     return server

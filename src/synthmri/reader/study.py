@@ -2,9 +2,16 @@
 
 A study directory holds::
 
+    order.key        the secret seed of the presentation order (256 random bits, mode 0600)
     plan.json        written once (atomically): opaque token -> (source, slice position), shuffled
     answers.jsonl    append-only, one fsync'ed JSON line per answer or undo
     confusion.csv    written by :func:`synthmri.reader.results.finish`
+
+Blinding. ``--seed`` picks *which* slices are shown, so the selection can be reproduced and
+reported; the *order* they are shown in comes from ``order.key``, drawn with :mod:`secrets`
+when the study is first opened and never printed, logged, served or copied into plan.json.
+So nobody can rebuild the order from the inputs (the seed, the stores and their sizes); a
+resumed study reads its key (and its plan) back and keeps its order.
 
 Selection. Real images are drawn from the real store's ``test`` split (held-out patients),
 synthetic ones from every slice of each synthetic store. Every candidate, real or synthetic,
@@ -35,11 +42,12 @@ import numpy as np
 from synthmri.config import DataConfig
 from synthmri.data.store import CHANNELS, SliceStore
 from synthmri.io import atomic_write_json
+from synthmri.reader.order import ORDER_KEY, ORDER_KEY_BITS, order_key
 
 log = logging.getLogger(__name__)
 
 STAGE = "reader-study"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: the order comes from the secret order.key (1: from --seed, which is guessable)
 ANSWERS = ("real", "synthetic")
 
 
@@ -99,15 +107,17 @@ def _pick(store: SliceStore, candidates: np.ndarray, n: int, rule: ForegroundRul
                      f"pass the foreground rule ({rule.describe()})")
 
 
-def build_plan(real: Path, synthetic: Sequence[Path], per_source: int, seed: int, *, reader: str = "",
-               data: DataConfig | None = None) -> dict[str, Any]:
+def build_plan(real: Path, synthetic: Sequence[Path], per_source: int, seed: int, *, order_key: int | None = None,
+               reader: str = "", data: DataConfig | None = None) -> dict[str, Any]:
     """Select `per_source` slices of each source and shuffle them behind random tokens.
 
     Args:
         real: real slice store; its ``test`` split is sampled.
         synthetic: synthetic slice stores, one source each (named by their generator).
         per_source: images per source.
-        seed: seed of the selection and of the order (tokens are random regardless).
+        seed: seed of the selection (which slices); public, recorded in the plan.
+        order_key: secret seed of the presentation order (see :func:`~synthmri.reader.order.order_key`); None: a
+            fresh one that is not kept. It is not recorded in the plan.
         reader: the reader's name, recorded with the plan.
         data: the profile's data settings (foreground rule when the real manifest has none).
 
@@ -144,7 +154,8 @@ def build_plan(real: Path, synthetic: Sequence[Path], per_source: int, seed: int
         sources.append({"name": name, "kind": "synthetic", "store": str(store.path.resolve()),
                         "content_hash": store.content_hash})
         items += [(name, int(i)) for i in _pick(store, store.indices(), per_source, rule, rng, "slices")]
-    order = rng.permutation(len(items))
+    order = np.random.default_rng(secrets.randbits(ORDER_KEY_BITS) if order_key is None else order_key) \
+        .permutation(len(items))
     tokens: set[str] = set()
     while len(tokens) < len(items):
         tokens.add(secrets.token_hex(16))
@@ -152,6 +163,7 @@ def build_plan(real: Path, synthetic: Sequence[Path], per_source: int, seed: int
         "version": PLAN_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seed": int(seed),
+        "order": f"secret ({ORDER_KEY})",
         "per_source": int(per_source),
         "reader": reader,
         "foreground": {"channel": rule.channel, "intensity_threshold": rule.threshold,
@@ -316,6 +328,9 @@ def open_study(out: Path, *, real: Path | None = None, synthetic: Sequence[Path]
                seed: int | None = None, reader: str = "", data: DataConfig | None = None) -> ReaderStudy:
     """Open the study in `out`: its plan.json if there is one (checked against the arguments), else a new plan.
 
+    A new plan's order comes from the study's secret :func:`~synthmri.reader.order.order_key` (made first, so a
+    crash before plan.json is written leaves the key, and the next run plans the same order).
+
     Raises:
         StudyError: no plan and missing arguments, a plan made for other arguments, or bad stores
             (see :func:`build_plan`).
@@ -327,10 +342,18 @@ def open_study(out: Path, *, real: Path | None = None, synthetic: Sequence[Path]
         _check_plan(plan, path, real, synthetic, per_source, seed)
         if reader and reader != plan.get("reader", ""):
             raise StudyError(f"{path} belongs to reader {plan.get('reader')!r}, not {reader!r}; use another --out")
+        if plan.get("version", 1) < 2:
+            log.warning("%s predates the secret order: its order can be rebuilt from --seed and the stores, so "
+                        "the reading is not blind; start a new study in another --out", path)
     else:
         if real is None or not synthetic or per_source is None:
             raise StudyError(f"{path} does not exist: a new study needs --real, --synthetic and --per-source")
-        plan = build_plan(real, synthetic, per_source, 0 if seed is None else seed, reader=reader, data=data)
+        try:
+            key = order_key(out)
+        except ValueError as exc:
+            raise StudyError(str(exc)) from None
+        plan = build_plan(real, synthetic, per_source, 0 if seed is None else seed, order_key=key,
+                          reader=reader, data=data)
         atomic_write_json(path, plan)
         log.info("reader study: %d images (%d per source, %d sources) planned in %s", len(plan["items"]),
                  per_source, len(plan["sources"]), path)

@@ -20,10 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic", type=Path, action="append",
                         help="synthetic slice store (repeatable; named by its manifest's generator)")
     parser.add_argument("--per-source", type=int, help="images per source (real and each generator)")
-    parser.add_argument("--seed", type=int, help="seed of the selection and order (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of the selection (default 0); the order comes from a secret "
+                        "key the study keeps in --out (order.key)")
     parser.add_argument("--out", type=Path, required=True,
                         help="study directory (plan.json, answers.jsonl, confusion.csv); run again to resume")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (no authentication; default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (no authentication: warns unless loopback; default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     parser.add_argument("--reader", help="the reader's name or initials (kept in the plan and in MLflow)")
     parser.add_argument("--finish", action="store_true",
