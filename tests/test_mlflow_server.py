@@ -265,6 +265,28 @@ def test_pod_has_no_s3_access_of_its_own(pod: Servers):
     assert "MLFLOW_S3_ENDPOINT_URL" not in os.environ
 
 
+@pytest.mark.parametrize(("generator", "cause"), [
+    ("models:/nope@candidate", "Registered Model with name=nope not found"),
+    ("models:/synthmri-empty@candidate", "Registered model alias candidate not found"),
+])
+def test_unknown_model_or_alias_is_one_line_naming_it(pod: Servers, generator: str, cause: str, tmp_path: Path):
+    """No such registered model, or no such alias of one: one line, status 1, no traceback."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=pod.mlflow_uri, registry_uri=pod.mlflow_uri)
+    if not client.search_registered_models("name = 'synthmri-empty'"):
+        client.create_registered_model("synthmri-empty")  # a model without versions or aliases
+    result = subprocess.run([sys.executable, "-m", "synthmri", "generate", "--profile", PROFILE, "--set",
+                             f"tracking.tracking_uri={pod.mlflow_uri}", "--generator", generator, "--out",
+                             str(tmp_path / "synthetic")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("synthmri generate: error:")]
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"synthmri generate: error: {generator}: "), result.stderr
+    assert cause in errors[0] and pod.mlflow_uri in errors[0], errors[0]
+    assert not (tmp_path / "synthetic").exists()
+
+
 def test_stage_run_is_tracked_on_the_server_with_artifacts_on_s3(pod: Servers, trained: Trained, tmp_path: Path):
     import mlflow
     import yaml

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -46,6 +48,98 @@ def _from_environment(name: str) -> str | None:
     return None if value is not None and _EXPORTED.get(name) == value else value
 
 
+#: Seconds a stage waits for an HTTP tracking server to answer before it gives up (a float).
+WAIT_ENV = "SYNTHMRI_TRACKING_WAIT"
+DEFAULT_WAIT_S = 10.0
+#: After this long without an answer the wait is announced on the log.
+ANNOUNCE_AFTER_S = 2.0
+#: MLflow's retries of one HTTP request, unless the user set them: MLflow's own defaults (7
+#: retries, backoff factor 2) spend about four minutes on a server that is gone; these, about 15 s.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2"}
+
+#: HTTP tracking URIs that answered in this process (each is waited for once).
+_ANSWERED: set[str] = set()
+
+
+class TrackingUnreachableError(ConnectionError):
+    """No MLflow tracking server answered at the configured URI within :data:`WAIT_ENV` seconds."""
+
+
+def redact(uri: str) -> str:
+    """`uri` without the password of a ``scheme://user:password@host`` URI."""
+    return re.sub(r"^([a-zA-Z][\w+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", uri)
+
+
+def connection_reason(text: str) -> str:
+    """The gist of a requests/urllib3 connection error, e.g. ``[Errno 111] Connection refused``."""
+    for pattern in (r"\[Errno -?\d+\] [^'\")\]]+", r"ResponseError\('([^']+)'", r"(Read timed out|timed out)"):
+        if found := re.search(pattern, text):
+            return (found.group(1) if found.groups() else found.group(0)).strip()
+    return " ".join(text.split())[:200]
+
+
+def _wait_seconds() -> float:
+    value = os.environ.get(WAIT_ENV, "").strip()
+    if not value:
+        return DEFAULT_WAIT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError(f"${WAIT_ENV} must be a number of seconds, got {value!r}")
+    return seconds
+
+
+def wait_for_server(uri: str, wait_s: float | None = None) -> None:
+    """Return once the HTTP(S) tracking server at `uri` answers; other URIs return at once.
+
+    Any HTTP answer counts (a 401 or 404 too, and a TLS handshake MLflow may still reject):
+    only no connection, or no answer, is waited out. One ``HEAD`` on the reachable path; a wait
+    longer than :data:`ANNOUNCE_AFTER_S` is logged.
+
+    Args:
+        uri: The tracking (or registry) URI.
+        wait_s: How long to wait; default $SYNTHMRI_TRACKING_WAIT, else :data:`DEFAULT_WAIT_S`.
+
+    Raises:
+        TrackingUnreachableError: Nothing answered within `wait_s` (the message names `uri`).
+    """
+    if not re.match(r"https?://", uri, re.IGNORECASE) or uri in _ANSWERED:
+        return
+    import requests
+
+    wait = _wait_seconds() if wait_s is None else wait_s
+    per_try = 5.0
+    with contextlib.suppress(ValueError):
+        per_try = min(per_try, float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or per_try))
+    start, announced = time.monotonic(), False
+    while True:
+        remaining = wait - (time.monotonic() - start)
+        try:
+            requests.head(uri, timeout=max(0.2, min(per_try, remaining)), allow_redirects=False).close()
+        except requests.exceptions.SSLError:
+            pass  # it answered; whether its certificate passes is MLflow's settings' business
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            elapsed, reason = time.monotonic() - start, connection_reason(str(exc))
+            if elapsed + 0.5 > wait:
+                raise TrackingUnreachableError(
+                    f"no MLflow tracking server answers at {redact(uri)} ({reason}; waited {elapsed:.0f} s): "
+                    f"start it or point MLFLOW_TRACKING_URI at one; ${WAIT_ENV} sets the wait") from None
+            if not announced and elapsed >= ANNOUNCE_AFTER_S:
+                log.warning("waiting for the MLflow tracking server at %s (%s), up to %.0f s",
+                            redact(uri), reason, wait)
+                announced = True
+            time.sleep(min(0.5, max(0.0, wait - elapsed - 0.5)))
+            continue
+        except requests.exceptions.RequestException:
+            pass  # not a connection problem (a malformed URI, say): MLflow reports it in its words
+        if announced:
+            log.info("MLflow tracking server at %s answered", redact(uri))
+        _ANSWERED.add(uri)
+        return
+
+
 def tracking_uri(cfg: TrackingConfig) -> str:
     """The tracking URI: $MLFLOW_TRACKING_URI wins over the profile (cluster pods set it)."""
     return _from_environment("MLFLOW_TRACKING_URI") or cfg.tracking_uri
@@ -57,6 +151,13 @@ def configure(cfg: TrackingConfig) -> None:
     A user's $MLFLOW_TRACKING_URI / $MLFLOW_REGISTRY_URI win over the profile; the values
     MLflow itself exports when called here do not, so a later call in the same process
     (a notebook, a test) follows its own config.
+
+    An HTTP(S) server is waited for (:func:`wait_for_server`) before MLflow's first request, and
+    MLflow's retries default to :data:`HTTP_RETRY_DEFAULTS` where the user set none, so a server
+    that is gone fails a stage in seconds, not minutes.
+
+    Raises:
+        TrackingUnreachableError: No server answers at an HTTP(S) URI.
     """
     import mlflow
 
@@ -70,6 +171,13 @@ def configure(cfg: TrackingConfig) -> None:
             _EXPORTED.pop(name, None)
         elif os.environ.get(name):
             _EXPORTED[name] = os.environ[name]
+    servers = [target for target in dict.fromkeys((uri, registry)) if re.match(r"https?://", target, re.IGNORECASE)]
+    if servers:
+        for name, value in HTTP_RETRY_DEFAULTS.items():
+            if not os.environ.get(name):
+                os.environ[name] = value
+    for target in servers:
+        wait_for_server(target)
 
 
 def experiment_name(cfg: TrackingConfig, kind: str) -> str:
