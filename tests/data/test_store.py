@@ -1,9 +1,17 @@
-"""The slice store: round trip, atomic completion, resume to identical bytes, verification."""
+"""The slice store: round trip, atomic completion, resume to identical bytes, verification.
+
+Verification on open: a corrupt or replaced shard, an edited index.csv and a shard changed
+after it was verified are refused by name; a cached verification is not hashed again.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +20,22 @@ import pytest
 from synthmri.data.store import CHANNELS, INDEX_COLUMNS, SliceRow, SliceStore, StoreError, StoreWriter
 from synthmri.io import sha256_file
 
+try:
+    from synthmri.data import verify as verify_module
+except ImportError:  # before verification on open existed
+    verify_module = None
+
 SIZE = 8
 SHARD = 4
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """A verification cache of this test's own, and an empty in-process memo."""
+    monkeypatch.setenv("SYNTHMRI_CACHE_DIR", str(tmp_path / "cache"))
+    if verify_module is not None:
+        monkeypatch.setattr(verify_module, "_MEMO", {})
+    return tmp_path / "cache"
 
 
 def _slices(n: int, seed: int = 0) -> tuple[np.ndarray, list[SliceRow]]:
@@ -119,17 +141,174 @@ def test_resume_with_a_different_stream_fails(tmp_path):
         _write(tmp_path / "store", data, other)
 
 
-def test_verify_detects_a_corrupted_shard(tmp_path):
+def _flip_byte(path: Path, offset: int = -5) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _age(store: Path, seconds: float = 3600) -> None:
+    """Date every file of `store` `seconds` back: shards no longer just written are cached."""
+    past = time.time_ns() - int(seconds * 1e9)
+    for path in store.rglob("*"):
+        if path.is_file():
+            os.utime(path, ns=(past, past))
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
     data, rows = _slices(11)
     _write(tmp_path / "store", data, rows)
-    SliceStore(tmp_path / "store", verify=True)
-    shard = tmp_path / "store" / "shards" / "shard-00001.npy"
-    raw = bytearray(shard.read_bytes())
-    raw[-5] ^= 0xFF
-    shard.write_bytes(bytes(raw))
-    SliceStore(tmp_path / "store")  # opening without verification still works
-    with pytest.raises(StoreError, match="shard-00001.npy: sha256 mismatch"):
-        SliceStore(tmp_path / "store", verify=True)
-    shard.unlink()
+    return tmp_path / "store"
+
+
+def _counting_hashes(monkeypatch) -> list[Path]:
+    """Record every shard the verification hashes."""
+    import synthmri.data.verify as verify
+
+    hashed: list[Path] = []
+    real = verify.sha256_file
+    monkeypatch.setattr(verify, "sha256_file", lambda path, *a, **k: hashed.append(Path(path)) or real(path, *a, **k))
+    return hashed
+
+
+def test_a_flipped_byte_in_a_shard_is_refused_on_open(store):
+    SliceStore(store)
+    _flip_byte(store / "shards" / "shard-00001.npy")
+    with pytest.raises(StoreError, match="shard-00001.npy: sha256 mismatch") as caught:
+        SliceStore(store)
+    assert str(store) in str(caught.value)
+    SliceStore(store, verify=False)  # the writer's own tests may still look inside
+
+
+def test_a_zeroed_label_channel_is_refused_on_open(store):
+    shard = store / "shards" / "shard-00000.npy"
+    slices = np.load(shard)
+    slices[:, 4] = 0
+    np.save(shard, slices)  # a valid .npy of the right shape, other content
+    np.testing.assert_array_equal(SliceStore(store, verify=False).read(np.arange(4))[:, 4], 0)
+    with pytest.raises(StoreError, match=r"store/shards/shard-00000.npy: sha256 mismatch"):
+        SliceStore(store)
+
+
+def test_an_index_relabelled_to_train_is_refused_on_open(store):
+    index = store / "index.csv"
+    lines = index.read_text().splitlines()
+    edited = [lines[0]] + [",".join(line.split(",")[:3] + ["train"] + line.split(",")[4:]) for line in lines[1:]]
+    index.write_text("\n".join(edited) + "\n")
+    with pytest.raises(StoreError, match=r"store/index.csv: does not match the store's manifest.json"):
+        SliceStore(store)
+    with pytest.raises(StoreError, match=r"index.csv: slices per split \{'train': 11\}"):
+        SliceStore(store, verify=False)  # the counts catch this one even unhashed
+
+
+def test_an_index_with_swapped_splits_is_refused_on_open(store):
+    """Same counts per split, other patients held out: only the content hash sees it."""
+    index = store / "index.csv"
+    text = index.read_text()
+    swapped = text.replace(",train,", ",@,").replace(",val,", ",train,").replace(",@,", ",val,")
+    index.write_text(swapped)
+    assert SliceStore(store, verify=False).subjects("val") == ["s0"]  # was the train subject
+    with pytest.raises(StoreError, match="index.csv: does not match"):
+        SliceStore(store)
+
+
+def test_content_hash_is_the_hash_of_what_was_read(store):
+    opened = SliceStore(store)
+    content = hashlib.sha256((store / "index.csv").read_bytes())
+    for name in sorted(p.name for p in (store / "shards").glob("shard-*.npy")):
+        content.update(sha256_file(store / "shards" / name).encode())
+    assert opened.content_hash == content.hexdigest()
+
+
+def test_index_rows_must_point_inside_the_shards(store):
+    index = store / "index.csv"
+    lines = index.read_text().splitlines()
+    lines[3] = ",".join(lines[3].split(",")[:4] + ["7", "0"])
+    index.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StoreError, match="index.csv: line 4 points at shard 7 row 0, outside the 3 shard"):
+        SliceStore(store, verify=False)
+    lines[3] = ",".join(lines[3].split(",")[:4] + ["0", "0"])  # the slot of line 2
+    index.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StoreError, match="index.csv: two rows point at the same slice"):
+        SliceStore(store, verify=False)
+
+
+def test_a_manifest_naming_a_shard_outside_the_store_is_refused(store):
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["shards"][0]["name"] = "../../etc/passwd"
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="manifest.json: shard entry 0"):
+        SliceStore(store, verify=False)
+
+
+def test_a_cached_verification_is_not_hashed_again(store, private_cache, monkeypatch):
+    hashed = _counting_hashes(monkeypatch)
+    _age(store)
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    SliceStore(store)
+    assert len(hashed) == 3
+    SliceStore(store)  # this process remembers
+    monkeypatch.setattr(verify_module, "_MEMO", {})
+    again = SliceStore(store)  # a new process: the cache file remembers
+    assert len(hashed) == 3
+    np.testing.assert_array_equal(again.read(np.arange(11)), _slices(11)[0])
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before  # nothing added to the DVC output
+    [cache] = private_cache.glob("verified/*.json")
+    assert json.loads(cache.read_text())["store"] == os.path.realpath(store)
+
+
+def test_a_shard_modified_after_a_cached_verification_is_hashed_again(store, monkeypatch):
+    hashed = _counting_hashes(monkeypatch)
+    _age(store)
+    SliceStore(store)
+    monkeypatch.setattr(verify_module, "_MEMO", {})
+    shard = store / "shards" / "shard-00002.npy"
+    slices = np.load(shard)
+    slices[:, 4] = 0
+    np.save(shard, slices)  # same size, new mtime
+    with pytest.raises(StoreError, match="shard-00002.npy: sha256 mismatch"):
+        SliceStore(store)
+    assert hashed[3:] == [shard]
+
+
+def test_a_just_written_shard_is_not_cached(store, monkeypatch):
+    """A same-size rewrite within the file system's clock tick would keep the stat: hash again."""
+    hashed = _counting_hashes(monkeypatch)
+    SliceStore(store)
+    SliceStore(store)
+    assert len(hashed) == 6
+
+
+def test_a_shard_replaced_after_opening_is_refused_on_read(store):
+    opened = SliceStore(store)
+    shard = store / "shards" / "shard-00001.npy"
+    replacement = store / "replacement.npy"
+    np.save(replacement, np.zeros_like(np.load(shard)))
+    os.replace(replacement, shard)
+    opened.read([0])  # shard 0 is untouched
+    with pytest.raises(StoreError, match="shard-00001.npy: changed since"):
+        opened.read([5])
+
+
+def test_an_unwritable_cache_still_verifies(store, tmp_path, monkeypatch, caplog):
+    (tmp_path / "not-a-directory").write_text("")
+    monkeypatch.setenv("SYNTHMRI_CACHE_DIR", str(tmp_path / "not-a-directory" / "cache"))
+    _age(store)
+    with caplog.at_level(logging.DEBUG, logger="synthmri.data.verify"):
+        assert len(SliceStore(store)) == 11
+    assert "verification not cached" in caplog.text
+    monkeypatch.setattr(verify_module, "_MEMO", {})
+    _flip_byte(store / "shards" / "shard-00000.npy")
+    with pytest.raises(StoreError, match="shard-00000.npy: sha256 mismatch"):
+        SliceStore(store)
+
+
+def test_verify_rehashes_and_names_a_missing_shard(store, monkeypatch):
+    opened = SliceStore(store)
+    hashed = _counting_hashes(monkeypatch)
+    opened.verify()
+    assert len(hashed) == 3
+    (store / "shards" / "shard-00001.npy").unlink()
     with pytest.raises(StoreError, match="shard-00001.npy: shard missing"):
-        SliceStore(tmp_path / "store").verify()
+        SliceStore(store)

@@ -9,6 +9,9 @@ A store is a directory::
 Shards are written to a temporary name and renamed. While a store is being written, each
 finished shard also gets a sidecar in ``.partial/`` with its rows and sha256, so a killed
 writer can resume from complete shards and produce identical bytes.
+
+Opening a store verifies it (synthmri.data.verify): manifest, index.csv against the
+manifest's content hash, and every shard's sha256, the last cached outside the store.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from synthmri.config import SLICE_CHANNELS, SLICE_SPLITS
 from synthmri.data.labels import LABEL_VALUES
+from synthmri.data.verify import StoreError, check_content_hash, check_index, check_manifest, signature, verify_shards
 from synthmri.io import atomic_save_npy_parts, atomic_write_json, atomic_write_text, sha256_file
 
 SCHEMA_VERSION = 1
@@ -33,10 +37,6 @@ CHANNELS: tuple[str, ...] = SLICE_CHANNELS
 IMAGE_CHANNELS = 4  # the first four channels are MR contrasts; the fifth is the annotation
 INDEX_COLUMNS = ("slice_id", "subject", "z", "split", "shard", "row")
 SPLITS: tuple[str, ...] = SLICE_SPLITS
-
-
-class StoreError(ValueError):
-    """A store that is missing, incomplete, corrupt or written with the wrong shapes."""
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,16 @@ class StoreWriter:
 
 
 class SliceStore:
-    """Read a complete slice store; shards are memory-mapped on first use.
+    """Read a complete slice store, verified first; shards are memory-mapped on first use.
+
+    Opening checks the manifest, that index.csv is the one the manifest's content hash covers
+    (so :attr:`content_hash` is the hash of what is read) and fits the shards and counts, and
+    every shard's sha256; shards already hashed with the same size, mtime and inode are not
+    hashed again (synthmri.data.verify). Any failure is a StoreError naming the file.
+
+    Args:
+        path: the store directory.
+        verify: False skips the hashes (for tests of the writer only; library code never does).
 
     Attributes:
         path: the store directory.
@@ -231,39 +240,53 @@ class SliceStore:
         z, shard, row: numpy int arrays, one entry per slice.
     """
 
-    def __init__(self, path: Path, verify: bool = False) -> None:
+    def __init__(self, path: Path, verify: bool = True) -> None:
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
             why = "a writer was interrupted" if (self.path / ".partial").exists() else "not a slice store"
             raise StoreError(f"{self.path}: manifest.json missing ({why})")
         try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
+            self.manifest = json.loads(manifest_path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(f"{manifest_path}: not valid JSON ({exc})") from None
-        if self.manifest.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"{manifest_path}: schema_version {self.manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-        self._load_index()
-        self._shards: dict[int, np.ndarray] = {}
-        if verify:
-            self.verify()
-
-    def _load_index(self) -> None:
+        version = self.manifest.get("schema_version") if isinstance(self.manifest, dict) else None
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{manifest_path}: schema_version {version!r}, expected {SCHEMA_VERSION}")
+        check_manifest(self.path, self.manifest)
         index_path = self.path / "index.csv"
-        with open(index_path, newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if tuple(header or ()) != INDEX_COLUMNS:
-                raise StoreError(f"{index_path}: header {header}, expected {list(INDEX_COLUMNS)}")
-            columns = list(zip(*reader)) or [()] * len(INDEX_COLUMNS)
+        try:
+            index_bytes = index_path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"{index_path}: cannot read ({exc.strerror or exc})") from None
+        if verify:  # the bytes parsed below are the bytes hashed here
+            check_content_hash(self.path, self.manifest, index_bytes)
+        self._load_index(index_bytes)
+        self._shards: dict[int, np.ndarray] = {}
+        self._verified: dict[str, list[int]] | None = verify_shards(self.path, self.manifest) if verify else None
+
+    def _load_index(self, data: bytes) -> None:
+        index_path = self.path / "index.csv"
+        try:
+            table = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise StoreError(f"{index_path}: not a readable CSV ({exc})") from None
+        header, rows = (table[0], table[1:]) if table else (None, [])
+        if tuple(header or ()) != INDEX_COLUMNS:
+            raise StoreError(f"{index_path}: header {header}, expected {list(INDEX_COLUMNS)}")
+        if (bad := next((n for n, r in enumerate(rows) if len(r) != len(INDEX_COLUMNS)), None)) is not None:
+            raise StoreError(f"{index_path}: line {bad + 2} has {len(rows[bad])} fields, expected {len(INDEX_COLUMNS)}")
+        columns = list(zip(*rows)) or [()] * len(INDEX_COLUMNS)
         self.slice_id = np.asarray(columns[0], dtype=str)
         self.subject = np.asarray(columns[1], dtype=str)
-        self.z = np.asarray(columns[2], dtype=np.int64)
         self.split = np.asarray(columns[3], dtype=str)
-        self.shard = np.asarray(columns[4], dtype=np.int64)
-        self.row = np.asarray(columns[5], dtype=np.int64)
+        try:
+            self.z, self.shard, self.row = (np.asarray(columns[c], dtype=np.int64) for c in (2, 4, 5))
+        except ValueError as exc:
+            raise StoreError(f"{index_path}: z, shard and row must be integers ({exc})") from None
         if len(self.slice_id) != self.manifest["counts"]["slices"]:
             raise StoreError(f"{index_path}: {len(self.slice_id)} rows, manifest says {self.manifest['counts']['slices']}")
+        check_index(self.path, self.manifest, self.split, self.subject, self.shard, self.row)
 
     @property
     def image_size(self) -> int:
@@ -293,10 +316,14 @@ class SliceStore:
             path = self.path / "shards" / info["name"]
             try:
                 array = np.load(path, mmap_mode="r", allow_pickle=False)
+                changed = self._verified is not None and signature(path) != self._verified[info["name"]]
             except (OSError, ValueError) as exc:
                 raise StoreError(f"{path}: cannot read shard ({exc})") from None
-            if array.shape[0] != info["count"] or array.dtype != np.uint8:
-                raise StoreError(f"{path}: shape {array.shape} {array.dtype}, manifest says {info['count']} uint8 slices")
+            if changed:
+                raise StoreError(f"{path}: changed since slice store {self.path} was opened and verified; open it again")
+            expected = (info["count"], len(CHANNELS), self.image_size, self.image_size)
+            if array.shape != expected or array.dtype != np.uint8:
+                raise StoreError(f"{path}: shape {list(array.shape)} {array.dtype}, manifest says uint8 {list(expected)}")
             self._shards[number] = array
         return self._shards[number]
 
@@ -320,10 +347,7 @@ class SliceStore:
             yield chunk, self.read(chunk)
 
     def verify(self) -> None:
-        """Check every shard's sha256 against the manifest; raise StoreError naming the bad shard."""
-        for info in self.manifest["shards"]:
-            path = self.path / "shards" / info["name"]
-            if not path.is_file():
-                raise StoreError(f"{path}: shard missing")
-            if sha256_file(path) != info["sha256"]:
-                raise StoreError(f"{path}: sha256 mismatch (corrupt or modified shard)")
+        """Verify again, re-hashing every shard (no cache); raise StoreError naming the bad file."""
+        check_manifest(self.path, self.manifest)
+        check_content_hash(self.path, self.manifest, (self.path / "index.csv").read_bytes())
+        self._verified = verify_shards(self.path, self.manifest, use_cache=False)
