@@ -25,6 +25,20 @@ TINY_OVERRIDES = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def verification_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Store verifications are cached in the session's temporary folder, not the user's home
+    (subprocesses inherit it through the environment)."""
+    folder = tmp_path_factory.mktemp("verified-cache")
+    previous = os.environ.get("SYNTHMRI_CACHE_DIR")
+    os.environ["SYNTHMRI_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("SYNTHMRI_CACHE_DIR", None)
+    else:
+        os.environ["SYNTHMRI_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> Config:
     """The demo profile shrunk to seconds."""

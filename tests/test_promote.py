@@ -11,6 +11,27 @@ from synthmri.promote import PromotionError, promote
 
 MODEL = "synthmri-ddpm"
 REPO = Path(__file__).resolve().parents[1]
+CHECKPOINT = "c" * 64  # sha256 of the registered generator.pt (the tag train-generator sets)
+OTHER_CHECKPOINT = "e" * 64  # another generator's
+
+
+def _record(directory: Path, verb: str, inputs: dict, **details) -> None:
+    """The completion record a finished stage leaves (synthmri.stages.outputs), as the gate reads it."""
+    (directory / "completion.json").write_text(json.dumps({"schema": 1, "verb": verb, "seed": 0, "run_ids": [],
+                                                           "inputs": inputs, **details}))
+
+
+def _generator(checkpoint: str = CHECKPOINT, version: str = "1") -> dict:
+    return {"name": "ddpm", "registered_name": MODEL, "version": int(version), "checkpoint_sha256": checkpoint}
+
+
+def _evaluation_record(directory: Path, train: str, checkpoint: str = CHECKPOINT, version: str = "1") -> None:
+    synthetic = [] if train == "real" else [{"path": "syn", "content_hash": "s" * 64,
+                                             "generator": _generator(checkpoint, version)}]
+    training = {"train": train, "real_share": None, "real": None if train == "synthetic" else {"content_hash": "r" * 64},
+                "synthetic": synthetic}
+    _record(directory, "evaluate-segmenter", {"real": {"path": "slices", "content_hash": "d" * 64, "generator": None}},
+            models=[{"checkpoint": "model.pt", "training": training}])
 
 
 @pytest.fixture
@@ -25,7 +46,7 @@ def registry(mlflow_uri: str, monkeypatch: pytest.MonkeyPatch):
     mlflow.set_registry_uri(None)  # back to "follow the tracking URI"
 
 
-def register_version(tmp_path: Path) -> str:
+def register_version(tmp_path: Path, checkpoint: str | None = CHECKPOINT) -> str:
     """Register a version of MODEL from a run artifact and alias it 'candidate'."""
     import mlflow
     from mlflow import MlflowClient
@@ -40,13 +61,14 @@ def register_version(tmp_path: Path) -> str:
         client.create_registered_model(MODEL)
     except mlflow.exceptions.MlflowException:
         pass  # already there from an earlier call in this test
-    version = client.create_model_version(MODEL, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    version = client.create_model_version(MODEL, f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+                                          tags={"synthmri.checkpoint_sha256": checkpoint} if checkpoint else None)
     client.set_registered_model_alias(MODEL, "candidate", version.version)
     return str(version.version)
 
 
 def write_evidence(root: Path, syn_share: float, base_share: float, real_dice: float, syn_dice: float,
-                   real_train: str = "real", version: str = "1") -> dict[str, Path]:
+                   real_train: str = "real", version: str = "1", checkpoint: str = CHECKPOINT) -> dict[str, Path]:
     memo = root / "memorization"
     memo.mkdir(parents=True)
     stats = {"mean": 0.5, "median": 0.5, "p99": 0.9, "max": 0.97, "n": 400}
@@ -56,6 +78,9 @@ def write_evidence(root: Path, syn_share: float, base_share: float, real_dice: f
         "threshold": 0.95, "generator": {"name": "ddpm", "version": version},
         "real_hash": "r" * 64, "synthetic_hash": "s" * 64, "mlflow_run_id": "abc123",
     }))
+    _record(memo, "evaluate-synthetic", {"real": {"path": "slices", "content_hash": "r" * 64, "generator": None},
+                                         "synthetic": {"path": "syn", "content_hash": "s" * 64,
+                                                       "generator": _generator(checkpoint, version)}})
     paths = {"memorization": memo}
     for role, train, dice in (("real", real_train, real_dice), ("synthetic", "synthetic", syn_dice)):
         directory = root / f"eval-{role}"
@@ -67,6 +92,7 @@ def write_evidence(root: Path, syn_share: float, base_share: float, real_dice: f
             "dice": {"ET": dice, "ED": dice, "NCR": dice}, "hausdorff": {"ET": 5.0, "ED": 6.0, "NCR": 7.0},
             "mean_dice": dice,
         }))
+        _evaluation_record(directory, train, checkpoint, version)
         paths[role] = directory
     return paths
 
@@ -157,10 +183,10 @@ def test_wrong_or_missing_inputs_give_clear_errors(tmp_path, tiny_config, regist
         run_gate(good, tiny_config, version="7")
     with pytest.raises(PromotionError, match="'synthmri-stylegan' not found"):
         run_gate(good, tiny_config, model="synthmri-stylegan")
-    with pytest.raises(FileNotFoundError, match="evaluate-synthetic summary not found"):
+    with pytest.raises(FileNotFoundError, match="nowhere/summary.json: summary not found"):
         run_gate({**good, "memorization": tmp_path / "nowhere"}, tiny_config)
     other = write_evidence(tmp_path / "other", 0.0, 0.0, 0.8, 0.6, version="2")
-    with pytest.raises(PromotionError, match="samples of version 2, not 1"):
+    with pytest.raises(PromotionError, match="field 'version' is 2, not '1'"):
         run_gate(other, tiny_config)
 
 
@@ -174,6 +200,7 @@ def _evaluation(directory: Path, arch: str, train: str, augment: bool, seed: int
         "hausdorff95": {"ET": 4.0, "ED": 5.0, "NCR": 6.0}, "mean_dice": dice,
     }))
     (directory / "per_subject.csv").write_text(f"subject,structure,dice\ns1,ET,{dice}\n")
+    _evaluation_record(directory, train)
     return directory
 
 
@@ -211,3 +238,76 @@ def test_gate_names_the_settings_a_grid_lacks(tmp_path, tiny_config, registry):
                                              r"'synthetic' slices with augmentation.*swin/synthetic/aug"):
         promote(model=MODEL, version="candidate", memorization=paths["memorization"],
                 real_evaluation=[paths["real"]], synthetic_evaluation=only_swin, out=None, cfg=tiny_config)
+
+
+def test_evidence_of_another_generator_is_refused_whatever_its_version_says(tmp_path, tiny_config, registry):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    register_version(tmp_path)
+    # StyleGAN2's evidence (another checkpoint) presented for synthmri-ddpm version 1, even
+    # claiming to be version 1 of it: refused, by the hash, for both kinds of evidence.
+    stylegan = write_evidence(tmp_path / "sg2", 0.0, 0.0, 0.8, 0.7, checkpoint=OTHER_CHECKPOINT)
+    with pytest.raises(PromotionError, match=r"memorization/completion.json: inputs.synthetic.generator: comes "
+                                             r"from the checkpoint with sha256 eeee.*not synthmri-ddpm version 1"):
+        run_gate(stylegan, tiny_config, version="1")
+    good = write_evidence(tmp_path / "good", 0.0, 0.0, 0.8, 0.7)
+    with pytest.raises(PromotionError, match=r"eval-synthetic/completion.json: models\[0\].training.synthetic\[0\]"
+                                             r".generator: comes from the checkpoint with sha256 eeee"):
+        run_gate({**good, "synthetic": stylegan["synthetic"]}, tiny_config)
+    with pytest.raises(MlflowException):
+        MlflowClient().get_model_version_by_alias(MODEL, "champion")
+
+
+def test_a_version_without_its_checkpoint_hash_cannot_be_gated(tmp_path, tiny_config, registry):
+    register_version(tmp_path, checkpoint=None)
+    paths = write_evidence(tmp_path / "ev", 0.0, 0.0, 0.8, 0.7)
+    with pytest.raises(PromotionError, match="version 1 has no tag 'synthmri.checkpoint_sha256'"):
+        run_gate(paths, tiny_config)
+
+
+@pytest.mark.parametrize("where, edit, message", [
+    ("synthetic", lambda s: {**s, "mean_dice": 7.5}, r"eval-synthetic/summary.json: field 'mean_dice' is 7.5, "
+                                                     r"outside \[0, 1\]"),
+    ("synthetic", lambda s: {**s, "mean_dice": "abc"}, r"eval-synthetic/summary.json: field 'mean_dice' is 'abc', "
+                                                       r"not a finite number"),
+    ("memorization", lambda s: {**s, "synthetic": {**s["synthetic"], "share_above_threshold": -1.0}},
+     r"memorization/summary.json: field 'synthetic.share_above_threshold' is -1.0, outside \[0, 1\]"),
+    ("memorization", lambda s: {**s, "synthetic": {}}, r"memorization/summary.json: field "
+                                                       r"'synthetic.share_above_threshold' is missing"),
+    ("memorization", lambda s: None, r"memorization/summary.json: not a JSON object"),
+    ("memorization", lambda s: {**s, "threshold": 3}, r"field 'threshold' is 3, outside \[-1, 1\]"),
+])
+def test_values_out_of_range_or_missing_name_the_file_and_field(tmp_path, tiny_config, registry, where, edit, message):
+    register_version(tmp_path)
+    paths = write_evidence(tmp_path / "ev", 0.0, 0.0, 0.8, 0.7)
+    file = paths[where] / "summary.json"
+    file.write_text(json.dumps(edit(json.loads(file.read_text()))))
+    with pytest.raises(PromotionError, match=message):
+        run_gate(paths, tiny_config)
+
+
+def test_truncated_or_hand_written_evidence_is_refused(tmp_path, tiny_config, registry):
+    register_version(tmp_path)
+    paths = write_evidence(tmp_path / "ev", 0.0, 0.0, 0.8, 0.7)
+    summary = paths["real"] / "summary.json"
+    text = summary.read_text()
+    summary.write_text(text[: len(text) // 2])
+    with pytest.raises(PromotionError, match=r"eval-real/summary.json: not an evaluate-segmenter summary|"
+                                             r"eval-real/summary.json: .*(JSON|Expecting)"):
+        run_gate(paths, tiny_config)
+    summary.write_text(text)
+    # A memorization summary written by hand: right fields, no record of what it measured.
+    (paths["memorization"] / "completion.json").unlink()
+    with pytest.raises(PromotionError, match=r"memorization: no completion.json from evaluate-synthetic, so the "
+                                             r"evidence has no provenance"):
+        run_gate(paths, tiny_config)
+
+
+def test_the_gate_refuses_to_judge_against_a_failed_baseline(tmp_path, tiny_config, registry):
+    register_version(tmp_path)
+    # An undertrained real-only U-Net at 0.255 would make 0.183 look like 71.6%.
+    paths = write_evidence(tmp_path / "ev", 0.0, 0.0, real_dice=0.255, syn_dice=0.183)
+    with pytest.raises(PromotionError, match=r"real-only baseline's mean Dice is 0.2550, below "
+                                             r"promotion.min_real_dice 0.5"):
+        run_gate(paths, tiny_config)

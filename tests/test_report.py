@@ -344,6 +344,10 @@ def _checkpoint(path: Path, cfg, seed: int, name: str, train: str, augment: bool
     save_checkpoint(path / "model.pt", {
         "arch": ARCH, "model_args": args, "state_dict": arch.build(**args).state_dict(), "config": config,
         "train": train, "synthetic": list(synthetic), "seed": seed, "name": name, "real_share": real_share})
+    # The record train-segmenter finishes with: evaluate-segmenter scores finished runs only.
+    (path / "completion.json").write_text(json.dumps({
+        "schema": 1, "verb": "train-segmenter", "seed": seed, "run_ids": [],
+        "inputs": {"train": train, "real_share": real_share, "real": None, "synthetic": []}}))
     return path
 
 

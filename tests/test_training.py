@@ -258,7 +258,7 @@ def test_sigterm_checkpoints_and_stops_the_segmenter_loop(phantom_store, tiny_co
     state = torch_load(tmp_path / "seg" / "checkpoint.pt")  # loads without unpickling code
     assert state["step"] == 2 and {"state_dict", "optimizer", "schedule", "sampler", "history"} <= set(state)
     assert [row["step"] for row in state["history"]] == [0]  # the baseline validation ran, no other yet
-    assert (tmp_path / "seg" / "model.pt").is_file() and not (tmp_path / "seg" / "result.json").exists()
+    assert (tmp_path / "seg" / "model.pt").is_file() and not (tmp_path / "seg" / "completion.json").exists()
 
 
 def test_libraries_leave_tracking_to_the_stages():

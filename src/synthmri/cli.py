@@ -17,8 +17,10 @@ import argparse
 import errno
 import logging
 import re
+import signal
 import sys
 import tempfile
+import threading
 
 from synthmri import __version__
 from synthmri.config import ConfigError
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         The verb's exit status; 2 for bad input (flags, config), 1 for a failed stage (see
-        :func:`describe`), 130 when interrupted.
+        :func:`describe`), 130 when interrupted, 143 on SIGTERM.
     """
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -128,11 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # SIGTERM (Kubernetes stopping a pod, `kill`) unwinds like Ctrl-C: the stage's MLflow run
+    # is marked KILLED and its unfinished output removed. Training loops set their own handler
+    # while they run, to checkpoint first.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.handler(args)
-    except KeyboardInterrupt:
-        print(f"synthmri {args.verb}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"synthmri {args.verb}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
         known = describe(exc, args)
         if known is None:
@@ -140,6 +148,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).debug("synthmri %s failed", args.verb, exc_info=exc)  # --verbose: the trace
         print(f"synthmri {args.verb}: error: {known[1]}", file=sys.stderr)
         return known[0]
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while a verb ran outside a training loop."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ FILE_MODE = 0o644
 _DIRECTORY_FSYNC_UNSUPPORTED = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Flush `directory`'s entries (a rename into it) to disk, where the file system can."""
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -69,7 +69,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], *, binary: bool = Tru
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

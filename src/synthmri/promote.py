@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from synthmri.config import Config
-from synthmri.io import atomic_write_json, jsonable, read_stage_summary
-from synthmri.metrics.evaluate_synthetic import load_summary as load_memorization_summary
+from synthmri.io import atomic_write_json, jsonable
+from synthmri.promote_evidence import (EvidenceError, GatedVersion, check_evaluation, check_memorization,
+                                       read_summary)
+from synthmri.records import CHECKPOINT_TAG
 
 log = logging.getLogger(__name__)
 
@@ -87,79 +89,78 @@ class Decision:
         })
 
 
-def load_evaluation(path: Path, expected_train: str, role: str) -> dict[str, Any]:
-    """An evaluate-segmenter summary.json (directory or file), checked to be of `expected_train`.
-
-    Raises:
-        FileNotFoundError: no summary.json at `path`.
-        PromotionError: not valid JSON, fields missing, or trained on another data source.
-    """
-    try:
-        summary = read_stage_summary(path, stage="evaluate-segmenter", required=("model", "mean_dice"))
-    except ValueError as exc:
-        raise PromotionError(str(exc)) from None
-    return _checked(summary, _summary_file(Path(path)), expected_train, role)
-
-
 def _summary_file(path: Path) -> Path:
     return path if path.suffix == ".json" else path / "summary.json"
 
 
-def _checked(summary: dict[str, Any], file: Path, expected_train: str, role: str) -> dict[str, Any]:
-    """`summary` (read from `file`) if it is an evaluation of training on `expected_train` data."""
-    model = summary.get("model")
-    if not isinstance(model, dict) or "train" not in model or "mean_dice" not in summary:
-        raise PromotionError(f"{file}: not an evaluate-segmenter summary (needs model.train and mean_dice)")
-    if model["train"] != expected_train:
-        raise PromotionError(
-            f"{file}: the {role} evaluation must come from a segmenter trained on '{expected_train}' slices only, "
-            f"but model.train is '{model['train']}'")
-    mean = summary["mean_dice"]
-    if isinstance(mean, bool) or not isinstance(mean, (int, float)) or not math.isfinite(mean):
-        raise PromotionError(f"{file}: mean_dice is {mean!r}, not a number the gate can judge (undefined for "
-                             "every test subject?)")
-    return summary
-
-
-def load_gate_evaluation(paths: list[Path], expected_train: str, role: str, arch: str) -> dict[str, Any]:
+def load_gate_evaluation(paths: list[Path], expected_train: str, role: str, arch: str,
+                         gated: GatedVersion) -> dict[str, Any]:
     """One evaluation for the gate from one or several evaluate-segmenter outputs.
 
     A single output is used as it is and must come from `expected_train` data. Several, or a
     gathered grid (architectures, data sources, augmentation on and off, repeats), are
     narrowed to the paper's reference setting: `expected_train` data, the profile's
     architecture `arch`, with augmentation; mean Dice is averaged over the runs that remain.
+    Every run used must carry its completion record, trained on `expected_train` data only
+    (on `gated`'s samples, for synthetic training), with a mean Dice in [0, 1].
 
     Raises:
         FileNotFoundError: a summary is missing.
-        PromotionError: an output is of the wrong kind, none matches the reference setting,
-            or they were scored on different test data.
+        PromotionError: an output is of the wrong kind or without provenance, none matches the
+            reference setting, or they were scored on different test data (file and field named).
     """
     from synthmri.segmenters.evaluate import evaluation_runs
 
     if not paths:
         raise PromotionError(f"no {role} evaluation given")
     try:
-        summaries = [run for path in paths for run in evaluation_runs(Path(path))]
+        runs = [(Path(path), run) for path in paths for run in evaluation_runs(Path(path))]
     except ValueError as exc:
         raise PromotionError(str(exc)) from None
-    if len(paths) == 1 and [Path(s["_path"]) for s in summaries] == [_summary_file(Path(paths[0]))]:
-        return _checked(summaries[0], _summary_file(Path(paths[0])), expected_train, role)  # one plain evaluation
-    chosen = [s for s in summaries if s["model"].get("train") == expected_train and s["model"].get("arch") == arch
-              and s["model"].get("augment", True)]
+    single = len(paths) == 1 and [Path(run["_path"]) for _, run in runs] == [_summary_file(Path(paths[0]))]
+    chosen = runs if single else [
+        (root, run) for root, run in runs if isinstance(run.get("model"), dict)
+        and run["model"].get("train") == expected_train and run["model"].get("arch") == arch
+        and run["model"].get("augment", True)]
     if not chosen:
         found = sorted({f"{s['model'].get('arch')}/{s['model'].get('train')}/"
-                        f"{'aug' if s['model'].get('augment', True) else 'no aug'}" for s in summaries})
-        raise PromotionError(f"none of the {len(summaries)} evaluations given as {role} is {arch} trained on "
+                        f"{'aug' if s['model'].get('augment', True) else 'no aug'}" for _, s in runs})
+        raise PromotionError(f"none of the {len(runs)} evaluations given as {role} is {arch} trained on "
                              f"'{expected_train}' slices with augmentation (the gate's reference setting); "
                              f"found {', '.join(found)}")
-    hashes = {s.get("data_hash") for s in chosen}
+    for root, run in chosen:
+        file = Path(run["_path"])
+        if run["model"].get("train") != expected_train:
+            raise PromotionError(
+                f"{file}: the {role} evaluation must come from a segmenter trained on '{expected_train}' slices "
+                f"only, but field 'model.train' is {run['model'].get('train')!r}")
+        try:
+            check_evaluation(run, file, root, expected_train, gated)
+        except EvidenceError as exc:
+            raise PromotionError(str(exc)) from None
+    summaries = [run for _, run in chosen]
+    hashes = {s.get("data_hash") for s in summaries}
     if len(hashes) > 1:
         raise PromotionError(f"the {role} evaluations were scored on different test data ({sorted(map(str, hashes))})")
-    combined = dict(chosen[0])
-    combined["mean_dice"] = sum(float(s["mean_dice"]) for s in chosen) / len(chosen)
-    combined["repeats"] = sum(int(s.get("repeats", 1)) for s in chosen)
-    combined["model"] = {**chosen[0]["model"], "name": ", ".join(sorted(str(s["model"].get("name")) for s in chosen))}
+    combined = dict(summaries[0])
+    combined["mean_dice"] = sum(float(s["mean_dice"]) for s in summaries) / len(summaries)
+    combined["repeats"] = sum(int(s.get("repeats", 1)) for s in summaries)
+    combined["model"] = {**summaries[0]["model"],
+                         "name": ", ".join(sorted(str(s["model"].get("name")) for s in summaries))}
     return combined
+
+
+def load_memorization(path: Path, gated: GatedVersion) -> dict[str, Any]:
+    """The evaluate-synthetic summary at `path`, checked and bound to `gated` (see :mod:`synthmri.promote_evidence`).
+
+    Raises:
+        FileNotFoundError: no summary.json at `path`.
+        PromotionError: unreadable, a field missing or out of range, no provenance, or another generator.
+    """
+    try:
+        return check_memorization(read_summary(Path(path)), Path(path), gated)
+    except EvidenceError as exc:
+        raise PromotionError(str(exc)) from None
 
 
 def _criterion(name: str, value: float, threshold: float, comparison: str, explanation: str) -> Criterion:
@@ -230,8 +231,7 @@ def _resolve_version(client: Any, model: str, version: str, cfg: Config) -> tupl
         raise PromotionError(f"registered model {name!r} has no {kind} {version!r} ({exc.message})") from None
 
 
-def _consistency(memorization: dict[str, Any], real_eval: dict[str, Any], synthetic_eval: dict[str, Any],
-                 paths: dict[str, Any], version: str) -> list[str]:
+def _consistency(real_eval: dict[str, Any], synthetic_eval: dict[str, Any], paths: dict[str, Any]) -> list[str]:
     """Raise on evidence that cannot be compared; return notes on weaker mismatches."""
     notes = []
     if real_eval.get("data_hash") != synthetic_eval.get("data_hash"):
@@ -241,10 +241,6 @@ def _consistency(memorization: dict[str, Any], real_eval: dict[str, Any], synthe
     real_arch, syn_arch = real_eval["model"].get("arch"), synthetic_eval["model"].get("arch")
     if real_arch != syn_arch:
         raise PromotionError(f"{paths['real']} ({real_arch}) and {paths['synthetic']} ({syn_arch}) evaluate different architectures")
-    generator = memorization.get("generator") or {}
-    recorded = str(generator.get("version", ""))
-    if recorded.isdigit() and recorded != version:
-        raise PromotionError(f"{paths['memorization']}: memorization was measured on samples of version {recorded}, not {version}")
     if not real_eval["model"].get("augment", True):
         notes.append("the real-only baseline was trained without augmentation; the paper's reference uses augmentation")
     return notes
@@ -281,18 +277,26 @@ def promote(model: str, version: str, memorization: Path, real_evaluation: Path 
     syn_paths = [Path(p) for p in (synthetic_evaluation if isinstance(synthetic_evaluation, list) else [synthetic_evaluation])]
     paths = {"memorization": Path(memorization), "real": ", ".join(map(str, real_paths)),
              "synthetic": ", ".join(map(str, syn_paths))}
-    try:
-        memo = load_memorization_summary(paths["memorization"])
-    except ValueError as exc:
-        raise PromotionError(str(exc)) from None
-    real_eval = load_gate_evaluation(real_paths, "real", "real-only", cfg.segmenter.arch)
-    syn_eval = load_gate_evaluation(syn_paths, "synthetic", "synthetic-only", cfg.segmenter.arch)
-
+    # The version first: the evidence is checked against what it registered.
     configure(cfg.tracking)
     client = MlflowClient()
     name, model_version = _resolve_version(client, model, str(version), cfg)
     number = str(model_version.version)
-    notes = _consistency(memo, real_eval, syn_eval, paths, number)
+    checkpoint = (getattr(model_version, "tags", None) or {}).get(CHECKPOINT_TAG)
+    if not checkpoint:
+        raise PromotionError(f"registered model {name!r} version {number} has no tag {CHECKPOINT_TAG!r}, so no "
+                             "evidence can be tied to it (register generators with synthmri train-generator)")
+    gated = GatedVersion(name, number, checkpoint)
+    memo = load_memorization(paths["memorization"], gated)
+    real_eval = load_gate_evaluation(real_paths, "real", "real-only", cfg.segmenter.arch, gated)
+    floor = cfg.promotion.min_real_dice
+    if float(real_eval["mean_dice"]) < floor:
+        raise PromotionError(
+            f"{paths['real']}: the real-only baseline's mean Dice is {float(real_eval['mean_dice']):.4f}, below "
+            f"promotion.min_real_dice {floor:g}: that segmenter failed to train, and any generator would pass "
+            "against it; the gate will not judge until the baseline is retrained")
+    syn_eval = load_gate_evaluation(syn_paths, "synthetic", "synthetic-only", cfg.segmenter.arch, gated)
+    notes = _consistency(real_eval, syn_eval, paths)
     criteria = evaluate_gate(memo, real_eval, syn_eval, cfg)
     passed = all(c.passed for c in criteria)
     if not passed and CHAMPION in (getattr(model_version, "aliases", None) or []):
@@ -302,7 +306,8 @@ def promote(model: str, version: str, memorization: Path, real_evaluation: Path 
     evidence = {
         "memorization": str(paths["memorization"]), "real_evaluation": str(paths["real"]),
         "synthetic_evaluation": str(paths["synthetic"]),
-        "memorization_run_id": memo.get("mlflow_run_id"), "real_hash": memo.get("real_hash"),
+        "memorization_run_id": memo.get("mlflow_run_id"), "checkpoint_sha256": checkpoint,
+        "real_hash": memo.get("real_hash"),
         "synthetic_hash": memo.get("synthetic_hash"), "evaluation_data_hash": real_eval.get("data_hash"),
         "real_mean_dice": float(real_eval["mean_dice"]), "synthetic_mean_dice": float(syn_eval["mean_dice"]),
         "real_model": real_eval["model"].get("name"), "synthetic_model": syn_eval["model"].get("name"),

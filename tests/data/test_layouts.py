@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -17,13 +16,14 @@ from synthmri.data.phantom import write_phantom_dataset
 from synthmri.data.prepare import PrepareError, prepare
 from synthmri.data.store import SliceStore, StoreError
 
+from . import as_brats2023
+
 NAMES = {
     "brats2020": ["BraTS20_Training_001_t1.nii.gz", "BraTS20_Training_001_t1ce.nii.gz", "BraTS20_Training_001_seg.nii"],
     "brats2021": ["BraTS2021_00000_flair.nii.gz", "BraTS2021_01666_t2.nii.gz"],
     "brats2023": ["BraTS-GLI-00000-000-t1n.nii.gz", "BraTS-GLI-00002-001-t2f.nii.gz", "BraTS-GLI-00002-001-seg.nii.gz"],
     "generic": ["S1_t1.nii.gz", "case-7_seg.nii.gz"],
 }
-GLI_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
 
 
 def test_the_layouts_are_the_configs_allowed_values():
@@ -49,22 +49,6 @@ def test_two_releases_in_one_source_are_refused():
         detect_layout(NAMES["brats2021"] + NAMES["brats2023"][:1])
 
 
-def _as_2023(src: Path) -> None:
-    """Rename a BraTS-2021-layout phantom tree to BraTS 2023 names, ET relabelled 4 -> 3."""
-    for n, folder in enumerate(sorted(p for p in src.iterdir() if p.is_dir())):
-        name = f"BraTS-GLI-{n:05d}-000"
-        for path in sorted(folder.glob("*.nii.gz")):
-            channel = path.name[len(folder.name) + 1:-len(".nii.gz")]
-            target = folder / f"{name}-{GLI_SUFFIX[channel]}.nii.gz"
-            if channel == "seg":
-                image = nib.load(path)
-                seg = np.asarray(image.dataobj).copy()
-                seg[seg == 4] = 3
-                nib.save(nib.Nifti1Image(seg, image.affine), target)
-                path.unlink()
-            else:
-                path.rename(target)
-        folder.rename(src / name)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +61,7 @@ def phantoms(tmp_path_factory, tiny_config) -> Path:
 def test_brats2023_is_found_and_prepared_with_its_label_map(tmp_path, phantoms, tiny_config):
     src = tmp_path / "gli"
     shutil.copytree(phantoms, src)
-    _as_2023(src)
+    as_brats2023(src)
     layout, subjects, rejected, _ = find_subjects(src)
     assert layout.name == "brats2023" and len(subjects) == 4 and not rejected
     cfg = dataclasses.replace(tiny_config, data=dataclasses.replace(tiny_config.data, test_subjects=1))
@@ -93,7 +77,7 @@ def test_brats2023_is_found_and_prepared_with_its_label_map(tmp_path, phantoms, 
 def test_layout_can_be_forced_and_a_wrong_one_finds_nothing(tmp_path, phantoms, tiny_config):
     src = tmp_path / "gli"
     shutil.copytree(phantoms, src)
-    _as_2023(src)
+    as_brats2023(src)
     cfg = dataclasses.replace(tiny_config, data=dataclasses.replace(tiny_config.data, layout="brats2021"))
     with pytest.raises(PrepareError, match="no complete BraTS subject"):
         prepare(src, tmp_path / "out", cfg)

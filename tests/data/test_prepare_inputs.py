@@ -29,8 +29,9 @@ from synthmri.data.prepare import PrepareError, prepare
 from synthmri.data.splits import split_subjects
 from synthmri.data.store import SliceStore
 
+from . import as_brats2023
+
 CHANNELS = ("t1", "t1ce", "t2", "flair", "seg")
-GLI_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
 TINY = str(Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml")
 
 
@@ -156,28 +157,12 @@ def test_no_slice_kept_exits_1_and_leaves_no_manifest(tmp_path, phantoms, capsys
 # ------------------------------------------------------------------------ 3. layout detection, junk
 
 
-def _as_2023(src: Path) -> None:
-    """Rename a BraTS-2021-layout phantom tree to BraTS 2023 names, ET relabelled 4 -> 3."""
-    for n, folder in enumerate(sorted(p for p in src.iterdir() if p.is_dir())):
-        name = f"BraTS-GLI-{n:05d}-000"
-        for path in sorted(folder.glob("*.nii.gz")):
-            channel = path.name[len(folder.name) + 1:-len(".nii.gz")]
-            target = folder / f"{name}-{GLI_SUFFIX[channel]}.nii.gz"
-            if channel == "seg":
-                image = nib.load(path)
-                seg = np.asarray(image.dataobj).copy()
-                seg[seg == 4] = 3
-                nib.save(nib.Nifti1Image(seg, image.affine), target)
-                path.unlink()
-            else:
-                path.rename(target)
-        folder.rename(src / name)
 
 
 def test_junk_and_one_stray_nifti_keep_the_brats2023_layout(tmp_path, phantoms, tiny_config, caplog):
     src = tmp_path / "gli"
     shutil.copytree(phantoms, src)
-    _as_2023(src)
+    as_brats2023(src)
     junk = src / "__MACOSX" / "BraTS-GLI-00000-000"
     junk.mkdir(parents=True)
     (junk / "._BraTS-GLI-00000-000-t1n.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
@@ -302,3 +287,25 @@ def test_a_fifo_named_as_a_modality_is_not_a_regular_file(tmp_path, phantoms, ti
     assert "not a regular file" in row["reason"] and "FIFO" in row["reason"] and "BraTS2021_00004_t2" in row["reason"]
     assert any("not a regular file" in m for m in caplog.messages)
     assert sum(result.subjects.values()) == 4
+
+
+# ------------------------------------------------------------------------ 7. what --out already holds
+
+
+def test_prepare_never_writes_over_a_synthetic_store_unless_told(tmp_path, phantoms, tiny_config):
+    from synthmri.data.store import SliceRow, StoreWriter
+    from synthmri.records import OutputError
+    from synthmri.stages.prepare import run as prepare_stage
+
+    size = tiny_config.data.size
+    synthetic = tmp_path / "synthetic-ddpm"
+    with StoreWriter(synthetic, image_size=size, source={"path": "g"}, generator={"name": "ddpm"}) as writer:
+        writer.add(np.zeros((2, 5, size, size), np.uint8), [SliceRow(f"ddpm-{i}", "ddpm", -1, "train") for i in range(2)])
+    cfg = _config(tiny_config, test_subjects=1)
+    with pytest.raises(OutputError, match="synthetic-ddpm holds a synthetic slice store of generator 'ddpm'; "
+                                          "prepare will not write over it"):
+        prepare_stage(phantoms, synthetic, cfg)
+    assert set(SliceStore(synthetic).subject) == {"ddpm"}
+    prepare_stage(phantoms, synthetic, cfg, overwrite=True)
+    assert "ddpm" not in set(SliceStore(synthetic).subject)
+    prepare_stage(phantoms, synthetic, cfg)  # a real store again: its own kind

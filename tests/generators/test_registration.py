@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -52,8 +53,22 @@ def test_registered_version_has_alias_candidate_and_data_tag(registered):
     assert version.run_id == result.run_id
     assert version.tags["synthmri.data.real"] == real.content_hash
     record = json.loads((result.checkpoint.parent / "registration.json").read_text())
+    checkpoint = hashlib.sha256(result.generator.read_bytes()).hexdigest()
     assert record == {"name": "synthmri-ddpm", "version": result.version, "run_id": result.run_id,
-                      "model_uri": f"models:/synthmri-ddpm/{result.version}"}
+                      "model_uri": f"models:/synthmri-ddpm/{result.version}", "checkpoint_sha256": checkpoint}
+    # What the promotion gate binds evidence to: the registered bytes' hash.
+    assert version.tags["synthmri.checkpoint_sha256"] == checkpoint
+
+
+def test_resume_after_completion_trains_and_registers_nothing(registered, phantom_store):
+    root, cfg, result, _ = registered
+    client = MlflowClient()
+    before = {v.version for v in client.search_model_versions("name='synthmri-ddpm'")}
+    runs = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    again = train_generator(phantom_store, root / "model", cfg, resume=True)
+    assert again.version == result.version and again.run_id == result.run_id
+    assert {v.version for v in client.search_model_versions("name='synthmri-ddpm'")} == before
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == runs
 
 
 def test_generate_from_a_checkpoint_writes_a_valid_store(registered, from_path):
@@ -64,6 +79,8 @@ def test_generate_from_a_checkpoint_writes_a_valid_store(registered, from_path):
     assert manifest["counts"]["splits"] == {"train": n} and len(manifest["shards"]) == 3  # 4 + 4 + 2
     assert synthetic.slice_id[0] == "ddpm-000000" and set(synthetic.subject) == {"ddpm"} and set(synthetic.z) == {-1}
     assert manifest["generator"]["name"] == "ddpm" and manifest["generator"]["version"] == result.version
+    assert manifest["generator"]["registered_name"] == "synthmri-ddpm"
+    assert manifest["generator"]["checkpoint_sha256"] == hashlib.sha256(result.generator.read_bytes()).hexdigest()
     assert manifest["generator"]["uri"] == str(result.generator)
     assert len(manifest["generator"]["checkpoint_sha256"]) == 64
     assert manifest["source"] == {"path": str(result.generator), "content_hash": real.content_hash}
@@ -133,3 +150,25 @@ def test_pyfunc_loads_in_a_fresh_process(registered):
     done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "shape (2, 5, 32, 32) uint8" in done.stdout
+
+
+def test_generate_never_writes_over_a_real_store_unless_told(registered, phantom_store, tmp_path):
+    import shutil
+
+    from synthmri.records import OutputError
+    from synthmri.stages.generate import run as generate_stage
+
+    _, cfg, result, _ = registered
+    real = tmp_path / "slices"
+    shutil.copytree(phantom_store, real)
+    (real / "rejected.csv").write_text("subject,reason\n")
+    before = SliceStore(real).content_hash
+    with pytest.raises(OutputError, match="slices holds a real slice store; generate will not write over it"):
+        generate_stage(str(result.generator), real, cfg)
+    assert SliceStore(real).content_hash == before and (real / "subjects.csv").is_file()
+    # Told to: nothing of the real store is left beside the synthetic one.
+    generate_stage(str(result.generator), real, cfg, overwrite=True)
+    assert not (real / "subjects.csv").exists() and not (real / "rejected.csv").exists()
+    assert set(SliceStore(real).subject) == {"ddpm"}
+    # Its own store again (resume or resample) needs no flag.
+    generate_stage(str(result.generator), real, cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 
@@ -59,7 +60,8 @@ def test_training_writes_checkpoint_grid_generator_and_record(smoke, store):
     assert result.completed and result.step == 40 and result.version is None
     assert {"checkpoint.pt", "generator.pt", "samples.png", "registration.json"} <= {p.name for p in out.iterdir()}
     assert json.loads((out / "registration.json").read_text()) == {
-        "name": None, "version": None, "run_id": result.run_id, "model_uri": None}
+        "name": None, "version": None, "run_id": result.run_id, "model_uri": None,
+        "checkpoint_sha256": hashlib.sha256((out / "generator.pt").read_bytes()).hexdigest()}
     assert "40 iterations" in result.summary() and "not registered" in result.summary()
     run = MlflowClient().get_run(result.run_id)
     assert run.data.tags["synthmri.stage"] == "train-generator" and run.info.run_name == "ddpm-s0"

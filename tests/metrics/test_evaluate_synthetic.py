@@ -203,3 +203,76 @@ def test_fid_and_is_with_weights_from_a_file(stores, tmp_path, tiny_config, regi
     missing = replace(cfg, quality=replace(cfg.quality, inception_weights=str(tmp_path / "nowhere.pth")))
     with pytest.raises(ValueError, match="nowhere.pth"):
         evaluate_synthetic(real, syn, tmp_path / "mem2", missing)
+
+
+def test_a_killed_rerun_leaves_the_old_output_whole(stores, tmp_path, tiny_config, registry, monkeypatch):
+    import synthmri.metrics.evaluate_synthetic as module
+
+    real, syn, _ = stores
+    out = tmp_path / "mem"
+    evaluate_synthetic(real, syn, out, tiny_config)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    record = json.loads(before["completion.json"])
+    assert record["verb"] == "evaluate-synthetic" and record["generator"]["name"] == "ddpm"
+    assert record["inputs"]["synthetic"]["content_hash"] == SliceStore(syn).content_hash
+    assert record["inputs"]["real"]["content_hash"] == SliceStore(real).content_hash
+
+    # Another store into the same folder, killed after it wrote its memorization.csv.
+    other = tmp_path / "other"
+    with StoreWriter(other, image_size=SIZE, source={"path": "x"}, shard_size=5, generator={"name": "ddpm"}) as writer:
+        writer.add(random_slices(np.random.default_rng(9), 6), [SliceRow(f"o-{i}", "ddpm", -1, "train") for i in range(6)])
+    write_csv = module.write_memorization_csv
+
+    def killed_after_one_file(path, *args):
+        write_csv(path, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "write_memorization_csv", killed_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_synthetic(real, other, out, tiny_config)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".mem")] == []
+
+
+def test_never_writes_over_another_kind_of_output(stores, tmp_path, tiny_config, registry):
+    from synthmri.records import OutputError
+
+    real, syn, _ = stores
+    with pytest.raises(OutputError, match="holds a synthetic slice store of generator 'ddpm'; evaluate-synthetic "
+                                          "will not write over it"):
+        evaluate_synthetic(real, syn, syn, tiny_config)
+    assert SliceStore(syn).content_hash  # still whole
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="holds files that synthmri did not write"):
+        evaluate_synthetic(real, syn, mine, tiny_config)
+    evaluate_synthetic(real, syn, mine, tiny_config, overwrite=True)
+    assert not (mine / "notes.txt").exists() and (mine / "completion.json").is_file()
+
+
+def test_sigterm_marks_the_run_killed_and_leaves_no_partial_output(stores, tmp_path, registry, monkeypatch):
+    import os
+    import signal
+
+    import mlflow
+
+    import synthmri.metrics.evaluate_synthetic as module
+    from synthmri.cli import main
+
+    real, syn, _ = stores
+    write_csv = module.write_memorization_csv
+
+    def terminated_while_writing(path, *args):
+        write_csv(path, *args)
+        os.kill(os.getpid(), signal.SIGTERM)  # as Kubernetes stops a pod
+
+    monkeypatch.setattr(module, "write_memorization_csv", terminated_while_writing)
+    profile = Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml"
+    status = main(["evaluate-synthetic", "--profile", str(profile), "--real", str(real), "--synthetic", str(syn),
+                   "--out", str(tmp_path / "mem"), "--set", f"tracking.tracking_uri={registry}"])
+    assert status == 143
+    assert not (tmp_path / "mem").exists() and not (tmp_path / ".mem.partial").exists()
+    (run,) = mlflow.search_runs(experiment_names=["synthmri-evaluation"], output_format="list")
+    assert run.info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the CLI put the handler back

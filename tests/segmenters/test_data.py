@@ -172,10 +172,12 @@ def test_to_tensors_scales_images_and_maps_labels(stores):
 
 
 def test_zscore_per_channel_per_image():
-    images = torch.rand(3, 4, 16, 16) * torch.tensor([1.0, 5.0, 0.1, 2.0]).view(1, 4, 1, 1) + 3
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 4, 16, 16, generator=generator) * torch.tensor([1.0, 5.0, 0.1, 2.0]).view(1, 4, 1, 1) + 3
     images[1, 2] = 7.0  # a constant channel becomes 0, not NaN
     z = zscore(images)
-    assert torch.allclose(z.mean(dim=(-2, -1)), torch.zeros(3, 4), atol=1e-5)
+    # float32: the mean of 256 z-scores of a narrow channel (0.1 wide around 3) is zero to ~1e-5
+    assert torch.allclose(z.mean(dim=(-2, -1)), torch.zeros(3, 4), atol=5e-5)
     std = z.std(dim=(-2, -1), unbiased=False)
     assert torch.allclose(std[std > 0], torch.ones_like(std[std > 0]), atol=1e-4)
     assert torch.equal(z[1, 2], torch.zeros(16, 16))

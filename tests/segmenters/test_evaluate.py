@@ -13,6 +13,7 @@ import pytest
 from synthmri.config import to_dict
 from synthmri.data.labels import STRUCTURES
 from synthmri.data.store import SliceStore, StoreError
+from synthmri.records import OutputError
 from synthmri.segmenters import evaluate as evaluation
 from synthmri.segmenters import get_architecture
 from synthmri.segmenters.inference import find_checkpoints, load_segmenter
@@ -88,7 +89,8 @@ def _write_subjects_csv(store_path, spacing_by_subject):
     (store_path / "subjects.csv").write_text("\n".join(lines) + "\n")
 
 
-def _untrained_checkpoint(path, cfg, name="unet-real-orig-s0"):
+def _untrained_checkpoint(path, cfg, name="unet-real-orig-s0", finished=True):
+    """A model.pt as train-segmenter leaves it; `finished`: with its completion record too."""
     arch = get_architecture(ARCH)
     args = arch.model_args(arch.settings(cfg.segmenter))
     model = arch.build(**args)
@@ -96,6 +98,10 @@ def _untrained_checkpoint(path, cfg, name="unet-real-orig-s0"):
         "arch": ARCH, "model_args": args, "state_dict": model.state_dict(), "config": to_dict(cfg),
         "train": "real", "synthetic": [], "seed": cfg.seed, "name": name, "best_val_dice": 0.1, "step": 0,
     })
+    if finished:
+        (path / "completion.json").write_text(json.dumps({
+            "schema": 1, "verb": "train-segmenter", "seed": cfg.seed, "run_ids": [],
+            "inputs": {"train": "real", "real_share": None, "real": None, "synthetic": []}}))
     return path
 
 
@@ -218,6 +224,34 @@ def test_repeats_are_scored_one_by_one_and_aggregated(phantom_store, tiny_config
     mismatched = [dict(parts[0]), dict(parts[1], model={**parts[1]["model"], "train": "synthetic"})]
     with pytest.raises(ValueError, match="differ in \\['train'\\]"):
         aggregate_repeats(mismatched, ["a", "b"])
+
+
+def test_a_killed_training_run_is_not_evaluated(phantom_store, tiny_config, tmp_path):
+    # A run SIGTERM or -9 stopped leaves model.pt (its best so far) but no completion record.
+    model = _untrained_checkpoint(tmp_path / "model", tiny_config, finished=False)
+    with pytest.raises(OutputError, match="model: no completion.json from train-segmenter"):
+        evaluate_segmenter(model, phantom_store, tmp_path / "eval", tiny_config)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_an_evaluation_is_replaced_whole_or_not_at_all(phantom_store, tiny_config, mlflow_uri, tmp_path, monkeypatch):
+    model = _untrained_checkpoint(tmp_path / "model", tiny_config)
+    evaluate_segmenter(model, phantom_store, tmp_path / "eval", tiny_config)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()}
+    assert json.loads(before["completion.json"])["inputs"]["real"]["content_hash"] == SliceStore(phantom_store).content_hash
+
+    def killed(out, summary, rows):
+        (out / "per_subject.csv").write_text("half written\n")
+        raise KeyboardInterrupt  # the second evaluation dies after it wrote one file
+
+    monkeypatch.setattr(evaluation, "_write_outputs", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_segmenter(model, phantom_store, tmp_path / "eval", tiny_config)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()} == before
+    assert not any(p.name.startswith(".eval") for p in tmp_path.iterdir())
+    # Nor does it write over another kind of output.
+    with pytest.raises(OutputError, match="a real slice store; evaluate-segmenter will not write over it"):
+        evaluate_segmenter(model, phantom_store, phantom_store, tiny_config)
 
 
 def test_evaluate_names_a_missing_checkpoint(phantom_store, tiny_config, tmp_path):

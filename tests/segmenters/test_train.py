@@ -99,7 +99,7 @@ def test_synthetic_only_training_never_reads_real_data(tiny_config, mlflow_uri, 
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [0, 2, 4]
     checkpoint = torch.load(result.checkpoint, weights_only=True)
     assert checkpoint["selected_on"] == "synthetic-holdout" and checkpoint["best_val_dice"] == result.best_val_dice
-    record = json.loads((tmp_path / "out" / "result.json").read_text())
+    record = json.loads((tmp_path / "out" / "completion.json").read_text())
     assert record["result"]["selected_on"] == "synthetic-holdout" and record["inputs"]["real"] is None
     (run,) = mlflow.search_runs(experiment_names=["synthmri-segmenters"], output_format="list")
     assert run.data.tags["synthmri.selected_on"] == "synthetic-holdout"
@@ -196,7 +196,7 @@ def test_sigterm_stops_the_run_with_its_state_saved_and_marks_it_killed(phantom_
                                                                              val_every=32))
     result = interrupted.value.result
     assert result.stopped_at == 3 and torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["step"] == 3
-    assert not (tmp_path / "out" / "result.json").exists()  # not finished: a repeat sweep trains it again
+    assert not (tmp_path / "out" / "completion.json").exists()  # not finished: a repeat sweep trains it again
     assert mlflow.get_run(result.run_id).info.status == "KILLED"
 
 
@@ -223,3 +223,59 @@ def test_the_papers_networks_train_through_the_loop_with_their_recipes(phantom_s
         assert result.arch == arch and result.steps == steps and result.selected_on == "real-val"
         assert result.best_val_dice is not None and 0.0 <= result.best_val_dice <= 1.0
         assert torch.load(result.checkpoint, weights_only=True)["arch"] == arch
+
+
+def test_a_killed_retraining_never_passes_for_the_finished_run_it_overwrote(phantom_store, tiny_config, mlflow_uri,
+                                                                             tmp_path, monkeypatch):
+    from synthmri.segmenters.train import SegmenterTraining
+    from synthmri.stages.train_segmenter import run_repeats as train_repeats
+
+    cfg = _config(tiny_config, train_samples=32, val_every=32)
+    (first,) = train_repeats("real", phantom_store, [], tmp_path / "out", cfg)
+    fit = SegmenterTraining.fit
+
+    def killed_after_writing_the_model(self, reporter=None):
+        (self.out / "model.pt").write_bytes(b"the killed seed-1 run's weights")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SegmenterTraining, "fit", killed_after_writing_the_model)
+    with pytest.raises(KeyboardInterrupt):
+        train_repeats("real", phantom_store, [], tmp_path / "out", replace(cfg, seed=1))
+    assert not (tmp_path / "out" / "completion.json").exists()
+    # Seed 0 again: the old record went before anything was overwritten, so it trains again.
+    monkeypatch.setattr(SegmenterTraining, "fit", fit)
+    (again,) = train_repeats("real", phantom_store, [], tmp_path / "out", cfg)
+    assert again.run_id != first.run_id
+    assert torch.load(again.checkpoint, weights_only=True)["seed"] == 0
+
+
+def test_a_run_killed_outright_is_marked_killed_by_the_next_attempt(phantom_store, tiny_config, mlflow_uri, tmp_path,
+                                                                    monkeypatch):
+    import os
+
+    from synthmri.segmenters.train import SegmenterTraining
+    from synthmri.stages.outputs import RUNNING_NAME
+
+    cfg = _config(tiny_config, train_samples=32, val_every=32)
+    fit, getpid = SegmenterTraining.fit, os.getpid
+
+    def dies_without_cleanup(self, reporter=None):
+        # As `kill -9` would: nothing of Python's unwinding (no finally, no context exit) runs.
+        marker = json.loads((self.out / RUNNING_NAME).read_text())
+        assert marker["pid"] == os.getpid() and len(marker["run_ids"]) == 1
+        raise SystemExit(marker["run_ids"][0])
+
+    monkeypatch.setattr(SegmenterTraining, "fit", dies_without_cleanup)
+    monkeypatch.setattr("synthmri.stages.outputs.os.getpid", lambda: 2**22 + 7)  # a pid that no longer runs
+    with pytest.raises(SystemExit) as died:
+        train_segmenter("real", phantom_store, [], tmp_path / "out", cfg)
+    run_id = str(died.value.code)
+    # Undo what unwinding did, to leave the state a real kill -9 leaves: a RUNNING run and the marker.
+    mlflow.MlflowClient().update_run(run_id, status="RUNNING")
+    (tmp_path / "out" / RUNNING_NAME).write_text(json.dumps({"verb": "train-segmenter", "pid": 2**22 + 7,
+                                                              "host": os.uname().nodename, "run_ids": [run_id]}))
+    monkeypatch.setattr(SegmenterTraining, "fit", fit)
+    monkeypatch.setattr("synthmri.stages.outputs.os.getpid", getpid)
+    train_segmenter("real", phantom_store, [], tmp_path / "out", cfg)
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+    assert not (tmp_path / "out" / RUNNING_NAME).exists()

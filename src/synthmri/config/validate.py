@@ -61,6 +61,10 @@ def validate(config: Config) -> None:
     if config.evaluation.eval_slices not in EVAL_SLICES:
         raise ConfigError(f"evaluation.eval_slices must be {one_of(EVAL_SLICES)}, "
                           f"got {config.evaluation.eval_slices!r}")
+    gate = config.promotion
+    for key in ("max_memorized_excess", "min_relative_dice", "min_real_dice"):
+        if not 0.0 <= getattr(gate, key) <= 1.0:
+            raise ConfigError(f"promotion.{key} must be in [0, 1], got {getattr(gate, key)}")
 
 
 def check_data(data: DataConfig) -> None:

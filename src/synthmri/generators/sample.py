@@ -111,26 +111,29 @@ def save_grid(images: np.ndarray, path: Path) -> Path:
     return Path(path)
 
 
-def _registry_version(uri: str) -> int | None:
-    """The model-registry version a ``models:/`` URI names, if it names one."""
+def _registry_entry(uri: str) -> dict[str, Any] | None:
+    """The model-registry name and version a ``models:/`` URI names, if it names one."""
     from mlflow import MlflowClient
 
     match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))/?", uri)
     if not match:
         return None
     name, alias, number = match.groups()
-    if number:
-        return int(number)
-    return int(MlflowClient().get_model_version_by_alias(name, alias).version)
+    version = int(number) if number else int(MlflowClient().get_model_version_by_alias(name, alias).version)
+    return {"name": name, "version": version}
 
 
 @contextlib.contextmanager
-def resolve_generator(generator: str, cfg: Config) -> Iterator[tuple[Path, int | None]]:
-    """The local ``generator.pt`` that `generator` names, and its registry version if known.
+def resolve_generator(generator: str, cfg: Config) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+    """The local ``generator.pt`` that `generator` names, and its registry entry if known.
 
-    A path may be the checkpoint file or the training output directory (version from its
-    ``registration.json``). An MLflow URI (``models:/name@alias``, ``models:/name/3``,
-    ``runs:/...``) is downloaded to a temporary directory that lives while the context does.
+    A path may be the checkpoint file or the training output directory (registry name and
+    version from its ``registration.json``). An MLflow URI (``models:/name@alias``,
+    ``models:/name/3``, ``runs:/...``) is downloaded to a temporary directory that lives while
+    the context does.
+
+    Yields:
+        The checkpoint path and ``{"name": ..., "version": ...}`` (None when not registered).
 
     Raises:
         FileNotFoundError: the path, or a ``generator.pt`` among the downloaded artifacts,
@@ -142,11 +145,13 @@ def resolve_generator(generator: str, cfg: Config) -> Iterator[tuple[Path, int |
             path = path / CHECKPOINT_NAME
         if not path.is_file():
             raise FileNotFoundError(f"generator checkpoint not found: {path}")
-        version = None
-        record = path.parent / REGISTRATION_NAME
-        if record.is_file():
-            version = json.loads(record.read_text()).get("version")
-        yield path, None if version is None else int(version)
+        entry = None
+        record_path = path.parent / REGISTRATION_NAME
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            if isinstance(record, dict) and record.get("version") is not None:
+                entry = {"name": record.get("name"), "version": int(record["version"])}
+        yield path, entry
         return
 
     import mlflow
@@ -154,24 +159,24 @@ def resolve_generator(generator: str, cfg: Config) -> Iterator[tuple[Path, int |
     from synthmri.tracking import configure
 
     configure(cfg.tracking)
-    version = _registry_version(generator)
+    entry = _registry_entry(generator)
     with tempfile.TemporaryDirectory(prefix="synthmri-generator-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=generator, dst_path=tmp))
         found = [local] if local.is_file() else sorted(local.rglob(CHECKPOINT_NAME))
         if not found:
             raise FileNotFoundError(f"{generator}: no {CHECKPOINT_NAME} among the downloaded artifacts")
-        yield found[0], version
+        yield found[0], entry
 
 
-def open_generator(generator: str, cfg: Config) -> tuple[LoadedGenerator, int | None]:
-    """Load the generator `generator` names (see :func:`resolve_generator`) and its registry version.
+def open_generator(generator: str, cfg: Config) -> tuple[LoadedGenerator, dict[str, Any] | None]:
+    """Load the generator `generator` names (see :func:`resolve_generator`) and its registry entry.
 
     Raises:
         FileNotFoundError: The generator cannot be found.
         ValueError: An unusable checkpoint.
     """
-    with resolve_generator(generator, cfg) as (path, version):
-        return load_generator(path), version
+    with resolve_generator(generator, cfg) as (path, entry):
+        return load_generator(path), entry
 
 
 def sampling_counts(cfg: Config) -> tuple[int, int]:
@@ -179,7 +184,8 @@ def sampling_counts(cfg: Config) -> tuple[int, int]:
     return int(cfg.generator.n_synthetic), int(cfg.generator.sample_batch_size)
 
 
-def write_synthetic_store(loaded: LoadedGenerator, out: Path, cfg: Config, *, uri: str, version: int | None = None,
+def write_synthetic_store(loaded: LoadedGenerator, out: Path, cfg: Config, *, uri: str,
+                          registry: dict[str, Any] | None = None,
                           progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Sample ``cfg.generator.n_synthetic`` slices from `loaded` into a synthetic slice store.
 
@@ -193,7 +199,9 @@ def write_synthetic_store(loaded: LoadedGenerator, out: Path, cfg: Config, *, ur
             ``generator.sample_batch_size``, ``data.shard_size`` and the family's sampler
             settings (e.g. ``generator.ddpm.sampler``/``sample_steps``).
         uri: How the generator was named (recorded in the manifest).
-        version: Its registry version, if known.
+        registry: Its registry entry (``name``, ``version``), if known. The manifest's
+            ``generator`` records the family, the registry name and version and the
+            checkpoint's sha256: the provenance every evaluation of the store carries.
         progress: Called with the number of slices stored after each batch.
 
     Returns:
@@ -212,7 +220,8 @@ def write_synthetic_store(loaded: LoadedGenerator, out: Path, cfg: Config, *, ur
         image_size=loaded.image_size,
         source={"path": uri, "content_hash": loaded.data_hash},
         shard_size=cfg.data.shard_size,
-        generator={"name": loaded.name, "version": version, "uri": uri, "checkpoint_sha256": loaded.sha256},
+        generator={"name": loaded.name, "registered_name": (registry or {}).get("name"),
+                   "version": (registry or {}).get("version"), "uri": uri, "checkpoint_sha256": loaded.sha256},
         extra={"sampling": {k: v for k, v in settings.items() if k != "checkpoint_sha256"}},
         resume=resume,
     )
@@ -257,8 +266,8 @@ def generate(generator: str, out: Path, cfg: Config, progress: Callable[[int], N
         ValueError: An unusable checkpoint.
     """
     sampling_counts(cfg)
-    loaded, version = open_generator(generator, cfg)
-    return write_synthetic_store(loaded, out, cfg, uri=generator, version=version, progress=progress)
+    loaded, registry = open_generator(generator, cfg)
+    return write_synthetic_store(loaded, out, cfg, uri=generator, registry=registry, progress=progress)
 
 
 def _rows(model: str, start: int, stop: int) -> list[SliceRow]:

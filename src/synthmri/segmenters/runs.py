@@ -1,7 +1,7 @@
 """What names and records a segmenter run: its name, its generators, its stores and its result.
 
 Shared by the training loop (:mod:`synthmri.segmenters.train`) and the ``train-segmenter``
-stage, which compares a finished run's recorded inputs before training it again.
+stage.
 """
 
 from __future__ import annotations
@@ -104,9 +104,3 @@ def open_stores(train: str, real: Path | None, synthetic: Sequence[Path]) -> tup
     synthetic_stores = [SliceStore(p) for p in synthetic] if train != "real" else []
     return real_store, synthetic_stores
 
-
-def training_inputs(train: str, real: SliceStore | None, synthetic: Sequence[SliceStore],
-                    real_share: float | None) -> dict[str, Any]:
-    """What a run trains on, by content: recorded with a finished run, compared before repeating it."""
-    return {"train": train, "real_share": real_share, "real": real.content_hash if real is not None else None,
-            "synthetic": [s.content_hash for s in synthetic]}

@@ -31,6 +31,7 @@ import numpy as np
 
 from synthmri.data.labels import EVAL_LABELS, STRUCTURES
 from synthmri.io import atomic_write_bytes, atomic_write_json, jsonable
+from synthmri.records import RECORD_NAME, find_record
 
 SCORES: tuple[str, ...] = ("dice", "hausdorff", "hausdorff95")
 #: One fixed test slice with its prediction, for the report's figures (see ``evaluate.write_example``).
@@ -193,7 +194,7 @@ def gather_evaluations(evaluations: list[Path], out: Path) -> dict[str, Any]:
 
     A pipeline fans a grid of segmenter runs out and back in; what comes back is many small
     output directories. This puts their ``summary.json``, ``per_subject.csv`` and ``example.npz`` under
-    ``out/runs/NNN-<model name>/`` and writes ``out/summary.json`` with ``runs``: the form
+    ``out/runs/NNN-<model name>/`` (with the ``completion.json`` that covers the run) and writes ``out/summary.json`` with ``runs``: the form
     the report and the promotion gate read, settings and repeats kept apart.
 
     Args:
@@ -220,6 +221,10 @@ def gather_evaluations(evaluations: list[Path], out: Path) -> dict[str, Any]:
             for name in ("per_subject.csv", EXAMPLE):
                 if (source.parent / name).is_file():
                     atomic_write_bytes(out / rel / name, (source.parent / name).read_bytes())
+            # The record that says what the run was made from travels with it (the gate needs it).
+            found = find_record(source.parent, Path(path) if Path(path).is_dir() else Path(path).parent)
+            if found is not None:
+                atomic_write_bytes(out / rel / RECORD_NAME, found[1].read_bytes())
             runs.append(f"{rel}/summary.json")
     gathered = {"stage": "gather", "evaluations": len(runs), "runs": runs}
     atomic_write_json(out / "summary.json", gathered)
@@ -242,7 +247,10 @@ def evaluation_runs(path: Path) -> list[dict[str, Any]]:
     file = path if path.suffix == ".json" else path / "summary.json"
     if not file.is_file():
         raise FileNotFoundError(f"{file}: evaluate-segmenter summary not found (run evaluate-segmenter first)")
-    summary = json.loads(file.read_text())
+    try:
+        summary = json.loads(file.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc})") from None
     if isinstance(summary, dict) and summary.get("runs"):
         return [run for rel in summary["runs"] for run in evaluation_runs(file.parent / rel)]
     if not isinstance(summary, dict) or not isinstance(summary.get("model"), dict) or "mean_dice" not in summary:

@@ -12,7 +12,7 @@ store's ``val`` subjects; a synthetic-only run holds out ``segmenter.synthetic_h
 the synthetic slices and never opens the real store, so no real image influences it
 before evaluation. The run records which set chose its checkpoint (``selected_on``).
 
-Tracking, repeats and the ``result.json`` that marks a finished run are the stage's:
+Tracking, repeats and the ``completion.json`` that marks a finished run are the stage's:
 :mod:`synthmri.stages.train_segmenter`.
 """
 
@@ -45,7 +45,6 @@ from synthmri.segmenters.runs import (
     generator_versions,
     open_stores,
     run_name,
-    training_inputs,
 )
 from synthmri.training import Cadence, NullReporter, Reporter, TrainingInterrupted, TrainingTask, select_device, train
 
@@ -57,7 +56,6 @@ GRAD_CLIP = 12.0  # nnU-Net clips the gradient norm at 12; with momentum 0.99 ea
 HISTORY_COLUMNS = ("step", "samples", "loss", "val_dice", "lr", "seconds")
 MODEL_NAME = "model.pt"  # the selected weights: what evaluation reads
 HISTORY_NAME = "history.csv"
-RESULT_NAME = "result.json"  # written last, by the stage: the run finished
 
 #: Checkpoints are written with the one atomic save of :mod:`synthmri.io` (fsync, mode 0644).
 save_checkpoint = atomic_torch_save
@@ -345,7 +343,7 @@ class SegmenterTraining(TrainingTask):
 def train_segmenter(train: str, real: Path | None, synthetic: Sequence[Path], out: Path, cfg: Config,
                     name: str | None = None, real_share: float | None = None, repeat: int = 0,
                     reporter: Reporter | None = None) -> SegmenterTrainResult:
-    """Train one segmenter without a stage around it (no MLflow run, no ``result.json``).
+    """Train one segmenter without a stage around it (no MLflow run, no ``completion.json``).
 
     ``synthmri train-segmenter`` (:mod:`synthmri.stages.train_segmenter`) adds tracking,
     repeats and the finished-run record; the arguments are :class:`SegmenterTraining`'s.
@@ -357,8 +355,8 @@ def train_segmenter(train: str, real: Path | None, synthetic: Sequence[Path], ou
     return training.fit(reporter)
 
 
-__all__ = ["GRAD_CLIP", "HISTORY_COLUMNS", "HISTORY_NAME", "MODEL_NAME", "REPEAT_GLOB", "RESULT_NAME",
+__all__ = ["GRAD_CLIP", "HISTORY_COLUMNS", "HISTORY_NAME", "MODEL_NAME", "REPEAT_GLOB",
            "SELECTED_ON_NOTHING", "SELECTED_ON_REAL_VAL", "SELECTED_ON_SYNTHETIC_HOLDOUT", "STATE_NAME",
            "SegmenterTrainResult", "SegmenterTraining", "TrainingInterrupted", "device", "generator_names",
-           "generator_versions", "open_stores", "run_name", "save_checkpoint", "train_segmenter", "training_inputs",
+           "generator_versions", "open_stores", "run_name", "save_checkpoint", "train_segmenter",
            "validation_dice"]

@@ -146,3 +146,10 @@ def write_metrics(args: argparse.Namespace, summary: Any) -> None:
         from synthmri.executor_output import write_executor_output
 
         write_executor_output(args.executor_input, metrics)
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: let the stage replace another kind of output at ``--out`` (never by default)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace what --out holds even if it is another kind of output (a slice store, "
+                             "another stage's output, other files); by default the stage refuses")

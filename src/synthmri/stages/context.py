@@ -20,6 +20,7 @@ from synthmri.config import Config
 if TYPE_CHECKING:
     from synthmri.data.store import SliceStore
     from synthmri.monitoring import StageMonitor
+    from synthmri.stages.outputs import StageOutput
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class StageContext:
     monitor: "StageMonitor"
     run: Any = None
     datasets: dict[str, str] = field(default_factory=dict)
+    output: "StageOutput | None" = None
 
     @property
     def run_id(self) -> str | None:
@@ -85,6 +87,8 @@ class StageContext:
     def log_dataset(self, role: str, store: "SliceStore") -> None:
         """Record that the stage read `store` as `role` (tag, params and an MLflow dataset input)."""
         self.datasets[role] = store.content_hash
+        if self.output is not None:
+            self.output.add_store(role, store)
         if self.run is None:
             return
         from synthmri.tracking import log_store
@@ -104,6 +108,7 @@ def stage_context(
     unit: str = "items",
     total: int | None = None,
     instance: str | None = None,
+    output: "StageOutput | None" = None,
 ) -> Iterator[StageContext]:
     """Run one stage: its MLflow run (if `experiment`) and its progress monitor.
 
@@ -118,6 +123,8 @@ def stage_context(
         unit: What the monitor's progress counts.
         total: The expected count, when known.
         instance: The monitor's grouping key (parallel runs of one stage need distinct ones).
+        output: The stage's output (:func:`synthmri.stages.outputs.stage_output`): the run's id
+            goes into its running marker at once, the datasets into its completion record.
 
     Yields:
         The :class:`StageContext`.
@@ -131,8 +138,13 @@ def stage_context(
 
             run = stack.enter_context(stage_run(cfg, stage=verb, experiment=experiment, run_name=run_name or verb,
                                                 datasets=datasets, tags=tags))
+        if output is not None:
+            if run is not None:
+                output.add_run(run.info.run_id)  # so a later attempt can end it if this process dies
+            for role, store in (datasets or {}).items():
+                output.add_store(role, store)
         monitor = stack.enter_context(StageMonitor(verb, unit=unit, total=total, instance=instance))
-        context = StageContext(verb=verb, cfg=cfg, monitor=monitor, run=run,
+        context = StageContext(verb=verb, cfg=cfg, monitor=monitor, run=run, output=output,
                                datasets={role: store.content_hash for role, store in (datasets or {}).items()})
         try:
             yield context

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthmri.config import Config
-from synthmri.stages.arguments import config_flag, resolve_config
+from synthmri.stages.arguments import add_overwrite_argument, config_flag, resolve_config
 from synthmri.stages.base import Resources, Verb
+
+if TYPE_CHECKING:
+    from synthmri.stages.outputs import Kind
 
 
 @dataclass(frozen=True)
@@ -47,15 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help="number of synthetic slices (profile: generator.n_synthetic)")
     parser.add_argument("--out", type=Path, required=True, help="synthetic slice store directory")
     config_flag(parser, "--seed", key="seed", type=int, help="sampling seed; same seed, same bytes on CPU")
+    add_overwrite_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     """Sample the store."""
-    print(run(args.generator, args.out, resolve_config(args)).summary())
+    print(run(args.generator, args.out, resolve_config(args), overwrite=args.overwrite).summary())
     return 0
 
 
-def run(generator: str, out: Path, cfg: Config) -> GenerateResult:
+def run(generator: str, out: Path, cfg: Config, overwrite: bool = False) -> GenerateResult:
     """Sample ``cfg.generator.n_synthetic`` slices from `generator` into the store at `out`.
 
     Args:
@@ -63,19 +67,31 @@ def run(generator: str, out: Path, cfg: Config) -> GenerateResult:
             such as ``models:/synthmri-ddpm@candidate``.
         out: Store directory.
         cfg: Resolved config (see :func:`synthmri.generators.sample.write_synthetic_store`).
+        overwrite: Replace what `out` holds even if it is not this generator's store (a real
+            store, another generator's); by default that is refused, and nothing of an
+            overwritten output is left beside the new store.
 
     Raises:
         FileNotFoundError: The generator cannot be found.
         ConfigError: Non-positive counts (a ValueError).
         ValueError: An unusable checkpoint.
+        OutputError: `out` holds another kind of output.
     """
     from synthmri.generators.sample import open_generator, sampling_counts, write_synthetic_store
     from synthmri.stages.context import stage_context
+    from synthmri.stages.outputs import refuse_foreign
 
     n, _ = sampling_counts(cfg)
-    loaded, version = open_generator(generator, cfg)
+    loaded, registry = open_generator(generator, cfg)
+
+    def same_generator(kind: "Kind") -> bool:
+        # This generator's store (finished or resumable), never a real or another generator's.
+        return kind.what == "partial-store" or (
+            kind.what == "store" and (kind.generator or {}).get("checkpoint_sha256") == loaded.sha256)
+
+    refuse_foreign(Path(out), "generate", same_generator, overwrite)
     with stage_context("generate", cfg, unit="images", total=n, instance=loaded.name) as context:
-        manifest = write_synthetic_store(loaded, out, cfg, uri=generator, version=version,
+        manifest = write_synthetic_store(loaded, out, cfg, uri=generator, registry=registry,
                                          progress=context.monitor.progress)
     return GenerateResult(Path(out), manifest)
 

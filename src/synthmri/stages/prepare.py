@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from synthmri.config import DATA_LAYOUTS, Config
-from synthmri.stages.arguments import UsageError, at_least, config_flag, resolve_config
+from synthmri.stages.arguments import UsageError, add_overwrite_argument, at_least, config_flag, resolve_config
 from synthmri.stages.base import Resources, Verb
 
 if TYPE_CHECKING:
     from synthmri.data.prepare import PrepareResult
+    from synthmri.stages.outputs import Kind
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download-dir", type=Path, help="s3:// sources: keep the downloaded files here, so an "
                         "interrupted download resumes (default: a folder beside --out, removed after success)")
     parser.add_argument("--strict", action="store_true", help="exit non-zero if any subject was rejected")
+    add_overwrite_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     workers = args.workers or min(os.cpu_count() or 1, 8)
     if args.source:
         result = run(args.source, args.out, cfg, workers=workers, endpoint_url=args.endpoint_url,
-                     download_dir=args.download_dir)
+                     download_dir=args.download_dir, overwrite=args.overwrite)
     elif args.phantom_subjects:
         # No data given (a pipeline run without a data URI): phantom subjects, made for this run only.
         import tempfile
@@ -58,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = replace(cfg, data=replace(cfg.data, split="seeded"))
         with tempfile.TemporaryDirectory(prefix="synthmri-phantom-") as scratch:
             phantom.run(Path(scratch), replace(cfg, phantom=phantom_cfg))
-            result = run(scratch, args.out, cfg, workers=workers)
+            result = run(scratch, args.out, cfg, workers=workers, overwrite=args.overwrite)
     else:
         raise UsageError("--source is empty: give a BraTS directory or s3:// URI, or --phantom-subjects N")
     print(result.summary())
@@ -66,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(source: str | Path, out: Path, cfg: Config, *, workers: int = 1, endpoint_url: str | None = None,
-        download_dir: Path | None = None) -> "PrepareResult":
+        download_dir: Path | None = None, overwrite: bool = False) -> "PrepareResult":
     """Prepare the slice store at `out` from `source`, monitored (see :func:`synthmri.data.prepare.prepare`).
 
     An ``s3://`` source is downloaded first under its own monitor (``download``, counting
@@ -80,6 +82,8 @@ def run(source: str | Path, out: Path, cfg: Config, *, workers: int = 1, endpoin
         endpoint_url: S3 endpoint for an ``s3://`` source.
         download_dir: Where to download and keep an ``s3://`` source (default: beside `out`,
             removed after success).
+        overwrite: Replace what `out` holds even if it is not a real slice store (a synthetic
+            store, another stage's output); by default that is refused.
 
     Returns:
         Counts per split, rejected subjects and the manifest.
@@ -88,10 +92,14 @@ def run(source: str | Path, out: Path, cfg: Config, *, workers: int = 1, endpoin
         PrepareError: The source is missing or unusable, or a split (train always; test and val when
             the split assigned subjects to them) ends without slices; no manifest is written then.
         SourceError: An ``s3://`` source cannot be listed or downloaded.
+        OutputError: `out` holds another kind of output.
     """
     from synthmri.data.prepare import prepare_directory, source_directory
     from synthmri.data.sources import is_s3_uri
     from synthmri.stages.context import stage_context
+    from synthmri.stages.outputs import refuse_foreign
+
+    refuse_foreign(Path(out), "prepare", _real_store, overwrite)
 
     with contextlib.ExitStack() as stack:
         downloading = (stage_context("download", cfg, unit="files", instance=Path(out).name)
@@ -102,6 +110,11 @@ def run(source: str | Path, out: Path, cfg: Config, *, workers: int = 1, endpoin
                                                         download_dir=download_dir, progress=progress))
         with stage_context("prepare", cfg, unit="subjects") as context:
             return prepare_directory(str(source), root, out, cfg, workers=workers, progress=context.monitor.progress)
+
+
+def _real_store(kind: "Kind") -> bool:
+    """What prepare may write over: a real slice store, finished or not."""
+    return kind.what == "partial-store" or (kind.what == "store" and not kind.generator)
 
 
 VERB = Verb(name="prepare", help="Slice BraTS volumes into a slice store, split by subject.",

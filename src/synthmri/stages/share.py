@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from synthmri.config import Config
-
-from synthmri.stages.arguments import UsageError, resolve_config
+from synthmri.stages.arguments import UsageError, add_overwrite_argument, resolve_config
 from synthmri.stages.base import Resources, Verb
 
 if TYPE_CHECKING:
@@ -24,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory of the shareable store (removed.csv, share_report.json)")
     parser.add_argument("--threshold", type=float, help="remove slices with max r above this (default: "
                         "memorization.share_threshold, else the baseline's maximum)")
+    add_overwrite_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,12 +31,13 @@ def main(args: argparse.Namespace) -> int:
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold must be a correlation in [-1, 1], got {args.threshold}")
     cfg = resolve_config(args)
-    result = run(args.synthetic, args.real, args.out, cfg, threshold=args.threshold)
+    result = run(args.synthetic, args.real, args.out, cfg, threshold=args.threshold, overwrite=args.overwrite)
     print(result.summary())
     return 0
 
 
-def run(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | None = None) -> "ShareResult":
+def run(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | None = None,
+        overwrite: bool = False) -> "ShareResult":
     """Write the shareable store (:func:`synthmri.metrics.share.share`) in a tracked ``<generator>-share`` run.
 
     Args:
@@ -45,6 +46,9 @@ def run(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | 
         out: Directory of the shareable store and its report; must differ from `synthetic`.
         cfg: ``memorization``, ``data.shard_size`` and ``tracking``.
         threshold: Overrides ``memorization.share_threshold``.
+        overwrite: Replace another kind of output at `out`.
+
+    The store is written whole or not at all, with a ``completion.json`` naming both inputs.
 
     Returns:
         The ShareResult.
@@ -52,23 +56,30 @@ def run(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | 
     Raises:
         StoreError: A store is missing or incomplete, sizes differ, or a split is empty.
         ValueError: `out` is the synthetic store itself.
+        OutputError: `out` holds another kind of output.
     """
+    import dataclasses
+
     from synthmri.metrics.share import STAGE, open_share_stores, share_name, share_stores
     from synthmri.stages.context import stage_context
+    from synthmri.stages.outputs import own_output, refuse_foreign, stage_output
 
     stores = open_share_stores(synthetic, real, out)
+    refuse_foreign(Path(out), STAGE, own_output(STAGE), overwrite)
     name = share_name(stores)
-    with stage_context(STAGE, cfg, experiment="evaluation", run_name=f"{name}-share",
-                       datasets={"real": stores.real, "synthetic": stores.synthetic},
-                       tags={"synthmri.generator": name}, unit="images",
-                       total=len(stores.synthetic) + len(stores.test), instance=stores.generator_name) as context:
-        result = share_stores(stores, out, cfg, threshold, progress=context.monitor.progress)
+    with stage_output(out, STAGE, cfg, replace=True, overwrite=overwrite) as output, \
+            stage_context(STAGE, cfg, experiment="evaluation", run_name=f"{name}-share",
+                          datasets={"real": stores.real, "synthetic": stores.synthetic},
+                          tags={"synthmri.generator": name}, unit="images", total=len(stores.synthetic) + len(stores.test),
+                          instance=stores.generator_name, output=output) as context:
+        output.details["generator"] = stores.synthetic.manifest.get("generator")
+        result = share_stores(stores, output.path, cfg, threshold, progress=context.monitor.progress)
         context.log_params({"share.threshold": result.threshold, "share.threshold_source": result.threshold_source})
         context.log_metrics({"share_kept": result.kept, "share_removed": result.removed,
                              "share_removed_fraction": result.removed_fraction})
         context.log_artifact(result.out / "removed.csv")
         context.log_artifact(result.out / "share_report.json")
-    return result
+    return dataclasses.replace(result, out=Path(out))
 
 
 VERB = Verb(name="share", help="A shareable synthetic store: every near-copy of a training slice removed, with "

@@ -4,8 +4,11 @@ The stage around :mod:`synthmri.generators.train`: rank 0 opens the MLflow run (
 real store as a dataset, the network's size as params) and the progress monitor, hands
 them to the training loop as its reporter, logs the final grid, and registers the
 generator as ``synthmri-<model>`` with alias ``candidate``; ``registration.json`` in the
-output directory records the registry name, version, run id and model URI. A run that
-SIGTERM stopped is marked KILLED.
+output directory records the registry name, version, run id, model URI and the sha256 of
+``generator.pt`` (also a tag of the version: what ``promote`` binds evidence to). A run that
+SIGTERM stopped is marked KILLED. ``completion.json`` (:mod:`synthmri.stages.outputs`),
+written last, names the store trained on, the config and the seed; ``--resume`` of a run
+that already finished with them does nothing.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthmri.config import GENERATOR_MODELS, Config
-from synthmri.stages.arguments import UsageError, at_least, resolve_config
+from synthmri.stages.arguments import UsageError, add_overwrite_argument, at_least, resolve_config
 from synthmri.stages.base import Resources, Verb
 
 if TYPE_CHECKING:
-    from synthmri.generators.train import GeneratorTrainResult
+    from synthmri.generators.train import GeneratorTrainResult, GeneratorTraining
+    from synthmri.stages.outputs import Kind, StageOutput
 
 log = logging.getLogger(__name__)
+
+STAGE = "train-generator"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-register", action="store_true", help="do not register the model in MLflow")
     parser.add_argument("--nproc-per-node", type=int, default=1,
                         help="data-parallel processes (one per GPU); above 1 the command re-runs itself under torchrun")
+    add_overwrite_argument(parser)
 
 
 def under_torchrun(argv: list[str], processes: int) -> int:
@@ -79,12 +86,14 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError("--kimg sets a GAN's training length; the diffusion model takes --iterations")
         overrides[f"generator.{model}.kimg"] = args.kimg
     cfg = resolve_config(args, **overrides)
-    result = run(args.data, args.out, cfg, resume=args.resume, register=not args.no_register)
+    result = run(args.data, args.out, cfg, resume=args.resume, register=not args.no_register,
+                 overwrite=args.overwrite)
     print(result.summary())
     return 0
 
 
-def run(data: Path, out: Path, cfg: Config, *, resume: bool = False, register: bool = True) -> "GeneratorTrainResult":
+def run(data: Path, out: Path, cfg: Config, *, resume: bool = False, register: bool = True,
+        overwrite: bool = False) -> "GeneratorTrainResult":
     """Train ``cfg.generator.model`` on the non-test slices of `data`, tracked, and register it.
 
     Under ``torchrun`` every process trains; rank 0 alone tracks, writes and registers.
@@ -92,58 +101,103 @@ def run(data: Path, out: Path, cfg: Config, *, resume: bool = False, register: b
     Args:
         data: Real slice store.
         out: Output directory: ``checkpoint.pt``, ``samples.png``, ``generator.pt``,
-            ``registration.json``.
+            ``registration.json``, ``completion.json``.
         cfg: Resolved config (see :func:`synthmri.generators.train.open_training`).
-        resume: Continue from ``out/checkpoint.pt`` if it exists.
+        resume: Continue from ``out/checkpoint.pt`` if it exists; a run that already finished
+            with the same store, config and seed is left as it is (nothing is trained or
+            registered again).
         register: Log the pyfunc model and register it as ``synthmri-<model>`` with alias
             ``candidate``.
+        overwrite: Train into `out` even if it holds another kind of output.
 
     Returns:
         The result (on every process; only rank 0's names a run and files).
 
     Raises:
         ConfigError: Unknown model, bad settings, or a checkpoint of other network settings.
-        StoreError: No train or val slices, or a checkpoint trained on other data.
+        StoreError: No train or val slices, a corrupt store, or a checkpoint trained on other data.
+        OutputError: `out` holds another kind of output.
         TrainingInterrupted: SIGTERM arrived; the state was checkpointed and the run marked KILLED.
     """
+    from synthmri.generators.train import open_training
+    from synthmri.stages.outputs import stage_output
+
+    if resume and (done := finished_run(data, out, cfg)) is not None:
+        log.info("%s already finished training on these slices with this config and seed (%s): nothing to do",
+                 out, done.registered_name or "not registered")
+        return done
+    if int(os.environ.get("RANK", "0")) != 0:
+        with open_training(data, out, cfg, resume=resume) as training:
+            return training.fit()
+    with stage_output(out, STAGE, cfg, replace=False, overwrite=overwrite, accept=_other_files) as output, \
+            open_training(data, out, cfg, resume=resume) as training:
+        return _train_main(training, output, cfg, register)
+
+
+def _other_files(kind: "Kind") -> bool:
+    """A training folder may hold files of the user's (it only adds its own), never another output."""
+    return kind.what == "other"
+
+
+def _train_main(training: "GeneratorTraining", output: "StageOutput", cfg: Config,
+                register: bool) -> "GeneratorTrainResult":
+    """Rank 0's part: the tracked run, registration, ``registration.json`` and the completion record."""
     import dataclasses
 
     from synthmri.generators.sample import REGISTRATION_NAME
-    from synthmri.generators.train import open_training
-    from synthmri.io import atomic_write_json
+    from synthmri.io import atomic_write_json, sha256_file
     from synthmri.stages.context import stage_context
 
-    with open_training(data, out, cfg, resume=resume) as training:
-        if not training.is_main:
-            return training.fit()
-        with stage_context("train-generator", cfg, experiment="generators", run_name=f"{training.name}-s{cfg.seed}",
-                           datasets={"real": training.store}, tags=training.tags, unit="iterations",
-                           total=training.iterations, instance=training.name) as context:
-            context.log_params(training.params)
-            # SIGTERM raises TrainingInterrupted (a KeyboardInterrupt): the context marks the run KILLED.
-            result = training.fit(context)
-            context.log_artifact(training.grid_path)
-            record: dict[str, Any] = {"name": None, "version": None, "run_id": result.run_id, "model_uri": None}
-            if register:
-                record = _register(cfg, training.name, result.generator, training.store.image_size,
-                                   training.store.content_hash, result.run_id)
-            atomic_write_json(Path(out) / REGISTRATION_NAME, record)
-    return dataclasses.replace(result, registered_name=record["name"], version=record["version"])
+    with stage_context(STAGE, cfg, experiment="generators", run_name=f"{training.name}-s{cfg.seed}",
+                       datasets={"real": training.store}, tags=training.tags, unit="iterations",
+                       total=training.iterations, instance=training.name, output=output) as context:
+        context.log_params(training.params)
+        # SIGTERM raises TrainingInterrupted (a KeyboardInterrupt): the context marks the run KILLED.
+        result = training.fit(context)
+        context.log_artifact(training.grid_path)
+        checkpoint_sha256 = sha256_file(result.generator)
+        record: dict[str, Any] = {"name": None, "version": None, "run_id": result.run_id, "model_uri": None,
+                                  "checkpoint_sha256": checkpoint_sha256}
+        if register:
+            record = _register(cfg, training.name, result.generator, training.store.image_size,
+                               training.store.content_hash, result.run_id, checkpoint_sha256)
+        atomic_write_json(output.path / REGISTRATION_NAME, record)
+    result = dataclasses.replace(result, registered_name=record["name"], version=record["version"])
+    output.details["registration"] = record
+    output.details["result"] = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}
+    return result
 
+
+def finished_run(data: Path, out: Path, cfg: Config) -> "GeneratorTrainResult | None":
+    """The result of a run at `out` that finished on the store `data` with this config and seed, else None."""
+    from synthmri.data.store import SliceStore
+    from synthmri.generators.train import GeneratorTrainResult
+    from synthmri.records import finished_record, store_provenance
+
+    record = finished_record(out, STAGE, cfg, {"real": store_provenance(SliceStore(Path(data)))})
+    fields = (record or {}).get("result")
+    if not isinstance(fields, dict) or not fields.get("generator") or not Path(fields["generator"]).is_file():
+        return None
+    try:
+        return GeneratorTrainResult(**{**fields, "checkpoint": Path(fields["checkpoint"]),
+                                       "generator": Path(fields["generator"])})
+    except TypeError:
+        return None  # a record of another version of this result: train again
 
 
 def _register(cfg: Config, model: str, generator_path: Path, image_size: int, data_hash: str,
-              run_id: str) -> dict[str, Any]:
+              run_id: str, checkpoint_sha256: str) -> dict[str, Any]:
     """Log the pyfunc to the active run, register it, alias it ``candidate`` and tag it.
 
     Returns:
-        The ``registration.json`` record: name, version, run id and model URI.
+        The ``registration.json`` record: name, version, run id, model URI and the checkpoint's sha256.
     """
     import mlflow
     from mlflow import MlflowClient
 
     from synthmri.generators.pyfunc import log_generator_model
     from synthmri.generators.train import CANDIDATE_ALIAS
+    from synthmri.records import CHECKPOINT_TAG
     from synthmri.tracking import registered_model_name
 
     info = log_generator_model(generator_path, image_size)
@@ -152,11 +206,12 @@ def _register(cfg: Config, model: str, generator_path: Path, image_size: int, da
     client = MlflowClient()
     client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
     for key, value in {"synthmri.data.real": data_hash, "synthmri.run_id": run_id,
-                       "synthmri.profile": cfg.profile, "synthmri.seed": str(cfg.seed)}.items():
+                       "synthmri.profile": cfg.profile, "synthmri.seed": str(cfg.seed),
+                       CHECKPOINT_TAG: checkpoint_sha256}.items():
         client.set_model_version_tag(name, version.version, key, value)
     log.info("registered %s version %s with alias %s", name, version.version, CANDIDATE_ALIAS)
     return {"name": name, "version": int(version.version), "run_id": run_id,
-            "model_uri": f"models:/{name}/{version.version}"}
+            "model_uri": f"models:/{name}/{version.version}", "checkpoint_sha256": checkpoint_sha256}
 
 
 VERB = Verb(name="train-generator", help="Train a generator on the training slices and register it in MLflow.",

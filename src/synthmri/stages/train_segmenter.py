@@ -2,13 +2,15 @@
 
 The stage around :mod:`synthmri.segmenters.train`: each run gets its MLflow run (named
 ``<generators>-<arch>-<train>-<aug|orig>-r<repeat>``, tagged with its setting, its stores as
-datasets) and progress monitor, which the training loop reports to; ``result.json``, written
-last, marks the run finished with its config and inputs.
+datasets) and progress monitor, which the training loop reports to; ``completion.json``
+(:mod:`synthmri.stages.outputs`), written last, marks the run finished with its config and inputs.
 
 Repeats (:func:`run_repeats`, ``--repeats N``): N runs with seeds ``seed, seed + 1, ...``
-in ``out/repeat-00``, ``out/repeat-01``, ...; a repeat whose ``result.json`` records the same
-config and inputs is kept, so a killed sweep resumes at the first unfinished repeat. A run
-that SIGTERM stopped (its state in ``checkpoint.pt``) is marked KILLED.
+in ``out/repeat-00``, ``out/repeat-01``, ...; a repeat whose ``completion.json`` records the
+same inputs, config and seed is kept, so a killed sweep resumes at the first unfinished
+repeat. A run removes its folder's old record before it writes anything, so a run killed
+half-way is never taken for the finished one it overwrote. A run that SIGTERM stopped (its
+state in ``checkpoint.pt``) is marked KILLED.
 """
 
 from __future__ import annotations
@@ -19,15 +21,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from synthmri.config import SEGMENTER_ARCHS, Config
-from synthmri.stages.arguments import UsageError, config_flag, resolve_config, whole_number
+from synthmri.stages.arguments import UsageError, add_overwrite_argument, config_flag, resolve_config, whole_number
 from synthmri.stages.base import Resources, Verb
 
 if TYPE_CHECKING:
+    from synthmri.data.store import SliceStore
     from synthmri.segmenters.train import SegmenterTrainResult
+    from synthmri.stages.outputs import Kind
 
 log = logging.getLogger(__name__)
 
 TRAINING_SOURCES = ("real", "synthetic", "mixed", "ratio")
+STAGE = "train-segmenter"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat-index", type=whole_number, default=0,
                         help="index of the first repeat in run names (a pipeline runs repeat r as its own task)")
     parser.add_argument("--name", help="run name (default: <generators>-<arch>-<train>-<aug|orig>-r<repeat>)")
+    add_overwrite_argument(parser)
 
 
 def check_sources(args: argparse.Namespace) -> None:
@@ -84,25 +90,29 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--train ratio below a real share of 1 needs at least one --synthetic store")
     for share, out in runs:
         for result in run_repeats(train=args.train, real=args.real, synthetic=args.synthetic or [], out=out, cfg=cfg,
-                                  name=args.name, real_share=share, first_repeat=args.repeat_index):
+                                  name=args.name, real_share=share, first_repeat=args.repeat_index,
+                                  overwrite=args.overwrite):
             print(result.summary())
     return 0
 
 
 def run(train: str, real: Path | None, synthetic: Sequence[Path], out: Path, cfg: Config, *, name: str | None = None,
-        real_share: float | None = None, repeat: int = 0) -> "SegmenterTrainResult":
-    """Train one segmenter, tracked, and mark it finished with ``out/result.json``.
+        real_share: float | None = None, repeat: int = 0, overwrite: bool = False) -> "SegmenterTrainResult":
+    """Train one segmenter, tracked, and mark it finished with ``out/completion.json``.
 
     Args:
         train: ``real``, ``synthetic``, ``mixed`` or ``ratio`` (see
             :class:`synthmri.segmenters.train.SegmenterTraining`).
         real: The real slice store (not opened by a ``synthetic`` run).
         synthetic: Synthetic slice stores (an ensemble when several).
-        out: Output directory: ``model.pt``, ``history.csv``, ``config.yaml``, ``result.json``.
+        out: Output directory: ``model.pt``, ``history.csv``, ``config.yaml``, ``completion.json``
+            (the result, the inputs by content hash with each synthetic store's generator, the
+            config's hash and the seed).
         cfg: The resolved config (``segmenter``, ``seed``, ``tracking``).
         name: MLflow run name; default :func:`synthmri.segmenters.train.run_name`.
         real_share: ``ratio`` only: the share of real slices in the pool, in [0, 1].
         repeat: Which repeat of its setting this run is (in the default run name).
+        overwrite: Train into `out` even if it holds another kind of output.
 
     Raises:
         ValueError: Unknown `train`, or a store it needs is missing.
@@ -110,37 +120,62 @@ def run(train: str, real: Path | None, synthetic: Sequence[Path], out: Path, cfg
         StoreError: A store is missing, incomplete or has nothing to sample.
         RuntimeError: The loss became NaN or infinite (diverged).
         TrainingInterrupted: SIGTERM arrived; the training state was saved, the run marked KILLED.
+        OutputError: `out` holds another kind of output.
     """
     import dataclasses
 
-    from synthmri.config import to_dict
-    from synthmri.io import atomic_write_json
-    from synthmri.segmenters.train import RESULT_NAME, SegmenterTraining, training_inputs
+    from synthmri.segmenters.train import SegmenterTraining
     from synthmri.stages.context import stage_context
+    from synthmri.stages.outputs import stage_output
 
-    training = SegmenterTraining(train, real, synthetic, out, cfg, name=name, real_share=real_share, repeat=repeat)
-    with stage_context("train-segmenter", cfg, experiment="segmenters", run_name=training.name,
-                       datasets=training.datasets, tags=training.tags, unit="samples", total=training.total,
-                       instance=training.name) as context:
-        context.log_params(training.params)
-        # SIGTERM raises TrainingInterrupted (a KeyboardInterrupt): the context marks the run KILLED.
-        result = training.fit(context)
-    record = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()}
-    inputs = training_inputs(train, training.real_store, training.synthetic_stores, training.real_share)
-    atomic_write_json(training.out / RESULT_NAME, {"result": record, "config": to_dict(cfg), "inputs": inputs})
+    with stage_output(out, STAGE, cfg, replace=False, overwrite=overwrite, accept=_other_files) as output:
+        training = SegmenterTraining(train, real, synthetic, out, cfg, name=name, real_share=real_share, repeat=repeat)
+        with stage_context(STAGE, cfg, experiment="segmenters", run_name=training.name, datasets=training.datasets,
+                           tags=training.tags, unit="samples", total=training.total, instance=training.name,
+                           output=output) as context:
+            context.log_params(training.params)
+            # SIGTERM raises TrainingInterrupted (a KeyboardInterrupt): the context marks the run KILLED.
+            result = training.fit(context)
+        output.inputs = training_record(train, training.real_store, training.synthetic_stores, training.real_share)
+        output.details["result"] = {k: str(v) if isinstance(v, Path) else v
+                                    for k, v in dataclasses.asdict(result).items()}
     log.info(result.summary())
     return result
 
 
+def _other_files(kind: "Kind") -> bool:
+    """A training folder may hold files of the user's (it only adds its own), never another output."""
+    return kind.what == "other"
+
+
+def _own_or_other_files(kind: "Kind") -> bool:
+    """What a sweep's folder may already hold: its own earlier runs, or files of the user's."""
+    return _other_files(kind) or (kind.what in ("record", "running") and kind.verb == STAGE)
+
+
+def training_record(train: str, real: "SliceStore | None", synthetic: Sequence["SliceStore"],
+                    real_share: float | None) -> dict[str, Any]:
+    """What a run trains on, recorded with it and compared (by content) before training it again.
+
+    Each synthetic store comes with its generator (name, registry version, checkpoint sha256),
+    so an evaluation of this run can say which generator its synthetic slices came from.
+    """
+    from synthmri.records import store_provenance
+
+    return {"train": train, "real_share": real_share,
+            "real": store_provenance(real) if real is not None else None,
+            "synthetic": [store_provenance(store) for store in synthetic]}
+
+
 def run_repeats(train: str, real: Path | None, synthetic: Sequence[Path], out: Path, cfg: Config, *,
                 repeats: int | None = None, name: str | None = None, real_share: float | None = None,
-                first_repeat: int = 0) -> list["SegmenterTrainResult"]:
+                first_repeat: int = 0, overwrite: bool = False) -> list["SegmenterTrainResult"]:
     """Train `repeats` segmenters that differ only in their seed (the paper's repeated runs).
 
     One repeat trains into `out` itself, as :func:`run`; several train into
     ``out/repeat-00``, ``out/repeat-01``, ... with seeds ``cfg.seed + i``. A run that
-    already finished with the same config and inputs (its ``result.json``) is not trained
-    again, so an interrupted sweep resumes.
+    already finished with the same inputs, config and seed (its ``completion.json``) is not
+    trained again, so an interrupted sweep resumes.
 
     Args:
         train: As :func:`run`.
@@ -154,6 +189,7 @@ def run_repeats(train: str, real: Path | None, synthetic: Sequence[Path], out: P
         real_share: As :func:`run`.
         first_repeat: Index of the first repeat in run names (a pipeline task that runs
             repeat 3 of a grid alone passes 3).
+        overwrite: As :func:`run`.
 
     Returns:
         One result per repeat, in seed order.
@@ -164,16 +200,18 @@ def run_repeats(train: str, real: Path | None, synthetic: Sequence[Path], out: P
     import dataclasses
 
     from synthmri.config import ConfigError
-    from synthmri.segmenters.train import open_stores, training_inputs
+    from synthmri.segmenters.train import open_stores
+    from synthmri.stages.outputs import refuse_foreign
 
     repeats = cfg.segmenter.repeats if repeats is None else int(repeats)
     if repeats < 1:
         raise ConfigError(f"repeats must be at least 1, got {repeats}")
     out = Path(out)
+    refuse_foreign(out, STAGE, _own_or_other_files, overwrite)
     _clear_stale_runs(out, repeats)
     real_store, synthetic_stores = open_stores(train, real, synthetic)
     share = float(real_share) if train == "ratio" and real_share is not None else None
-    inputs = training_inputs(train, real_store, synthetic_stores, share)
+    inputs = training_record(train, real_store, synthetic_stores, share)
     results = []
     for number in range(repeats):
         seeded = dataclasses.replace(cfg, seed=cfg.seed + number)
@@ -186,28 +224,24 @@ def run_repeats(train: str, real: Path | None, synthetic: Sequence[Path], out: P
         log.info("repeat %d/%d (seed %d) -> %s", number + 1, repeats, seeded.seed, folder)
         label = name if repeats == 1 or not name else f"{name}-r{first_repeat + number}"
         results.append(run(train, real, synthetic, folder, seeded, name=label, real_share=real_share,
-                           repeat=first_repeat + number))
+                           repeat=first_repeat + number, overwrite=overwrite))
     return results
 
 
 
 def _finished(out: Path, cfg: Config, inputs: dict[str, Any]) -> "SegmenterTrainResult | None":
-    """The result of a run in `out` that finished with this config and these inputs, else None."""
-    import json
+    """The result of a run in `out` that finished with these inputs, this config and seed, else None."""
+    from synthmri.segmenters.train import MODEL_NAME, SegmenterTrainResult
+    from synthmri.records import finished_record
 
-    from synthmri.config import to_dict
-    from synthmri.segmenters.train import MODEL_NAME, RESULT_NAME, SegmenterTrainResult
-
-    try:
-        record = json.loads((out / RESULT_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    # Compared as JSON reads back (tuples as lists, label-map keys as strings).
-    expected = json.loads(json.dumps({"config": to_dict(cfg), "inputs": inputs}))
-    if {k: record.get(k) for k in expected} != expected or not (out / MODEL_NAME).is_file():
+    record = finished_record(out, STAGE, cfg, inputs)
+    if record is None or not isinstance(record.get("result"), dict) or not (out / MODEL_NAME).is_file():
         return None
     fields = record["result"]
-    return SegmenterTrainResult(**{**fields, "out": Path(fields["out"]), "checkpoint": Path(fields["checkpoint"])})
+    try:
+        return SegmenterTrainResult(**{**fields, "out": Path(fields["out"]), "checkpoint": Path(fields["checkpoint"])})
+    except (TypeError, KeyError):
+        return None  # a record of another version of this result: train again
 
 
 def _clear_stale_runs(out: Path, repeats: int) -> None:
@@ -215,7 +249,8 @@ def _clear_stale_runs(out: Path, repeats: int) -> None:
     ``model.pt`` or every ``repeat-*``, so leftovers would be scored as part of this run."""
     import shutil
 
-    from synthmri.segmenters.train import HISTORY_NAME, MODEL_NAME, REPEAT_GLOB, RESULT_NAME, STATE_NAME
+    from synthmri.segmenters.train import HISTORY_NAME, MODEL_NAME, REPEAT_GLOB, STATE_NAME
+    from synthmri.records import RECORD_NAME
 
     keep = {f"repeat-{n:02d}" for n in range(repeats)} if repeats > 1 else set()
     for folder in sorted(out.glob(REPEAT_GLOB)):
@@ -223,7 +258,7 @@ def _clear_stale_runs(out: Path, repeats: int) -> None:
             log.warning("removing %s, left by an earlier run with more repeats", folder)
             shutil.rmtree(folder)
     if repeats > 1:
-        for leftover in (MODEL_NAME, RESULT_NAME, HISTORY_NAME, STATE_NAME):
+        for leftover in (MODEL_NAME, RECORD_NAME, HISTORY_NAME, STATE_NAME):
             if (out / leftover).exists():
                 log.warning("removing %s, left by an earlier single run", out / leftover)
                 (out / leftover).unlink()
