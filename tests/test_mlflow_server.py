@@ -240,8 +240,11 @@ def _one(objects: dict[str, bytes], suffix: str) -> tuple[str, bytes]:
     return hits[0]
 
 
-def write_segmenter_evaluations(root: Path, real_dice: float, synthetic_dice: float) -> dict[str, Path]:
-    """The two evaluate-segmenter summaries the gate compares (same test data and architecture)."""
+def write_segmenter_evaluations(root: Path, real_dice: float, synthetic_dice: float,
+                                generator: dict) -> dict[str, Path]:
+    """The two evaluate-segmenter summaries the gate compares (same test data and architecture),
+    each with the completion record evaluate-segmenter leaves; the synthetic one trained on
+    samples of `generator` (a synthetic store's manifest entry)."""
     paths = {}
     for role, dice in (("real", real_dice), ("synthetic", synthetic_dice)):
         directory = root / f"eval-{role}"
@@ -252,6 +255,12 @@ def write_segmenter_evaluations(root: Path, real_dice: float, synthetic_dice: fl
             "dice": dict.fromkeys(("ET", "ED", "NCR"), dice), "hausdorff": dict.fromkeys(("ET", "ED", "NCR"), 5.0),
             "mean_dice": dice,
         }))
+        stores = [] if role == "real" else [{"path": "synthetic", "content_hash": "s" * 64, "generator": generator}]
+        (directory / "completion.json").write_text(json.dumps({
+            "schema": 1, "verb": "evaluate-segmenter", "seed": 0, "run_ids": [],
+            "inputs": {"real": {"path": "slices", "content_hash": "e" * 64, "generator": None}},
+            "models": [{"checkpoint": "model.pt", "training": {"train": role, "real_share": None, "real": None,
+                                                                "synthetic": stores}}]}))
         paths[role] = directory
     return paths
 
@@ -378,7 +387,9 @@ def test_generate_evaluate_and_promotion_gate_through_the_server(pod: Servers, t
     _one(pod.objects(), f"/{memo['mlflow_run_id']}/artifacts/summary.json")
 
     def gate(name: str, real_dice: float, synthetic_dice: float, memorization: Path, version: str, expect: int) -> dict:
-        evals = write_segmenter_evaluations(tmp_path / name, real_dice, synthetic_dice)
+        record = json.loads((memorization / "completion.json").read_text())
+        evals = write_segmenter_evaluations(tmp_path / name, real_dice, synthetic_dice,
+                                            record["inputs"]["synthetic"]["generator"])
         decision_path = tmp_path / f"{name}.json"
         cli(pod, "promote", "--model", MODEL, "--version", version, "--memorization", str(memorization),
             "--real-evaluation", str(evals["real"]), "--synthetic-evaluation", str(evals["synthetic"]),
@@ -419,6 +430,12 @@ def test_generate_evaluate_and_promotion_gate_through_the_server(pod: Servers, t
     memo2 = tmp_path / "memorization-v2"
     memo2.mkdir()
     (memo2 / "summary.json").write_text(json.dumps({**memo, "generator": {**memo["generator"], "version": int(v2)}}))
+    # Its record as evaluate-synthetic would write it for samples of v2 (bound by v2's checkpoint hash).
+    record = json.loads((tmp_path / "memorization" / "completion.json").read_text())
+    v2_generator = {**record["inputs"]["synthetic"]["generator"], "version": int(v2),
+                    "checkpoint_sha256": json.loads((out2 / "registration.json").read_text())["checkpoint_sha256"]}
+    record["inputs"]["synthetic"]["generator"] = v2_generator
+    (memo2 / "completion.json").write_text(json.dumps(record))
     failed2 = gate("fail-v2", 0.8, 0.1, memo2, str(out2 / "registration.json"), expect=1)
     assert not failed2["passed"] and failed2["version"] == v2
     assert champion() == v1
