@@ -3,7 +3,8 @@
 Pipelines call :func:`place` on every task. It looks the stage up by the verb the task
 runs, in :data:`STAGE_RESOURCES`, which the stages themselves declare (``synthmri.stages``):
 
-- CPU and memory requests for every stage;
+- CPU and memory requests for every stage, and ``$SYNTHMRI_THREADS`` set to the CPU request
+  (torch would otherwise start a thread per core of the node);
 - for GPU stages only: the accelerator (type and count), the GPU node pool's node selector
   and tolerations (kfp-kubernetes), all from pipeline parameters. CPU stages carry none of
   them, so they never land on (or wait for) the tainted GPU nodes;
@@ -14,6 +15,7 @@ runs, in :data:`STAGE_RESOURCES`, which the stages themselves declare (``synthmr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -21,6 +23,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import pipeline_channel
 
 from synthmri.stages import VERBS, Resources
+from synthmri.threads import THREADS_ENV
 
 #: ConfigMap of k8s/base with the in-cluster endpoints (Pushgateway, S3/MinIO).
 ENDPOINTS_CONFIG_MAP = "synthmri-endpoints"
@@ -77,6 +80,12 @@ def stage_of(task: dsl.PipelineTask) -> str:
     return command[1]
 
 
+def request_threads(cpu: str) -> int:
+    """Compute threads for a Kubernetes CPU request: ``"4"`` -> 4, ``"500m"`` -> 1, ``"2.5"`` -> 3."""
+    millicores = float(cpu[:-1]) if cpu.endswith("m") else float(cpu) * 1000
+    return max(1, math.ceil(millicores / 1000))
+
+
 def place(task: dsl.PipelineTask, cluster: Optional[Cluster],
           table: Optional[dict[str, StageResources]] = None) -> dsl.PipelineTask:
     """Set one task's resources, node pool, endpoints and credentials.
@@ -96,6 +105,8 @@ def place(task: dsl.PipelineTask, cluster: Optional[Cluster],
     stage = stage_of(task)
     resources = (table or STAGE_RESOURCES)[stage]
     task.set_cpu_request(resources.cpu)
+    # torch reads the node's cores, not the pod's share: size its pools to the request.
+    task.set_env_variable(THREADS_ENV, str(request_threads(resources.cpu)))
     task.set_memory_request(resources.memory)
     task.set_memory_limit(resources.memory)
     if cluster is None:

@@ -25,7 +25,7 @@ PACKAGE = REPO / "src" / "synthmri"
 #: Layer of each top-level part of the package, in the order data flows.
 LAYERS = {
     "__init__": 0, "__main__": 7, "config": 0, "registry": 0, "io": 0, "training": 0, "monitoring": 0,
-    "tracking": 0, "executor_output": 0, "records": 0,
+    "tracking": 0, "executor_output": 0, "records": 0, "threads": 0,
     "data": 1, "generators": 2, "metrics": 3, "segmenters": 4,
     "report": 5, "report_tables": 5, "report_figures": 5, "report_generators": 5, "report_dataset": 5, "promote": 5, "promote_evidence": 5, "reader": 5,
     "summary": 5,

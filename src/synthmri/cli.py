@@ -28,6 +28,7 @@ from synthmri.data.store import StoreError
 from synthmri.promote import PromotionError
 from synthmri.stages import VERBS
 from synthmri.stages.arguments import UsageError, add_common_arguments
+from synthmri.threads import apply_thread_limit
 from synthmri.tracking import TrackingUnreachableError, connection_reason, redact
 
 #: MLflow error codes of a look-up that found nothing (a missing alias is INVALID_PARAMETER_VALUE).
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
+        apply_thread_limit()  # before torch starts its pools: the CPUs this process may use
         return args.handler(args)
     except KeyboardInterrupt as exc:
         print(f"synthmri {args.verb}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",

@@ -6,6 +6,7 @@ flags that verb's parser accepts, and the DAG must order the stages as docs/desi
 """
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -233,6 +234,16 @@ def test_every_container_requests_cpu_and_memory(spec: dict) -> None:
     for label, executor in executors(spec).items():
         resources = executor["container"].get("resources", {})
         assert resources.get("resourceCpuRequest") and resources.get("resourceMemoryRequest"), label
+
+
+def test_every_container_sizes_its_threads_to_its_cpu_request(spec: dict) -> None:
+    # Kubernetes CPU quantities: "500m" is half a CPU; torch gets at least one thread, never a core count.
+    for label, executor in executors(spec).items():
+        container = executor["container"]
+        request = container["resources"]["resourceCpuRequest"]
+        cpus = float(request[:-1]) / 1000 if request.endswith("m") else float(request)
+        env = {item["name"]: item["value"] for item in container.get("env", [])}
+        assert env.get("SYNTHMRI_THREADS") == str(max(1, math.ceil(cpus))), label
 
 
 # ---------------------------------------------------------------------------- Kubernetes placement
