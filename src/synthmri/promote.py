@@ -25,7 +25,7 @@ from typing import Any
 from synthmri.config import Config
 from synthmri.io import atomic_write_json, jsonable
 from synthmri.promote_evidence import (EvidenceError, GatedVersion, check_evaluation, check_memorization,
-                                       read_summary)
+                                       read_summary, summary_file)
 from synthmri.records import CHECKPOINT_TAG
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,6 @@ class Decision:
         })
 
 
-def _summary_file(path: Path) -> Path:
-    return path if path.suffix == ".json" else path / "summary.json"
-
-
 def load_gate_evaluation(paths: list[Path], expected_train: str, role: str, arch: str,
                          gated: GatedVersion) -> dict[str, Any]:
     """One evaluation for the gate from one or several evaluate-segmenter outputs.
@@ -117,7 +113,7 @@ def load_gate_evaluation(paths: list[Path], expected_train: str, role: str, arch
         runs = [(Path(path), run) for path in paths for run in evaluation_runs(Path(path))]
     except ValueError as exc:
         raise PromotionError(str(exc)) from None
-    single = len(paths) == 1 and [Path(run["_path"]) for _, run in runs] == [_summary_file(Path(paths[0]))]
+    single = len(paths) == 1 and [Path(run["_path"]) for _, run in runs] == [summary_file(Path(paths[0]))]
     chosen = runs if single else [
         (root, run) for root, run in runs if isinstance(run.get("model"), dict)
         and run["model"].get("train") == expected_train and run["model"].get("arch") == arch

@@ -119,6 +119,11 @@ def refuse_foreign(out: Path, verb: str, accept: Callable[[Kind], bool], overwri
         shutil.rmtree(out)
 
 
+def other_files(kind: Kind) -> bool:
+    """Accept a folder of the user's files: a training stage only adds its own files to it."""
+    return kind.what == "other"
+
+
 def own_output(verb: str) -> Callable[[Kind], bool]:
     """Accept an earlier output of `verb` itself (finished or not), nothing else."""
     return lambda kind: kind.what in ("record", "running") and kind.verb == verb

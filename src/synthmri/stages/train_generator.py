@@ -26,7 +26,7 @@ from synthmri.stages.base import Resources, Verb
 
 if TYPE_CHECKING:
     from synthmri.generators.train import GeneratorTrainResult, GeneratorTraining
-    from synthmri.stages.outputs import Kind, StageOutput
+    from synthmri.stages.outputs import StageOutput
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def run(data: Path, out: Path, cfg: Config, *, resume: bool = False, register: b
         TrainingInterrupted: SIGTERM arrived; the state was checkpointed and the run marked KILLED.
     """
     from synthmri.generators.train import open_training
-    from synthmri.stages.outputs import stage_output
+    from synthmri.stages.outputs import other_files, stage_output
 
     if resume and (done := finished_run(data, out, cfg)) is not None:
         log.info("%s already finished training on these slices with this config and seed (%s): nothing to do",
@@ -129,14 +129,9 @@ def run(data: Path, out: Path, cfg: Config, *, resume: bool = False, register: b
     if int(os.environ.get("RANK", "0")) != 0:
         with open_training(data, out, cfg, resume=resume) as training:
             return training.fit()
-    with stage_output(out, STAGE, cfg, replace=False, overwrite=overwrite, accept=_other_files) as output, \
+    with stage_output(out, STAGE, cfg, replace=False, overwrite=overwrite, accept=other_files) as output, \
             open_training(data, out, cfg, resume=resume) as training:
         return _train_main(training, output, cfg, register)
-
-
-def _other_files(kind: "Kind") -> bool:
-    """A training folder may hold files of the user's (it only adds its own), never another output."""
-    return kind.what == "other"
 
 
 def _train_main(training: "GeneratorTraining", output: "StageOutput", cfg: Config,

@@ -126,9 +126,9 @@ def run(train: str, real: Path | None, synthetic: Sequence[Path], out: Path, cfg
 
     from synthmri.segmenters.train import SegmenterTraining
     from synthmri.stages.context import stage_context
-    from synthmri.stages.outputs import stage_output
+    from synthmri.stages.outputs import other_files, stage_output
 
-    with stage_output(out, STAGE, cfg, replace=False, overwrite=overwrite, accept=_other_files) as output:
+    with stage_output(out, STAGE, cfg, replace=False, overwrite=overwrite, accept=other_files) as output:
         training = SegmenterTraining(train, real, synthetic, out, cfg, name=name, real_share=real_share, repeat=repeat)
         with stage_context(STAGE, cfg, experiment="segmenters", run_name=training.name, datasets=training.datasets,
                            tags=training.tags, unit="samples", total=training.total, instance=training.name,
@@ -143,14 +143,11 @@ def run(train: str, real: Path | None, synthetic: Sequence[Path], out: Path, cfg
     return result
 
 
-def _other_files(kind: "Kind") -> bool:
-    """A training folder may hold files of the user's (it only adds its own), never another output."""
-    return kind.what == "other"
-
-
 def _own_or_other_files(kind: "Kind") -> bool:
     """What a sweep's folder may already hold: its own earlier runs, or files of the user's."""
-    return _other_files(kind) or (kind.what in ("record", "running") and kind.verb == STAGE)
+    from synthmri.stages.outputs import other_files
+
+    return other_files(kind) or (kind.what in ("record", "running") and kind.verb == STAGE)
 
 
 def training_record(train: str, real: "SliceStore | None", synthetic: Sequence["SliceStore"],
