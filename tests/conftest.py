@@ -11,6 +11,7 @@ from typing import Iterator
 import pytest
 
 from synthmri.config import Config, load_config
+from synthmri.threads import affinity_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,6 +38,17 @@ def verification_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
         os.environ.pop("SYNTHMRI_CACHE_DIR", None)
     else:
         os.environ["SYNTHMRI_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fixed_thread_count() -> Iterator[None]:
+    """Tests run a fixed number of compute threads, so results that compare two runs do not
+    depend on what else the machine runs (the CLI otherwise follows the load: threads.py)."""
+    previous = os.environ.get("SYNTHMRI_THREADS")
+    os.environ.setdefault("SYNTHMRI_THREADS", str(affinity_cpus()))
+    yield
+    if previous is None:
+        os.environ.pop("SYNTHMRI_THREADS", None)
 
 
 @pytest.fixture(scope="session")

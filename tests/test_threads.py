@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from synthmri.threads import ThreadSettingError, apply_thread_limit, available_threads, cgroup_cpu_quota
+from synthmri import threads
+from synthmri.threads import (LoadFollower, ThreadSettingError, apply_thread_limit, available_threads,
+                              cgroup_cpu_quota, cpu_jiffies)
 
 
 def _cgroup_v2(root, text):
@@ -66,3 +68,95 @@ def test_the_cli_sizes_torch_before_it_starts(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={k: v for k, v in __import__("os").environ.items() if not k.endswith("_NUM_THREADS")})
     assert out.stdout.strip() == "1"
+
+
+# --- following the load ----------------------------------------------------------------------
+# /proc/stat as the kernel writes it (proc(5)): per CPU, ticks of user nice system idle iowait
+# irq softirq steal guest guest_nice since boot. A 2-CPU process, ticks at 100 per second.
+
+class _Machine:
+    """Kernel CPU counters and a clock that the test advances by hand."""
+
+    def __init__(self, path, cpus=2, extra_cpus=0):
+        self.path, self.cpus, self.extra = path, cpus, extra_cpus
+        self.busy = [0] * (cpus + extra_cpus)
+        self.idle = [0] * (cpus + extra_cpus)
+        self.now, self.own = 0.0, 0.0
+        self.write()
+
+    def write(self):
+        rows = [f"cpu  {sum(self.busy)} 0 0 {sum(self.idle)} 0 0 0 0 0 0"]
+        rows += [f"cpu{i} {b // 2} 0 {b - b // 2} {i_} 7 0 0 0 0 0" for i, (b, i_) in enumerate(zip(self.busy, self.idle))]
+        self.path.write_text("\n".join(rows + ["intr 12345 0 0", "ctxt 999", "btime 1700000000"]) + "\n")
+
+    def run(self, seconds, others_cpus, own_cpus=0.0, extra_busy=True):
+        """`seconds` pass; other processes keep `others_cpus` CPUs busy and this one `own_cpus`."""
+        ticks = int(seconds * 100)
+        used = (others_cpus + own_cpus) / self.cpus
+        for i in range(self.cpus):
+            self.busy[i] += int(ticks * used)
+            self.idle[i] += ticks - int(ticks * used)
+        for i in range(self.cpus, self.cpus + self.extra):  # CPUs outside the affinity: always busy
+            self.busy[i] += ticks if extra_busy else 0
+            self.idle[i] += 0 if extra_busy else ticks
+        self.now += seconds
+        self.own += own_cpus * seconds
+        self.write()
+
+
+def _follower(machine, applied):
+    follower = LoadFollower(2, set(range(machine.cpus)), interval=5.0, stat_path=machine.path,
+                            own_seconds=lambda: machine.own, clock=lambda: machine.now, set_threads=applied.append)
+    follower.ticks_per_second = 100
+    return follower
+
+
+def test_two_busy_processes_on_two_cpus_leave_one_thread_and_it_comes_back_when_they_stop(tmp_path):
+    machine, applied = _Machine(tmp_path / "stat"), []
+    follower = _follower(machine, applied)
+    machine.run(5, others_cpus=2.0)
+    assert follower.observe() == 1 and applied == [1]
+    machine.run(5, others_cpus=1.3, own_cpus=0.7)  # under contention they get less than they ask
+    assert follower.observe() == 1 and applied == [1]
+    machine.run(5, others_cpus=0.0, own_cpus=2.0)  # its own work is not "other processes"
+    assert follower.observe() == 2 and applied == [1, 2]
+
+
+def test_looks_at_most_once_per_interval_and_rounds_half_a_free_cpu_up(tmp_path):
+    machine, applied = _Machine(tmp_path / "stat"), []
+    follower = _follower(machine, applied)
+    machine.run(4.9, others_cpus=2.0)
+    assert follower.observe() == 2 and applied == []  # 4.9 s: too soon to look
+    machine.run(0.1, others_cpus=2.0)
+    assert follower.observe() == 1
+    machine.run(5, others_cpus=0.5, own_cpus=1.0)  # 1.5 free: a second thread still helps
+    assert follower.observe() == 2
+    machine.run(5, others_cpus=0.7)
+    assert follower.observe() == 1
+    assert applied == [1, 2, 1]
+
+
+def test_only_the_cpus_it_may_run_on_count(tmp_path):
+    # Two more CPUs, busy all the time, outside the process's affinity: they leave its two free.
+    machine, applied = _Machine(tmp_path / "stat", cpus=2, extra_cpus=2), []
+    follower = _follower(machine, applied)
+    machine.run(5, others_cpus=0.0, own_cpus=2.0)
+    assert follower.observe() == 2 and applied == []
+    assert cpu_jiffies({2, 3}, machine.path) == (1000, 1000 + 2 * 7)  # iowait (7 per CPU) counts as idle
+
+
+def test_the_cli_follows_the_load_only_where_nothing_fixed_the_count(tmp_path, monkeypatch):
+    no_quota = tmp_path / "none"
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "SYNTHMRI_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(threads, "_POOLS_SET_HERE", {})
+    apply_thread_limit(cgroup_root=no_quota)
+    assert threads._follower is not None and threads._follower.ceiling == threads.affinity_cpus()
+    apply_thread_limit(cgroup_root=no_quota)  # the pools it set itself last time do not fix the count
+    assert threads._follower is not None
+    apply_thread_limit({"SYNTHMRI_THREADS": "1"}, no_quota)
+    assert threads._follower is None
+    apply_thread_limit({"OMP_NUM_THREADS": "1"}, no_quota)  # the user's own pool size
+    assert threads._follower is None
+    apply_thread_limit({}, _cgroup_v2(tmp_path / "cg", "200000 100000"))  # the kernel enforces a quota
+    assert threads._follower is None

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, pushadd_to_gateway
 
+from synthmri.threads import follow_load
+
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,6 +86,7 @@ class StageMonitor:
     def progress(self, done: int, total: int | None = None) -> None:
         """Record that `done` items are finished; pushes and logs at most every `push_every` s."""
         self.done = done
+        follow_load()  # long loops report here: the place to resize threads to the CPUs left free
         if total is not None:
             self.total = total
         elapsed = max(time.monotonic() - self._start, 1e-9)

@@ -11,6 +11,17 @@ number that counts is the smallest of:
   ``cpu.cfs_period_us``).
 
 :func:`apply_thread_limit` sets it before torch builds its pools (the CLI calls it first).
+
+That ceiling is not enough on a shared workstation: two busy processes beside a stage on two
+cores leave it one CPU, and two OpenMP threads that wait on each other at every barrier while
+the kernel parks one of them run many times slower than one thread alone (a demo StyleGAN2
+trained 8x slower than alone, where its fair share of the CPUs costs 3x). So where the count
+came from the affinity alone, nothing having fixed it, :class:`LoadFollower` watches how
+much CPU the other processes on this process's CPUs use (``/proc/stat`` minus this process's
+own time) and resizes the pools to the CPUs left free, every few seconds, from the main
+thread's progress reports (:func:`follow_load`). A fixed count (``$SYNTHMRI_THREADS``, or a
+cgroup quota, which the kernel already enforces) is never changed: set ``$SYNTHMRI_THREADS``
+for runs that must be bit-for-bit repeatable, since float reductions split by thread count.
 """
 
 from __future__ import annotations
@@ -19,6 +30,9 @@ import logging
 import math
 import os
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -27,6 +41,10 @@ THREADS_ENV = "SYNTHMRI_THREADS"
 #: Variables the OpenMP, MKL and OpenBLAS runtimes read when they start their pools.
 POOL_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_STAT = Path("/proc/stat")
+#: Seconds between two looks at the load: long enough to average the kernel's ticks, short
+#: enough that a stage adapts within a few of its progress lines.
+FOLLOW_INTERVAL = 5.0
 
 
 class ThreadSettingError(ValueError):
@@ -63,6 +81,100 @@ def affinity_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_jiffies(cpus: set[int], stat_path: Path = PROC_STAT) -> tuple[int, int]:
+    """``(busy, total)`` clock ticks the kernel has counted on `cpus` since boot.
+
+    Busy is user, nice, system, irq, softirq and steal time; idle and iowait make up the
+    rest of the total. Guest time is already inside user time, so it is not added again.
+    """
+    busy = total = 0
+    for line in stat_path.read_text().splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(value) for value in (fields + ["0"] * 8)[:8])
+        busy += user + nice + system + irq + softirq + steal
+        total += user + nice + system + irq + softirq + steal + idle + iowait
+    return busy, total
+
+
+class LoadFollower:
+    """Resizes the thread pools to the CPUs other processes leave free (module docstring).
+
+    Args:
+        ceiling: The most threads to run (:func:`available_threads`).
+        cpus: The CPUs this process may run on; only their load counts.
+        interval: Seconds between two looks at the load.
+        stat_path: The kernel's CPU counters (tests give a file of their own).
+        own_seconds: CPU seconds this process has used, all its threads together.
+        clock: Wall clock in seconds.
+        set_threads: Applies a new count; default: torch's pools, if torch is loaded.
+    """
+
+    def __init__(self, ceiling: int, cpus: set[int], interval: float = FOLLOW_INTERVAL, *,
+                 stat_path: Path = PROC_STAT, own_seconds: Callable[[], float] = time.process_time,
+                 clock: Callable[[], float] = time.monotonic,
+                 set_threads: Callable[[int], None] | None = None) -> None:
+        self.ceiling, self.cpus, self.interval = ceiling, set(cpus), interval
+        self.stat_path, self.own_seconds, self.clock = stat_path, own_seconds, clock
+        self.set_threads = set_threads or _set_torch_threads
+        self.threads = ceiling
+        self.ticks_per_second = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, int, int, float]:
+        busy, total = cpu_jiffies(self.cpus, self.stat_path)
+        return self.clock(), busy, total, self.own_seconds()
+
+    def free_cpus(self, before: tuple[float, int, int, float], after: tuple[float, int, int, float]) -> float | None:
+        """CPUs the other processes left idle between two samples; None if no tick passed."""
+        busy = after[1] - before[1]
+        elapsed_per_cpu = (after[2] - before[2]) / max(len(self.cpus), 1)
+        if elapsed_per_cpu <= 0:
+            return None
+        own = (after[3] - before[3]) * self.ticks_per_second
+        others = max(0.0, busy - own) / elapsed_per_cpu
+        return max(0.0, len(self.cpus) - others)
+
+    def observe(self) -> int:
+        """Look at the load if `interval` has passed and resize the pools; returns the count in force."""
+        if self.clock() - self._last[0] < self.interval:
+            return self.threads
+        now = self._sample()
+        free = self.free_cpus(self._last, now)
+        self._last = now
+        if free is None:
+            return self.threads
+        # Half a CPU or more counts as one: a thread that gets half a core still helps.
+        threads = min(self.ceiling, max(1, int(free + 0.5)))
+        if threads != self.threads:
+            log.debug("other processes leave %.1f of %d CPUs free: %d compute threads", free, len(self.cpus), threads)
+            self.set_threads(threads)
+            self.threads = threads
+        return self.threads
+
+
+def _set_torch_threads(threads: int) -> None:
+    """Resize torch's intra-op pool (and MKL's, which torch resizes with it), if torch is loaded."""
+    if (torch := sys.modules.get("torch")) is not None:
+        torch.set_num_threads(threads)
+
+
+_follower: LoadFollower | None = None
+#: The pool variables apply_thread_limit wrote itself (so a later call can tell them from a user's).
+_POOLS_SET_HERE: dict[str, str] = {}
+
+
+def follow_load() -> None:
+    """Let the installed :class:`LoadFollower` look at the load; call it often from long loops.
+
+    Cheap (a clock read) between looks. Only the main thread resizes: OpenMP's thread count
+    belongs to the thread that sets it, and the main thread is the one that runs the maths.
+    """
+    if _follower is not None and threading.current_thread() is threading.main_thread():
+        _follower.observe()
+
+
 def available_threads(environ: dict[str, str] | None = None, cgroup_root: Path = CGROUP_ROOT,
                       affinity: int | None = None) -> int:
     """How many compute threads this process should run: see the module docstring.
@@ -96,11 +208,25 @@ def apply_thread_limit(environ: dict[str, str] | None = None, cgroup_root: Path 
     Returns:
         The thread count applied.
     """
+    global _follower
     environ = os.environ if environ is None else environ
     threads = available_threads(environ, cgroup_root)
+    # A pool variable someone else set fixes the count; one an earlier call here set does not.
+    pools_fixed = any(environ.get(name, _POOLS_SET_HERE.get(name)) != _POOLS_SET_HERE.get(name)
+                      for name in POOL_VARIABLES)
     for name in POOL_VARIABLES:
-        environ.setdefault(name, str(threads))
+        if name not in environ:
+            environ[name] = str(threads)
+            if environ is os.environ:
+                _POOLS_SET_HERE[name] = environ[name]
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(int(environ["OMP_NUM_THREADS"]))
-    log.debug("compute threads: %d", threads)
+    _follower = None
+    if not pools_fixed and not environ.get(THREADS_ENV, "").strip() and cgroup_cpu_quota(cgroup_root) is None:
+        try:
+            _follower = LoadFollower(threads, os.sched_getaffinity(0))
+        except (AttributeError, OSError, ValueError) as exc:  # no /proc/stat (not Linux): a fixed count
+            log.debug("not following the load: %s", exc)
+    log.debug("compute threads: %d%s", threads, " (following the load)" if _follower else "")
     return threads
+
