@@ -1,6 +1,9 @@
-"""Benchmark max_correlation (chunked torch.mm + running max) against its alternatives.
+"""Benchmark max_correlation (chunked products + running max) against its alternatives.
 
-All numbers come from one run on one machine, so only their ratios are meant to be read:
+Both arithmetics of the search are timed: ``int8`` (exact integer products of the uint8
+pixels, the default where the device has an int8 product) and ``float32`` (normalised
+float32 rows). All numbers come from one run on one machine, so only their ratios are
+meant to be read:
 
 - speedup over a per-pair ``scipy.stats.pearsonr`` loop (timed on a subset of pairs and
   scaled to all pairs: the full loop would take hours);
@@ -17,8 +20,9 @@ Usage::
     python benchmarks/bench_memorization.py --out benchmarks/results/memorization.json
     python benchmarks/bench_memorization.py --queries 200 --references 2000 --out /tmp/m.json
 
-Targets (issue 5): at least 100x the pearsonr loop, at least 1.0x faiss, at least 50% of the
-plain matmul rate. faiss-cpu is pinned in requirements-lock.txt; without it that ratio is
+Targets (issue 5): at least 100x the pearsonr loop, at least 1.0x faiss, float32 at least
+50% of the plain matmul rate; int8 (issue 19) exact (the float64 maxima and argmaxes) and
+faster than float32. faiss-cpu is pinned in requirements-lock.txt; without it that ratio is
 reported as null.
 """
 
@@ -36,7 +40,8 @@ import torch
 from scipy import stats
 
 from synthmri.io import atomic_write_json
-from synthmri.metrics.memorization import max_correlation
+from synthmri.metrics.memorization import choose_arithmetic, max_correlation
+from synthmri.metrics.memorization_int8 import int8_matmul_available
 
 
 def make_images(n_queries: int, n_refs: int, channels: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +52,16 @@ def make_images(n_queries: int, n_refs: int, channels: int, size: int, seed: int
     copies = np.arange(0, n_queries, 50)
     queries[copies] = refs[rng.integers(0, n_refs, len(copies))]
     return queries, refs
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's integer dot-product and vector features (what the int8 kernel can use)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+    return [flag for flag in wanted if f" {flag}" in text]
 
 
 def sync(device: torch.device) -> None:
@@ -141,16 +156,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     q_float = torch.from_numpy(queries.reshape(len(queries), -1)).to(device).float()
     r_float = torch.from_numpy(refs.reshape(len(refs), -1)).to(device).float()
-    max_correlation(queries[:8], refs[:64], device=device)  # warm-up (BLAS threads, CUDA context)
+    arithmetics = ["int8", "float32"] if int8_matmul_available(device) else ["float32"]
+    for arithmetic in arithmetics:  # warm-up (BLAS threads, CUDA context, oneDNN kernels)
+        max_correlation(queries[:8], refs[:64], device=device, arithmetic=arithmetic)
     time_plain_mm(q_float[:64], r_float[:64], device)
-    # Interleaved repeats, best of each: on a shared machine both see the same load.
-    ours = plain = float("inf")
+    # Interleaved repeats, best of each: on a shared machine all see the same load.
+    ours = {arithmetic: float("inf") for arithmetic in arithmetics}
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    plain = float("inf")
     for _ in range(args.repeats):
-        sync(device)
-        start = time.perf_counter()
-        corr, arg = max_correlation(queries, refs, args.chunk_size, reference_chunk_size=args.reference_chunk_size, device=device)
-        sync(device)
-        ours = min(ours, time.perf_counter() - start)
+        for arithmetic in arithmetics:
+            sync(device)
+            start = time.perf_counter()
+            found[arithmetic] = max_correlation(queries, refs, args.chunk_size, device=device, arithmetic=arithmetic,
+                                                reference_chunk_size=args.reference_chunk_size)
+            sync(device)
+            ours[arithmetic] = min(ours[arithmetic], time.perf_counter() - start)
         plain = min(plain, time_plain_mm(q_float, r_float, device))
     del q_float, r_float
     q_norm, r_norm = normalised_float32(queries), normalised_float32(refs)
@@ -162,35 +183,42 @@ def main(argv: list[str] | None = None) -> dict:
 
     check = min(args.check_queries, args.queries)
     ref_corr, ref_arg = float64_reference(queries[:check], refs)
+    default = choose_arithmetic("auto", device, [queries.dtype, refs.dtype])
     result = {
         "benchmark": "memorization max_correlation",
         "shapes": {"queries": args.queries, "references": args.references, "image": [args.channels, args.size, args.size],
                    "vector_length": d, "chunk_size": args.chunk_size,
                    "reference_chunk_size": args.reference_chunk_size or args.chunk_size},
         "device": str(device),
+        "default_arithmetic": default,
+        "int8_kernel": "torch._int_mm (oneDNN s8s8s32 with VNNI on x86 CPUs; cuBLASLt int8 on CUDA)",
         "environment": {"torch": torch.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(),
-                        "cpus": os.cpu_count(), "machine": platform.machine(),
+                        "cpus": os.cpu_count(), "machine": platform.machine(), "cpu_flags": cpu_flags(),
                         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
-        "seconds": {"max_correlation": ours, "plain_torch_mm": plain, "faiss_index_flat_ip": faiss_seconds,
+        "seconds": {**{f"max_correlation_{a}": ours[a] for a in arithmetics},
+                    "plain_float32_torch_mm": plain, "faiss_index_flat_ip": faiss_seconds,
                     "pearsonr_per_pair": per_pair,
                     "pearsonr_loop_estimated": loop_estimate, "pearsonr_pairs_timed": args.pearsonr_pairs},
-        "gflops": {"max_correlation": flops / ours / 1e9, "plain_torch_mm": flops / plain / 1e9,
-                   "faiss_index_flat_ip": flops / faiss_seconds / 1e9 if faiss_seconds else None},
+        "gop_per_s": {**{f"max_correlation_{a}": flops / ours[a] / 1e9 for a in arithmetics},
+                      "plain_float32_torch_mm": flops / plain / 1e9,
+                      "faiss_index_flat_ip": flops / faiss_seconds / 1e9 if faiss_seconds else None},
         "ratios": {
-            "speedup_vs_pearsonr_loop": loop_estimate / ours,
-            "speed_vs_faiss": faiss_seconds / ours if faiss_seconds else None,
-            "fraction_of_plain_mm_gflops": plain / ours,
+            **{f"{a}_speedup_vs_pearsonr_loop": loop_estimate / ours[a] for a in arithmetics},
+            **{f"{a}_speed_vs_faiss": faiss_seconds / ours[a] if faiss_seconds else None for a in arithmetics},
+            **{f"{a}_speed_vs_plain_float32_mm": plain / ours[a] for a in arithmetics},
+            "int8_speed_vs_float32": ours["float32"] / ours["int8"] if "int8" in ours else None,
         },
-        "targets": {"speedup_vs_pearsonr_loop": 100.0, "speed_vs_faiss": 1.0, "fraction_of_plain_mm_gflops": 0.5},
+        "targets": {"speedup_vs_pearsonr_loop": 100.0, "speed_vs_faiss": 1.0, "float32_speed_vs_plain_float32_mm": 0.5},
         "accuracy": {
             "queries_checked": check,
-            "max_abs_diff_vs_float64": float(np.max(np.abs(corr[:check] - ref_corr))),
-            "argmax_agreement": float(np.mean(arg[:check] == ref_arg)),
-            "copies_found": int(np.sum(corr > 1 - 1e-5)),
+            **{f"{a}_max_abs_diff_vs_float64": float(np.max(np.abs(found[a][0][:check] - ref_corr))) for a in arithmetics},
+            **{f"{a}_argmax_agreement": float(np.mean(found[a][1][:check] == ref_arg)) for a in arithmetics},
+            "copies_found": int(np.sum(found[default][0] > 1 - 1e-5)),
             "copies_planted": len(range(0, args.queries, 50)),
-            "max_abs_diff_faiss_vs_ours": (float(np.max(np.abs(faiss_runs[0][1] - corr)))
-                                           if faiss_seconds else None),
-            "argmax_agreement_faiss": float(np.mean(faiss_runs[0][2] == arg)) if faiss_seconds else None,
+            "max_abs_diff_faiss_vs_float64": (float(np.max(np.abs(faiss_runs[0][1][:check] - ref_corr)))
+                                              if faiss_seconds else None),
+            "argmax_agreement_faiss": (float(np.mean(faiss_runs[0][2][:check] == ref_arg))
+                                       if faiss_seconds else None),
         },
     }
     atomic_write_json(args.out, result)

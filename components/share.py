@@ -1,7 +1,7 @@
 """``synthmri share``: the synthetic store with every near-copy of a patient removed."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Output
+from kfp.dsl import Artifact, Dataset, Input, Output
 
 from components.common import GPU_IMAGE, config_args
 
@@ -10,6 +10,7 @@ from components.common import GPU_IMAGE, config_args
 def share(
     synthetic: Input[Dataset],
     real: Input[Dataset],
+    memorization: Input[Artifact],
     shareable: Output[Dataset],
     profile: str,
     mlflow_tracking_uri: str,
@@ -24,6 +25,8 @@ def share(
         synthetic: Synthetic slice store from ``generate``.
         real: Real slice store (train and val splits, the generator's training set: what must
             not leak; test split: the baseline).
+        memorization: ``evaluate-synthetic``'s output for the same stores: its search is
+            reused when stores and settings match (else searched again, and the log says why).
         shareable: Output slice store with ``removed.csv`` and ``share_report.json``.
         profile: Config profile name or YAML path inside the image.
         mlflow_tracking_uri: MLflow tracking server URI.
@@ -38,6 +41,7 @@ def share(
             *config_args(profile, mlflow_tracking_uri),
             "--synthetic", synthetic.path,
             "--real", real.path,
+            "--memorization", memorization.path,
             "--out", shareable.path,
         ],
     )

@@ -188,7 +188,7 @@ def experiment(
                                    **tracked), cluster).outputs["synthetic"]
         judged = place(evaluate_synthetic(real=real, synthetic=synthetic, segmenter=features.outputs["segmenter"],
                                           **tracked), cluster)
-        place(share(synthetic=synthetic, real=real, **tracked), cluster)
+        place(share(synthetic=synthetic, real=real, memorization=judged.outputs["evaluation"], **tracked), cluster)
 
         with dsl.ParallelFor(synthetic_grid.outputs["cells"], parallelism=parallelism, name="segmenters") as cell:
             segmenter = place(train_segmenter(real=real, synthetic=synthetic, train=cell.train, arch=cell.arch,

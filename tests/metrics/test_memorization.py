@@ -55,10 +55,11 @@ def assert_matches(result: tuple[np.ndarray, np.ndarray], queries: np.ndarray, r
     np.testing.assert_array_equal(arg[clear], want_arg[clear])
 
 
+@pytest.mark.parametrize("arithmetic", ["int8", "float32"])
 @pytest.mark.parametrize("chunk, ref_chunk", [(4096, None), (7, 13), (1, 97), (41, 1), (40, 96)])
-def test_matches_brute_force_for_any_chunking(data, chunk, ref_chunk):
+def test_matches_brute_force_for_any_chunking(data, chunk, ref_chunk, arithmetic):
     queries, refs = data
-    result = max_correlation(queries, refs, chunk, reference_chunk_size=ref_chunk)
+    result = max_correlation(queries, refs, chunk, reference_chunk_size=ref_chunk, arithmetic=arithmetic)
     assert_matches(result, queries, refs)
 
 
@@ -71,13 +72,14 @@ def test_copies_are_found(data):
     assert others.max() < corr[9]
 
 
-def test_zero_variance_images_correlate_zero(data):
+@pytest.mark.parametrize("arithmetic", ["int8", "float32"])
+def test_zero_variance_images_correlate_zero(data, arithmetic):
     queries, refs = data
     queries, refs = queries.copy(), refs.copy()
     queries[0] = 0      # all-black query
     queries[1] = 77     # constant query
     refs[5] = 200       # constant reference: r = 0 with everything
-    corr, arg = max_correlation(queries, refs, chunk_size=6, reference_chunk_size=11)
+    corr, arg = max_correlation(queries, refs, chunk_size=6, reference_chunk_size=11, arithmetic=arithmetic)
     assert corr[0] == 0.0 and corr[1] == 0.0 and arg[0] == 0
     assert np.all(np.isfinite(corr))
     assert_matches((corr, arg), queries, refs)
@@ -138,7 +140,8 @@ def test_summarize():
     assert summarize(np.array([]), 0.95)["n"] == 0
 
 
-def test_slices_with_flat_background_stay_exact():
+@pytest.mark.parametrize("arithmetic", ["int8", "float32"])
+def test_slices_with_flat_background_stay_exact(arithmetic):
     """MR-like slices (86% background) at 64x64x5: sequential float32 sums would drift ~1e-5."""
     rng = np.random.default_rng(4)
     refs = np.zeros((12, 5, 64, 64), dtype=np.uint8)
@@ -147,13 +150,14 @@ def test_slices_with_flat_background_stay_exact():
         refs[i, :, y : y + 24, x : x + 24] = rng.integers(40, 230, (5, 24, 24))
     queries = np.concatenate([refs[::-1], refs[1:2]])  # exact copies of all, in reverse
     queries[-1, :, 20:30, 20:30] = 255  # and a modified copy
-    corr, arg = max_correlation(queries, refs, chunk_size=5, reference_chunk_size=5)
+    corr, arg = max_correlation(queries, refs, chunk_size=5, reference_chunk_size=5, arithmetic=arithmetic)
     assert_matches((corr, arg), queries, refs)
     np.testing.assert_allclose(corr[:-1], 1.0, rtol=0, atol=5e-6)
     np.testing.assert_array_equal(arg[:-1], np.arange(len(refs))[::-1])
 
 
-def test_shift_search_equals_a_brute_force_over_windows():
+@pytest.mark.parametrize("arithmetic", ["int8", "float32"])
+def test_shift_search_equals_a_brute_force_over_windows(arithmetic):
     """max_shift = s: the highest r over references and the (2s+1)^2 query windows, by np.corrcoef."""
     rng = np.random.default_rng(11)
     refs = rng.integers(0, 256, (7, 2, 12, 12), dtype=np.uint8)
@@ -170,10 +174,11 @@ def test_shift_search_equals_a_brute_force_over_windows():
                     r = np.corrcoef(window, ref[:, s:12 - s, s:12 - s].ravel().astype(float))[0, 1]
                     if r > expected[i]:
                         expected[i], argmax[i] = r, j
-    corr, index = max_correlation(queries, refs, max_shift=s, chunk_size=2, reference_chunk_size=3)
+    corr, index = max_correlation(queries, refs, max_shift=s, chunk_size=2, reference_chunk_size=3,
+                                  arithmetic=arithmetic)
     assert np.allclose(corr, expected, atol=1e-5) and np.array_equal(index, argmax)
     assert corr[-1] == pytest.approx(1.0, abs=1e-6) and index[-1] == 4
-    aligned, _ = max_correlation(queries[-1:], refs)
+    aligned, _ = max_correlation(queries[-1:], refs, arithmetic=arithmetic)
     assert aligned[0] < 0.5  # pixel-aligned, the moved copy looks like noise
 
 

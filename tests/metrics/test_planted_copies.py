@@ -142,3 +142,57 @@ def test_share_refuses_to_overwrite_its_input(planted, phantom_store, tiny_confi
     synthetic, _, _ = planted
     with pytest.raises(ValueError, match="is the synthetic store itself"):
         share(synthetic, phantom_store, synthetic, tiny_config)
+
+
+def test_share_reuses_the_matching_search_and_searches_again_when_anything_differs(
+        planted, phantom_store, tiny_config, mlflow_uri, tmp_path, monkeypatch):
+    from synthmri.metrics import share as share_module
+
+    synthetic, planted_from, _ = planted
+    evaluate_synthetic(phantom_store, synthetic, tmp_path / "mem", tiny_config)
+    searches = []
+    real_search = share_module.search
+    monkeypatch.setattr(share_module, "search", lambda *a, **k: searches.append(1) or real_search(*a, **k))
+
+    fresh = share(synthetic, phantom_store, tmp_path / "fresh", tiny_config)
+    assert len(searches) == 1 and fresh.search.startswith("searched (no evaluate-synthetic output")
+    reused = share(synthetic, phantom_store, tmp_path / "reused", tiny_config, memorization=tmp_path / "mem")
+    assert len(searches) == 1, "the matching search was run again"
+    assert reused.search.startswith(f"reused the search evaluate-synthetic recorded in {tmp_path / 'mem'}")
+    # The same decisions, byte for byte: the recorded values read back as the same float64s.
+    assert (tmp_path / "reused" / "removed.csv").read_bytes() == (tmp_path / "fresh" / "removed.csv").read_bytes()
+    assert SliceStore(tmp_path / "reused").content_hash == SliceStore(tmp_path / "fresh").content_hash
+    report = json.loads((tmp_path / "reused" / "share_report.json").read_text())
+    fresh_report = json.loads((tmp_path / "fresh" / "share_report.json").read_text())
+    assert report.pop("search") == reused.search and fresh_report.pop("search") == fresh.search
+    assert report == fresh_report
+    assert json.loads((tmp_path / "reused" / "completion.json").read_text())["search"] == reused.search
+
+    def again(out, cfg=tiny_config, store=synthetic, evaluation=tmp_path / "mem"):
+        before = len(searches)
+        result = share(store, phantom_store, tmp_path / out, cfg, memorization=evaluation)
+        assert len(searches) == before + 1, f"{out}: reused a search that does not match"
+        assert result.search.startswith("searched again: the recorded search cannot be reused")
+        return result.search
+
+    # Other settings: another shift search, another arithmetic.
+    shift = dataclasses.replace(tiny_config, memorization=dataclasses.replace(tiny_config.memorization, max_shift=1))
+    assert "searched with max_shift = 2, share uses 1" in again("shift", shift)
+    f32 = dataclasses.replace(tiny_config, memorization=dataclasses.replace(tiny_config.memorization,
+                                                                          arithmetic="float32"))
+    assert "arithmetic = 'int8', share uses 'float32'" in again("float32", f32)
+    # Another synthetic store (the shareable one made above: other content).
+    assert "searched another synthetic store" in again("other", store=tmp_path / "fresh")
+    # A recorded file changed afterwards.
+    table = tmp_path / "mem" / "memorization.csv"
+    original = table.read_text()
+    first_value = original.splitlines()[1].split(",")[1]
+    table.write_text(original.replace(first_value, "0.1", 1))
+    assert "memorization.csv: changed since evaluate-synthetic recorded it" in again("tampered")
+    table.write_text(original)
+    # No completion record: not a finished evaluate-synthetic output.
+    (tmp_path / "mem" / "completion.json").unlink()
+    assert "no completion.json from evaluate-synthetic" in again("unfinished")
+    # Every recomputation with the full shift search removed every copy.
+    assert all(not set(SliceStore(tmp_path / out).slice_id.tolist()) & set(planted_from)
+               for out in ("float32", "tampered", "unfinished"))

@@ -20,6 +20,8 @@ BRATS_RELEASES: tuple[str, ...] = ("brats2020", "brats2021", "brats2023")
 DATA_LAYOUTS: tuple[str, ...] = ("auto", *BRATS_RELEASES, "generic")
 #: ``data.split``: how test subjects are chosen (the authors' list or a seeded draw).
 DATA_SPLITS: tuple[str, ...] = ("published", "seeded")
+#: ``memorization.arithmetic``: exact int8 products where faster (auto), or one of them.
+MEMORIZATION_ARITHMETIC: tuple[str, ...] = ("auto", "int8", "float32")
 #: The subject splits of a slice store.
 SLICE_SPLITS: tuple[str, ...] = ("train", "val", "test")
 

@@ -174,6 +174,9 @@ class MemorizationConfig:
     # 0 is the paper's pixel-aligned statistic.
     max_shift: int = 2
     per_channel: bool = False  # also score each channel on its own (memorization_per_channel.csv)
+    # How r is computed: `int8` exact integer products of the uint8 pixels (float64 r), `float32`
+    # normalised float32 rows (r to ~1e-6), `auto` int8 where the device has an int8 product.
+    arithmetic: str = "auto"
     # `share` removes synthetic slices above this r; null: above the baseline's maximum,
     # i.e. closer to a training slice than any held-out real patient came.
     share_threshold: float | None = None

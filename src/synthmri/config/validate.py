@@ -17,6 +17,7 @@ from synthmri.config.choices import (
     EVALUATION_CONVENTIONS,
     IMAGE_CHANNELS,
     INCEPTION_INPUTS,
+    MEMORIZATION_ARITHMETIC,
     SEGMENTER_ARCHS,
     SLICE_CHANNELS,
     SWIN_STAGES,
@@ -52,6 +53,9 @@ def validate(config: Config) -> None:
     mem = config.memorization
     if mem.max_shift < 0:
         raise ConfigError(f"memorization.max_shift must be 0 or more, got {mem.max_shift}")
+    if mem.arithmetic not in MEMORIZATION_ARITHMETIC:
+        raise ConfigError(f"memorization.arithmetic must be one of {', '.join(MEMORIZATION_ARITHMETIC)}, "
+                          f"got {mem.arithmetic!r}")
     if mem.share_threshold is not None and not -1.0 <= mem.share_threshold <= 1.0:
         raise ConfigError(f"memorization.share_threshold must be a correlation in [-1, 1] or null, got {mem.share_threshold}")
     check_quality(config.quality)

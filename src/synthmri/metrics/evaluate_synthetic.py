@@ -53,12 +53,13 @@ def memorization_device() -> str:
 
 
 def write_memorization_csv(path: Path, slice_ids: Sequence[str], max_corr: np.ndarray, train_ids: Sequence[str]) -> None:
-    """Write one row per scored slice (``max_corr`` with 8 decimals), atomically."""
+    """Write one row per scored slice, atomically; ``max_corr`` as the shortest decimal that
+    reads back as the same float64 (``share`` may reuse the values and must compare them exactly)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for slice_id, value, train_id in zip(slice_ids, max_corr, train_ids):
-        writer.writerow([slice_id, f"{float(value):.8f}", train_id])
+        writer.writerow([slice_id, repr(float(value)), train_id])
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -251,14 +252,14 @@ def memorization(stores: SyntheticStores, out: Path, cfg: Config, quality: dict[
              len(syn_store), len(test), len(train), device)
     syn_corr, syn_arg = max_correlation(
         syn_store, (real_store, train), mem.chunk_size, max_shift=mem.max_shift, device=device,
-        progress=lambda done, _: report(done))
+        arithmetic=mem.arithmetic, progress=lambda done, _: report(done))
     base_corr, base_arg = max_correlation(
         (real_store, test), (real_store, train), mem.chunk_size, max_shift=mem.max_shift, device=device,
-        progress=lambda done, _: report(len(syn_store) + done))
+        arithmetic=mem.arithmetic, progress=lambda done, _: report(len(syn_store) + done))
     artifacts = _write_figures_and_tables(stores, out, cfg, syn_corr, syn_arg, base_corr, base_arg)
     if mem.per_channel:  # each channel on its own: which sequence (or the annotation) was copied
         channel_corr, _ = max_correlation(syn_store, (real_store, train), mem.chunk_size, per_channel=True,
-                                          max_shift=mem.max_shift, device=device)
+                                          max_shift=mem.max_shift, device=device, arithmetic=mem.arithmetic)
         buffer = io.StringIO()
         table = csv.writer(buffer, lineterminator="\n")
         table.writerow(["slice_id", *(f"max_corr_{c}" for c in CHANNELS)])

@@ -11,10 +11,15 @@ of a query block against a reference block are one matrix product:
 Both sides are processed in chunks (rows of Q by rows of R) with a running max/argmax,
 so memory stays bounded by ``chunk_size x reference_chunk_size`` similarities plus two
 prepared chunks (and a reference cache of at most ``cache_bytes``), whatever the number
-of images. Matrix products run in float32 with
-IEEE precision (TF32 is switched off for the call) and accumulate over blocks of 2048
-columns, so no float32 running sum gets long. The result agrees with a float64
-``np.corrcoef`` to a few 1e-6.
+of images. Two arithmetics compute r:
+
+- ``int8`` (the default for uint8 images where the device has an int8 matrix product): the
+  numerator is an exact integer dot product, run as an int8 GEMM with int32 accumulation
+  plus a rank-one correction, and r is a float64 quotient of exact integers
+  (:mod:`synthmri.metrics.memorization_int8`). Same maxima and argmaxes as float64.
+- ``float32``: centred, normalised float32 rows whose products run with IEEE precision
+  (TF32 is switched off for the call) and accumulate over blocks of 2048 columns, so no
+  float32 running sum gets long. Agrees with a float64 ``np.corrcoef`` to a few 1e-6.
 
 Zero-variance images (e.g. an all-black slice) have no defined Pearson r; here their
 correlation with anything is 0, so they can never look like a copy and a constant
@@ -31,27 +36,23 @@ the highest r over references and windows. A query that is a reference shifted b
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
 
+from synthmri.config.choices import MEMORIZATION_ARITHMETIC
 from synthmri.data.store import CHANNELS, SliceStore
+from synthmri.metrics import memorization_int8 as exact
+from synthmri.metrics.memorization_float32 import Float32, ieee_float32
 
 #: What the functions accept as a set of images: an array [n, C, H, W] (or [n, d] already
 #: flattened), a whole SliceStore, or ``(store, positions)`` for some of its rows.
 Images = Union[np.ndarray, SliceStore, tuple[SliceStore, Sequence[int]]]
 
-# A centred vector whose norm is below this fraction of the raw vector's norm is treated as
-# constant: float32 rounding of the mean leaves residue ~eps*|x|, far below this, while the
-# smallest real variation of a uint8 image (one pixel off by 1) is far above it.
-_ZERO_VARIANCE_RTOL = 1e-6
 # Prepared (normalised float32) references are kept across query chunks up to this size, so a
 # query set larger than one chunk does not re-read and re-normalise the references each pass.
 DEFAULT_CACHE_BYTES = 1 << 30
-# Columns per partial matrix product (see _similarities).
-_K_BLOCK = 2048
 
 
 class _Rows:
@@ -74,6 +75,10 @@ class _Rows:
 
     def __len__(self) -> int:
         return len(self.positions) if self.store is not None else len(self.array)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8) if self.store is not None else self.array.dtype
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -111,34 +116,6 @@ def resolve_channels(channels: Sequence[int | str] | None, n_channels: int) -> l
     return indices
 
 
-def _row_norms(x: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each row [n, 1] via torch's cascaded sum, a few rows at a time.
-
-    Not ``torch.linalg.vector_norm``: on CPU it accumulates float32 sequentially, which on
-    MR slices (a large constant background after centring) is off by ~1e-5 relative at
-    64x64x5, while the cascaded sum stays at ~1e-7. Row blocks bound the squared temporary.
-    """
-    out = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
-    step = max(1, (1 << 24) // max(x.shape[1], 1))  # ~64 MB of float32 squares at a time
-    for start in range(0, x.shape[0], step):
-        out[start : start + step] = x[start : start + step].square().sum(dim=1, keepdim=True)
-    return out.sqrt_()
-
-
-def _similarities(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """``q @ r.T``, accumulated over column blocks of `_K_BLOCK`.
-
-    A GEMM kernel that runs down the whole vector in one float32 register (cuBLAS tiles,
-    MKL's small-matrix path) drifts ~1e-5 at 64x64x5 and more on full-size slices; adding
-    block products of 2048 columns keeps every running sum short (~2e-6), and ``addmm_``
-    adds into the result in place, so large blocks cost about what one product does.
-    """
-    total = torch.mm(q[:, :_K_BLOCK], r[:, :_K_BLOCK].t())
-    for start in range(_K_BLOCK, q.shape[1], _K_BLOCK):
-        total.addmm_(q[:, start : start + _K_BLOCK], r[:, start : start + _K_BLOCK].t())
-    return total
-
-
 Window = tuple[slice, slice] | None  # rows and columns of each image that enter the vector
 
 
@@ -160,50 +137,41 @@ def shift_windows(height: int, width: int, max_shift: int) -> tuple[Window, list
     return reference, queries
 
 
-def _prepare(chunk: np.ndarray, channels: list[int] | None, device: torch.device, what: str,
-             buffer: torch.Tensor | None = None, window: Window = None) -> torch.Tensor:
-    """Select channels and window, flatten, centre and L2-normalise each row (float32 on `device`).
+ARITHMETIC = MEMORIZATION_ARITHMETIC
+KERNELS = {"int8": exact.Int8, "float32": Float32}
 
-    With `buffer` (float32 [>= n, d] on `device`) the result is written into its first rows:
-    reusing one buffer per side saves the page faults of a fresh allocation per chunk, which
-    on CPU cost as much as all the arithmetic of the preparation.
-    """
+
+def select(chunk: np.ndarray, channels: list[int] | None, window: Window) -> np.ndarray:
+    """The channels and the window of each image that enter its vector."""
     if channels is not None:
         chunk = chunk[:, channels]
     if window is not None:
         chunk = chunk[:, :, window[0], window[1]]
-    # Move the raw (often uint8) bytes first: 4x less traffic to a GPU than float32.
-    chunk = np.ascontiguousarray(chunk).reshape(len(chunk), -1)
-    if not chunk.flags.writeable:  # a read-only memmap view: torch wants writable memory
-        chunk = chunk.copy()
-    raw = torch.from_numpy(chunk).to(device)
-    if buffer is not None and buffer.shape[0] >= raw.shape[0] and buffer.shape[1] == raw.shape[1]:
-        x = buffer[: raw.shape[0]]
-        x.copy_(raw)
-    else:
-        x = raw.to(torch.float32)
-    if raw.dtype.is_floating_point and not torch.isfinite(x).all():
-        raise ValueError(f"{what}: images contain NaN or infinite values")
-    mean = x.mean(dim=1, keepdim=True)
-    x -= mean
-    norm = _row_norms(x)
-    # |raw|^2 = d*mean^2 + |centred|^2: the raw norm for the zero-variance test without another pass.
-    size = torch.sqrt(x.shape[1] * mean.square() + norm.square())
-    constant = norm <= _ZERO_VARIANCE_RTOL * size
-    # One pass scales the rows and zeroes the constant ones (r = 0 against everything).
-    x *= torch.where(constant, torch.zeros_like(norm), 1.0 / norm)
-    return x
+    return chunk
 
 
-@contextlib.contextmanager
-def _ieee_float32() -> Iterator[None]:
-    """Run float32 matmuls at full precision (a caller may have enabled TF32 globally)."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
+def choose_arithmetic(arithmetic: str, device: torch.device, dtypes: Sequence[np.dtype]) -> str:
+    """``int8`` or ``float32`` for a search on `device` over images of `dtypes`.
+
+    ``auto`` takes the exact integer path where it is faster: uint8 images (every store) and
+    an int8 matrix product on the device (``torch._int_mm``: oneDNN's VNNI kernels on x86
+    CPUs, int8 tensor cores on CUDA); float32 otherwise.
+
+    Raises:
+        ValueError: an unknown `arithmetic`, or ``int8`` asked for images that are not uint8
+            or on a device without an int8 product.
+    """
+    if arithmetic not in ARITHMETIC:
+        raise ValueError(f"arithmetic must be one of {list(ARITHMETIC)}, got {arithmetic!r}")
+    if arithmetic == "float32":
+        return "float32"
+    uint8 = all(np.dtype(dtype) == np.uint8 for dtype in dtypes)
+    available = uint8 and exact.int8_matmul_available(device)
+    if arithmetic == "int8" and not available:
+        why = (f"images of dtype {', '.join(sorted({str(np.dtype(d)) for d in dtypes}))}" if not uint8
+               else f"no int8 matrix product (torch._int_mm) on {device}")
+        raise ValueError(f"arithmetic 'int8' needs uint8 images and an int8 matrix product: {why}")
+    return "int8" if available else "float32"
 
 
 def _max_correlation_one(
@@ -216,6 +184,7 @@ def _max_correlation_one(
     cache_bytes: int,
     progress: Callable[[int, int], None] | None,
     max_shift: int = 0,
+    arithmetic: str = "float32",
 ) -> tuple[np.ndarray, np.ndarray]:
     n_queries, n_refs = len(queries), len(references)
     best_all = np.empty(n_queries, dtype=np.float64)
@@ -227,26 +196,26 @@ def _max_correlation_one(
     else:
         r_window, q_windows = shift_windows(shape[1], shape[2], max_shift)
         d = (shape[1] - 2 * max_shift) * (shape[2] - 2 * max_shift) * (len(channels) if channels is not None else shape[0])
-    use_cache = (n_queries > chunk_size or len(q_windows) > 1) and n_refs * d * 4 <= cache_bytes
-    cache: dict[int, torch.Tensor] = {}
-    q_buffer = torch.empty((min(chunk_size, n_queries), d), dtype=torch.float32, device=device)
-    r_buffer = None if use_cache else torch.empty((min(reference_chunk_size, n_refs), d), dtype=torch.float32, device=device)
+    kind = KERNELS[arithmetic]
+    use_cache = (n_queries > chunk_size or len(q_windows) > 1) and n_refs * d * kind.bytes_per_pixel <= cache_bytes
+    kernel = kind(device, min(chunk_size, n_queries), min(reference_chunk_size, n_refs), d, use_cache)
+    cache: dict[int, object] = {}
     for q_start in range(0, n_queries, chunk_size):
         q_stop = min(q_start + chunk_size, n_queries)
         raw = queries.read(q_start, q_stop)
         best = torch.full((q_stop - q_start,), -torch.inf, dtype=torch.float64, device=device)
         index = torch.zeros(q_stop - q_start, dtype=torch.int64, device=device)
         for q_window in q_windows:  # one window without a shift search
-            q = _prepare(raw, channels, device, queries.what, q_buffer, q_window)
+            q = kernel.queries(select(raw, channels, q_window), queries.what)
             for r_start in range(0, n_refs, reference_chunk_size):
                 r = cache.get(r_start)
                 if r is None:
                     r_stop = min(r_start + reference_chunk_size, n_refs)
-                    r = _prepare(references.read(r_start, r_stop), channels, device, references.what, r_buffer,
-                                 r_window)
+                    r = kernel.references(select(references.read(r_start, r_stop), channels, r_window),
+                                          references.what)
                     if use_cache:
                         cache[r_start] = r
-                block_max, block_arg = _similarities(q, r).max(dim=1)
+                block_max, block_arg = kernel.correlations(q, r).max(dim=1)
                 block_max = block_max.double()  # best is float64: exact to compare and to return
                 # Strictly greater: on ties the earlier reference keeps the argmax, like np.argmax.
                 better = block_max > best
@@ -271,6 +240,7 @@ def max_correlation(
     device: str | torch.device | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     progress: Callable[[int, int], None] | None = None,
+    arithmetic: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Highest Pearson correlation of each query image against all reference images.
 
@@ -292,11 +262,16 @@ def max_correlation(
             fit in this many bytes (only matters when queries span several chunks).
         progress: called as ``progress(queries_done, n_queries)`` after each query chunk
             (with ``per_channel``, per channel pass).
+        arithmetic: ``int8`` (exact integer products of uint8 images, memorization_int8),
+            ``float32`` (normalised float32 rows), or ``auto`` (the default): int8 where
+            the images are uint8 and the device has an int8 matrix product
+            (:func:`choose_arithmetic`).
 
     Returns:
         ``(max_corr, argmax)``: float64 [n] and int64 [n], the highest correlation and the
-        position of that reference within `references` (the first on exact ties; two
-        references within float32 rounding, ~1e-6, of each other may swap). With
+        position of that reference within `references` (the first on exact ties). On the
+        int8 path r is a float64 quotient of exact integers; on the float32 path two
+        references within float32 rounding (~1e-6) of each other may swap. With
         ``per_channel`` both are [n, len(channels)]. A zero-variance image correlates 0
         with everything (see the module docstring).
 
@@ -324,11 +299,12 @@ def max_correlation(
     # All channels in order need no selection (which would copy every chunk).
     joint = None if selected is None or selected == list(range(q_rows.item_shape[0])) else selected
     passes = [[c] for c in selected] if per_channel and selected is not None else [joint]
+    arithmetic = choose_arithmetic(arithmetic, device, [q_rows.dtype, r_rows.dtype])
     results = []
-    with torch.inference_mode(), _ieee_float32():
+    with torch.inference_mode(), ieee_float32():
         for channel_set in passes:
             results.append(_max_correlation_one(q_rows, r_rows, channel_set, chunk_size, reference_chunk_size,
-                                                device, cache_bytes, progress, max_shift))
+                                                device, cache_bytes, progress, max_shift, arithmetic))
     if per_channel and selected is not None:
         return np.stack([r[0] for r in results], axis=1), np.stack([r[1] for r in results], axis=1)
     return results[0]

@@ -31,6 +31,7 @@ from synthmri.data.splits import GENERATOR_TRAIN_SPLITS
 from synthmri.data.store import SliceRow, SliceStore, StoreError, StoreWriter
 from synthmri.io import atomic_write_json, atomic_write_text
 from synthmri.metrics.evaluate_synthetic import SyntheticStores
+from synthmri.metrics.memorization_record import NotReusable, SearchResult, reuse_search, search_settings
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class ShareResult:
         threshold: The correlation above which slices were removed.
         threshold_source: Where the threshold came from.
         removed_fraction: ``removed / (kept + removed)``.
+        search: Whether the memorization search was reused from evaluate-synthetic or run, and why.
     """
 
     out: Path
@@ -57,12 +59,14 @@ class ShareResult:
     threshold: float
     threshold_source: str
     removed_fraction: float = float("nan")
+    search: str = ""
 
     def summary(self) -> str:
         """One line for the command line."""
         total = self.kept + self.removed
         return (f"share: kept {self.kept} of {total} synthetic slices, removed {self.removed} with r > "
-                f"{self.threshold:.4f} ({self.threshold_source}); store {self.out}, reasons in {self.out / 'removed.csv'}")
+                f"{self.threshold:.4f} ({self.threshold_source}); store {self.out}, reasons in {self.out / 'removed.csv'}"
+                + (f"; {self.search}" if self.search else ""))
 
 
 def share_threshold(cfg: Config, baseline: np.ndarray, override: float | None = None) -> tuple[float, str]:
@@ -101,7 +105,7 @@ def open_share_stores(synthetic: Path, real: Path, out: Path) -> SyntheticStores
 
 
 def share(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | None = None,
-          progress: Callable[[int], None] | None = None) -> ShareResult:
+          progress: Callable[[int], None] | None = None, memorization: Path | None = None) -> ShareResult:
     """Write a copy of `synthetic` without the slices that are too close to a training slice (untracked).
 
     Args:
@@ -112,6 +116,9 @@ def share(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float 
         cfg: ``memorization`` (chunk_size, max_shift, share_threshold) and ``data.shard_size``.
         threshold: Overrides ``memorization.share_threshold``.
         progress: Called with the number of slices scored so far.
+        memorization: An evaluate-synthetic output of the same stores: its search is reused
+            when stores and settings match (:mod:`synthmri.metrics.memorization_record`),
+            else searched again, and the log and ``share_report.json`` say which.
 
     Returns:
         The ShareResult.
@@ -120,30 +127,64 @@ def share(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float 
         StoreError: A store is missing or incomplete, sizes differ, or a split is empty.
         ValueError: `out` is the synthetic store itself.
     """
-    return share_stores(open_share_stores(synthetic, real, out), out, cfg, threshold, progress)
+    return share_stores(open_share_stores(synthetic, real, out), out, cfg, threshold, progress, memorization)
+
+
+def search(stores: SyntheticStores, cfg: Config, device: Any, progress: Callable[[int], None]) -> SearchResult:
+    """The memorization search of every synthetic and held-out test slice against the training slices."""
+    from synthmri.metrics.memorization import max_correlation
+
+    syn_store, real_store, train, test = stores.synthetic, stores.real, stores.train, stores.test
+    mem = cfg.memorization
+    train_ids = real_store.slice_id[train]
+    corr, nearest = max_correlation(syn_store, (real_store, train), mem.chunk_size, max_shift=mem.max_shift,
+                                    device=device, arithmetic=mem.arithmetic, progress=lambda done, _: progress(done))
+    baseline, baseline_nearest = np.empty(0), np.empty(0, dtype=np.int64)
+    if len(test):
+        baseline, baseline_nearest = max_correlation(
+            (real_store, test), (real_store, train), mem.chunk_size, max_shift=mem.max_shift, device=device,
+            arithmetic=mem.arithmetic, progress=lambda done, _: progress(len(syn_store) + done))
+    return SearchResult(corr, train_ids[nearest], baseline, train_ids[baseline_nearest])
+
+
+def reused_or_new_search(stores: SyntheticStores, cfg: Config, recorded: Path | None,
+                         progress: Callable[[int], None]) -> tuple[SearchResult, str]:
+    """The search recorded by evaluate-synthetic in `recorded` when it matches, else a new one; and which.
+
+    Returns:
+        The result, and a sentence for the log and the report: reused from where, or
+        searched, and why the recorded one could not be used.
+    """
+    from synthmri.metrics.evaluate_synthetic import memorization_device
+
+    device = memorization_device()
+    if recorded is not None:
+        try:
+            result = reuse_search(recorded, stores, search_settings(cfg, device))
+        except NotReusable as exc:
+            why = f"searched again: the recorded search cannot be reused ({exc})"
+            log.warning("share: %s", why)
+        else:
+            progress(len(stores.synthetic) + len(stores.test))
+            return result, f"reused the search evaluate-synthetic recorded in {recorded} (same stores and settings)"
+    else:
+        why = "searched (no evaluate-synthetic output given with --memorization)"
+    return search(stores, cfg, device, progress), why
 
 
 def share_stores(stores: SyntheticStores, out: Path, cfg: Config, threshold: float | None = None,
-                 progress: Callable[[int], None] | None = None) -> ShareResult:
+                 progress: Callable[[int], None] | None = None, memorization: Path | None = None) -> ShareResult:
     """:func:`share` on stores already opened by :func:`open_share_stores`."""
-    from synthmri.metrics.evaluate_synthetic import memorization_device
-    from synthmri.metrics.memorization import max_correlation, summarize
+    from synthmri.metrics.memorization import summarize
 
-    syn_store, real_store, train, test = stores.synthetic, stores.real, stores.train, stores.test
+    syn_store, real_store = stores.synthetic, stores.real
     synthetic, real, out = syn_store.path, real_store.path, Path(out)
     mem = cfg.memorization
-    device = memorization_device()
-    report = progress or (lambda done: None)
-    corr, nearest = max_correlation(syn_store, (real_store, train), mem.chunk_size, max_shift=mem.max_shift,
-                                    device=device, progress=lambda done, _: report(done))
-    baseline = np.empty(0)
-    if len(test):
-        baseline, _ = max_correlation((real_store, test), (real_store, train), mem.chunk_size,
-                                      max_shift=mem.max_shift, device=device,
-                                      progress=lambda done, _: report(len(syn_store) + done))
+    found, how = reused_or_new_search(stores, cfg, memorization, progress or (lambda done: None))
+    log.info("share: %s", how)
+    corr, baseline, train_ids = found.synthetic_corr, found.baseline_corr, found.synthetic_train_ids
     limit, source = share_threshold(cfg, baseline, threshold)
     removed = corr > limit
-    train_ids = real_store.slice_id[train][nearest]
     log.info("share: %d of %d synthetic slices above r = %.4f (%s)", removed.sum(), len(syn_store), limit, source)
 
     # The shareable store: the kept slices in their original order, read shard by shard.
@@ -170,12 +211,12 @@ def share_stores(stores: SyntheticStores, out: Path, cfg: Config, threshold: flo
     atomic_write_text(out / "removed.csv", buffer.getvalue())
     report_json: dict[str, Any] = {
         "synthetic": str(synthetic), "real": str(real), "threshold": limit, "threshold_source": source,
-        "max_shift": mem.max_shift, "kept": int(len(keep)), "removed": int(removed.sum()),
+        "max_shift": mem.max_shift, "kept": int(len(keep)), "removed": int(removed.sum()), "search": how,
         "synthetic_stats": summarize(corr, limit), "baseline_stats": summarize(baseline, limit),
     }
     atomic_write_json(out / "share_report.json", report_json)
     return ShareResult(out=out, kept=int(len(keep)), removed=int(removed.sum()), threshold=limit,
-                       threshold_source=source, removed_fraction=float(removed.mean()))
+                       threshold_source=source, removed_fraction=float(removed.mean()), search=how)
 
 
 def share_name(stores: SyntheticStores) -> str:

@@ -60,6 +60,7 @@ def run(real: Path, synthetic: Path, out: Path, cfg: Config, segmenter: Path | N
         OutputError: `out` holds another kind of output.
     """
     from synthmri.metrics.evaluate_synthetic import STAGE, memorization, memorization_device, open_stores, quality_tags
+    from synthmri.metrics.memorization_record import record_details, search_settings
     from synthmri.metrics.quality import quality_metrics
     from synthmri.stages.context import stage_context
     from synthmri.stages.outputs import own_output, refuse_foreign, stage_output
@@ -81,6 +82,8 @@ def run(real: Path, synthetic: Path, out: Path, cfg: Config, segmenter: Path | N
                           total=len(stores.synthetic) + len(stores.test), instance=name, output=output) as context:
         output.details["generator"] = stores.synthetic.manifest.get("generator")
         result = memorization(stores, output.path, cfg, quality, device, progress=context.monitor.progress)
+        # What `share --memorization` checks before reusing this search instead of running it again.
+        output.details["memorization"] = record_details(output.path, search_settings(cfg, device))
         context.set_tags(quality_tags(quality))
         summary_path = result.write_summary(context.run_id)
         context.log_metrics(result.metrics)

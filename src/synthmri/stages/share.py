@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="real slice store (train+val: what must not leak; test split: the baseline)")
     parser.add_argument("--out", type=Path, required=True,
                         help="directory of the shareable store (removed.csv, share_report.json)")
+    parser.add_argument("--memorization", type=Path,
+                        help="evaluate-synthetic output of the same stores: its memorization search is reused when "
+                        "both stores (by content hash) and the search settings match, else searched again (the log "
+                        "and share_report.json say which, and why)")
     parser.add_argument("--threshold", type=float, help="remove slices with max r above this (default: "
                         "memorization.share_threshold, else the baseline's maximum)")
     add_overwrite_argument(parser)
@@ -31,13 +35,14 @@ def main(args: argparse.Namespace) -> int:
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold must be a correlation in [-1, 1], got {args.threshold}")
     cfg = resolve_config(args)
-    result = run(args.synthetic, args.real, args.out, cfg, threshold=args.threshold, overwrite=args.overwrite)
+    result = run(args.synthetic, args.real, args.out, cfg, threshold=args.threshold, overwrite=args.overwrite,
+                 memorization=args.memorization)
     print(result.summary())
     return 0
 
 
 def run(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | None = None,
-        overwrite: bool = False) -> "ShareResult":
+        overwrite: bool = False, memorization: Path | None = None) -> "ShareResult":
     """Write the shareable store (:func:`synthmri.metrics.share.share`) in a tracked ``<generator>-share`` run.
 
     Args:
@@ -47,6 +52,7 @@ def run(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | 
         cfg: ``memorization``, ``data.shard_size`` and ``tracking``.
         threshold: Overrides ``memorization.share_threshold``.
         overwrite: Replace another kind of output at `out`.
+        memorization: An evaluate-synthetic output whose search is reused if it matches.
 
     The store is written whole or not at all, with a ``completion.json`` naming both inputs.
 
@@ -73,8 +79,11 @@ def run(synthetic: Path, real: Path, out: Path, cfg: Config, threshold: float | 
                           tags={"synthmri.generator": name}, unit="images", total=len(stores.synthetic) + len(stores.test),
                           instance=stores.generator_name, output=output) as context:
         output.details["generator"] = stores.synthetic.manifest.get("generator")
-        result = share_stores(stores, output.path, cfg, threshold, progress=context.monitor.progress)
-        context.log_params({"share.threshold": result.threshold, "share.threshold_source": result.threshold_source})
+        result = share_stores(stores, output.path, cfg, threshold, progress=context.monitor.progress,
+                              memorization=memorization)
+        output.details["search"] = result.search
+        context.log_params({"share.threshold": result.threshold, "share.threshold_source": result.threshold_source,
+                            "share.search_reused": result.search.startswith("reused")})
         context.log_metrics({"share_kept": result.kept, "share_removed": result.removed,
                              "share_removed_fraction": result.removed_fraction})
         context.log_artifact(result.out / "removed.csv")
