@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import dataclasses
 import hashlib
 import json
 import logging
 import shutil
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -493,3 +495,28 @@ def test_foreground_in_voxel_units_equals_scaling_every_voxel(threshold, dtype):
     data = dataclasses.replace(load_config(None).data, intensity_threshold=threshold, pad_to=32)
     expected = foreground_fraction(to_uint8(volume, peak), threshold, 32)
     assert np.array_equal(foreground(volume, peak, data), expected)
+
+
+def test_isal_and_zlib_give_the_same_store_and_the_same_rejections(tmp_path, phantoms, tiny_config, monkeypatch):
+    """prepare decompresses with ISA-L where installed: same shards, index and rejections as zlib."""
+    from synthmri.data import slicing
+
+    assert slicing.gzip_decompressor()[0] == "isal"  # pinned in the lock: the default here
+    src = tmp_path / "src"
+    shutil.copytree(phantoms, src)
+    flair = _file(src, "flair")
+    damaged = bytearray(flair.read_bytes())
+    damaged[len(damaged) // 2:len(damaged) // 2 + 64] = bytes(64)  # a corrupt deflate block mid-stream
+    flair.write_bytes(bytes(damaged))
+    cfg = _config(tiny_config, test_subjects=1)
+    made = {}
+    for name, decompressor in (("isal", slicing.gzip_decompressor()),
+                               ("zlib", ("zlib", gzip.decompress, (zlib.error,)))):
+        monkeypatch.setattr(slicing, "gzip_decompressor", lambda found=decompressor: found)
+        made[name] = prepare(src, tmp_path / name, cfg, workers=1).manifest  # in-process: the patch applies
+    assert made["isal"]["shards"] == made["zlib"]["shards"] and made["isal"]["content_hash"] == made["zlib"]["content_hash"]
+    for file in ("index.csv", "subjects.csv"):
+        assert (tmp_path / "isal" / file).read_bytes() == (tmp_path / "zlib" / file).read_bytes()
+    rejected = {name: _rows(tmp_path / name / "rejected.csv") for name in made}
+    assert [(r["subject"], r["file"]) for r in rejected["isal"]] == [(r["subject"], r["file"]) for r in rejected["zlib"]]
+    assert rejected["isal"] and rejected["isal"][0]["subject"] == VICTIM

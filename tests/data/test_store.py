@@ -100,6 +100,31 @@ def test_interrupted_writer_leaves_no_manifest(tmp_path):
         SliceStore(tmp_path / "store")
 
 
+def test_a_failed_shard_write_stops_the_writer_and_names_the_error(tmp_path, monkeypatch):
+    # Shards are written by a writer thread while the next fills: its failure (here a full
+    # disk on the second shard) must reach the producer, not vanish with the thread.
+    import errno
+
+    from synthmri.data import store as store_module
+
+    written = []
+    real_save = store_module.atomic_save_npy_parts
+
+    def save(path, parts):
+        if path.name == "shard-00001.npy":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path.name)
+        return real_save(path, parts)
+
+    monkeypatch.setattr(store_module, "atomic_save_npy_parts", save)
+    data, rows = _slices(19)
+    with pytest.raises(OSError, match="No space left on device"):
+        _write(tmp_path / "store", data, rows)
+    assert written == ["shard-00000.npy"]
+    assert not (tmp_path / "store" / "manifest.json").exists()
+    assert sorted(p.name for p in (tmp_path / "store" / ".partial").glob("*.json")) == ["shard-00000.json"]
+
+
 def test_rewriting_a_store_drops_the_old_manifest_first(tmp_path):
     data, rows = _slices(6)
     _write(tmp_path / "store", data, rows)

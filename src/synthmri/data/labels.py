@@ -73,7 +73,15 @@ def encode_labels(seg: np.ndarray, label_map: Mapping[int, int], check: bool = T
     lut = np.zeros(int(max(max(label_map), seg.max(initial=0))) + 1, dtype=np.uint8)
     for label, value in label_map.items():
         lut[int(label)] = value
-    return lut[seg.astype(np.intp, copy=False)]
+    if seg.ndim == 0 or seg.dtype == np.intp:
+        return lut[seg.astype(np.intp, copy=False)]
+    # A few MB of indices at a time: one intp copy of a whole volume is ~50 MB of fresh
+    # pages per subject, which cost more than the look-up itself.
+    out = np.empty(seg.shape, dtype=np.uint8)
+    step = max(1, (1 << 19) // max(1, seg[0].size))
+    for start in range(0, len(seg), step):
+        out[start:start + step] = lut[seg[start:start + step].astype(np.intp)]
+    return out
 
 
 def snap_labels(channel: np.ndarray, values: tuple[int, ...] = LABEL_VALUES) -> np.ndarray:

@@ -23,8 +23,8 @@ split without reshuffling the others; the manifest's ``split`` records which spl
 Unusable subjects are listed in ``rejected.csv`` (subject, file, reason); the others are still
 prepared. A store is only completed (``manifest.json`` written) when every split the split
 made (train always; test and val when it assigned subjects to them) holds slices: otherwise
-:class:`PrepareError` names the empty split. Subjects run in ``workers`` processes; the
-parent writes shards in subject order, so the store's bytes do not depend on the worker
+:class:`PrepareError` names the empty split. Subjects run in ``workers`` threads; the
+main thread hands shards to a writer thread in subject order, so the store's bytes do not depend on the worker
 count or on an interruption. Progress
 goes to optional callbacks; the ``prepare`` stage (:mod:`synthmri.stages.prepare`) wires
 them to its monitors.
@@ -54,6 +54,7 @@ from synthmri.data.layouts import Rejection, find_subjects
 from synthmri.data.slicing import (  # noqa: F401 (pad_slices, resample_slices, foreground_fraction, gunzip: re-exported)
     CANONICAL_ORIENTATION,
     foreground_fraction,
+    freed_memory_kept,
     gunzip,
     pad_slices,
     prepare_subjects,
@@ -142,8 +143,7 @@ def prepare(source: str | Path, out: Path, cfg: Config, *, workers: int = 1, end
         out: slice store directory; also receives ``rejected.csv``, ``subjects.csv`` and
             ``config.yaml``. Complete shards of an interrupted earlier run are reused.
         cfg: the resolved config (``cfg.data`` drives everything here).
-        workers: processes reading subjects in parallel (1: in this process). Workers are
-            spawned, so a calling script needs the usual ``if __name__ == "__main__":`` guard.
+        workers: subjects read in parallel, in threads (1: one after the other).
         endpoint_url: S3 endpoint for an ``s3://`` source (default ``$AWS_ENDPOINT_URL``);
             credentials come from the environment only.
         download_dir: where an ``s3://`` source is downloaded and kept. By default a folder
@@ -164,7 +164,8 @@ def prepare(source: str | Path, out: Path, cfg: Config, *, workers: int = 1, end
     """
     with source_directory(source, out, workers=workers, endpoint_url=endpoint_url, download_dir=download_dir,
                           progress=download_progress) as root:
-        return prepare_directory(str(source), root, out, cfg, workers=workers, progress=progress)
+        with freed_memory_kept():  # the same volume-sized buffers, reused for every subject
+            return prepare_directory(str(source), root, out, cfg, workers=workers, progress=progress)
 
 
 @contextlib.contextmanager
@@ -218,7 +219,7 @@ def prepare_directory(label: str, root: Path, out: Path, cfg: Config, *, workers
         root: The local directory of subject folders.
         out: Slice store directory.
         cfg: The resolved config.
-        workers: Processes reading subjects in parallel.
+        workers: Subjects read in parallel, in threads.
         progress: Called with (subjects done, subjects) as subjects are prepared.
 
     Returns:
@@ -257,47 +258,53 @@ def prepare_directory(label: str, root: Path, out: Path, cfg: Config, *, workers
     spacings: set[tuple[float, float, float]] = set()
     orientations: dict[str, int] = {}
     total = 0
-    for done, result in enumerate(prepare_subjects(subjects, root, data, label_map, workers), start=1):
-        hashes.update(result.hashes)
-        if result.rejection is not None:
-            rejected.append(result.rejection)
-            log.warning("prepare: rejected subject %s (%s): %s", result.name, result.rejection.file, result.rejection.reason)
-        else:
-            split = splits[result.name]
-            writer.add(result.slices, [SliceRow(f"{result.name}_z{z:03d}", result.name, z, split) for z in result.z])
-            rows.append([result.name, split, len(result.z), result.total, *(f"{v:g}" for v in result.spacing),
-                         result.orientation])
-            spacings.add(result.spacing)
-            orientations[result.orientation] = orientations.get(result.orientation, 0) + 1
-            counts[split] += 1
-            slices[split] += len(result.z)
-            total += result.total
-        if progress is not None:
-            progress(done, len(subjects))
-    _write_rejected(out, rejected)
-    if not rows:
-        _abandon(out, rejected)
-        raise PrepareError(f"{label}: none of {len(subjects)} subject(s) could be prepared; see {out / 'rejected.csv'}")
-    atomic_write_text(out / "subjects.csv", _csv(sorted(rows), list(SUBJECT_COLUMNS)))
-    _check_splits(label, out, splits, counts, slices, total)
-    dump_config(cfg, out / "config.yaml")
-    writer.source = {"path": label, "content_hash": _content_hash(hashes)}
-    writer.extra = {
-        "split_seed": data.seed,
-        "split": plan.record,  # published (the authors' test subjects) or seeded; see synthmri.data.splits
-        "layout": layout.name,
-        "label_map": {str(k): v for k, v in label_map.items()},
-        "pad_to": data.pad_to,
-        "filter": {"channel": data.filter_channel, "intensity_threshold": data.intensity_threshold,
-                   "min_foreground_fraction": data.min_foreground_fraction},
-        "subjects": dict(counts),
-        # One voxel size (x, y, z mm) shared by every subject, else null: then each
-        # subject's own is in subjects.csv.
-        "spacing": list(next(iter(spacings))) if len(spacings) == 1 else None,
-        # The voxel axes of every slice, and how many subjects' sources had which axes.
-        "orientation": {"canonical": CANONICAL_ORIENTATION, "source": dict(sorted(orientations.items()))},
-    }
-    manifest = writer.close()
+    subject_results = prepare_subjects(subjects, root, data, label_map, workers)
+    try:
+        for done, result in enumerate(subject_results, start=1):
+            hashes.update(result.hashes)
+            if result.rejection is not None:
+                rejected.append(result.rejection)
+                log.warning("prepare: rejected subject %s (%s): %s", result.name, result.rejection.file, result.rejection.reason)
+            else:
+                split = splits[result.name]
+                writer.add(result.slices, [SliceRow(f"{result.name}_z{z:03d}", result.name, z, split) for z in result.z])
+                rows.append([result.name, split, len(result.z), result.total, *(f"{v:g}" for v in result.spacing),
+                             result.orientation])
+                spacings.add(result.spacing)
+                orientations[result.orientation] = orientations.get(result.orientation, 0) + 1
+                counts[split] += 1
+                slices[split] += len(result.z)
+                total += result.total
+            if progress is not None:
+                progress(done, len(subjects))
+        _write_rejected(out, rejected)
+        if not rows:
+            _abandon(out, rejected)
+            raise PrepareError(f"{label}: none of {len(subjects)} subject(s) could be prepared; see {out / 'rejected.csv'}")
+        atomic_write_text(out / "subjects.csv", _csv(sorted(rows), list(SUBJECT_COLUMNS)))
+        _check_splits(label, out, splits, counts, slices, total)
+        dump_config(cfg, out / "config.yaml")
+        writer.source = {"path": label, "content_hash": _content_hash(hashes)}
+        writer.extra = {
+            "split_seed": data.seed,
+            "split": plan.record,  # published (the authors' test subjects) or seeded; see synthmri.data.splits
+            "layout": layout.name,
+            "label_map": {str(k): v for k, v in label_map.items()},
+            "pad_to": data.pad_to,
+            "filter": {"channel": data.filter_channel, "intensity_threshold": data.intensity_threshold,
+                       "min_foreground_fraction": data.min_foreground_fraction},
+            "subjects": dict(counts),
+            # One voxel size (x, y, z mm) shared by every subject, else null: then each
+            # subject's own is in subjects.csv.
+            "spacing": list(next(iter(spacings))) if len(spacings) == 1 else None,
+            # The voxel axes of every slice, and how many subjects' sources had which axes.
+            "orientation": {"canonical": CANONICAL_ORIENTATION, "source": dict(sorted(orientations.items()))},
+        }
+        manifest = writer.close()
+    except BaseException:
+        subject_results.close()  # no new subject starts; those in hand finish
+        writer.abort()  # the shard in the writer's hands finishes; a resume keeps it
+        raise
     result = PrepareResult(out, label, counts, slices, total, rejected, manifest)
     log.info("prepare: %s", result.summary())
     return result

@@ -4,22 +4,23 @@ Read each file whole, check it (3D, numeric, finite, on t1's grid, labels in the
 it to the canonical voxel order :data:`CANONICAL_ORIENTATION` (axes permuted and flipped to
 the closest match of t1's affine, no resampling), scale images to 0..255, encode labels, cut,
 pad, filter and resample axial slices.
-:func:`prepare_subjects` runs subjects in worker processes and yields them in input order.
+:func:`prepare_subjects` runs subjects in worker threads and yields them in input order.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
+import functools
 import gzip
 import hashlib
 import io
 import math
-import multiprocessing
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -116,9 +117,41 @@ def foreground_fraction(channel: np.ndarray, threshold: float, pad_to: int) -> n
     return above / float(pad_to * pad_to)
 
 
+@functools.cache
+def gzip_decompressor() -> tuple[str, Callable[[bytes], bytes], tuple[type[Exception], ...]]:
+    """``(name, decompress, errors)``: ISA-L's igzip where the ``isal`` package is installed, else zlib.
+
+    `errors` are the decompressor's own errors for a corrupt deflate stream.
+
+    igzip inflates the same deflate streams about three times faster than zlib on x86 and
+    ARM, and checks the same CRC32 and length trailer, so the bytes that come out are the
+    same; only its error for a corrupt stream differs (see :func:`gunzip`).
+    """
+    try:
+        from isal import igzip, isal_zlib
+    except ImportError:
+        return "zlib", gzip.decompress, (zlib.error,)
+    return "isal", igzip.decompress, (isal_zlib.error,)
+
+
 def gunzip(raw: bytes, name: str) -> bytes:
-    """The file's bytes decompressed in one call when `name` ends in ``.gz``, else as they are."""
-    return gzip.decompress(raw) if name.endswith(".gz") else raw
+    """The file's bytes decompressed in one call when `name` ends in ``.gz``, else as they are.
+
+    Raises:
+        zlib.error: A corrupt deflate stream (ISA-L's own error is turned into zlib's, so
+            callers see the same error from either decompressor).
+        gzip.BadGzipFile: Not a gzip file, or a failed CRC or length check.
+        EOFError: The file ends early.
+    """
+    if not name.endswith(".gz"):
+        return raw
+    _, decompress, errors = gzip_decompressor()
+    try:
+        return decompress(raw)
+    except errors as exc:  # isal's IsalError is neither OSError nor zlib.error
+        if isinstance(exc, zlib.error):
+            raise
+        raise zlib.error(f"{type(exc).__name__}: {exc}") from None
 
 
 def read_nifti(raw: bytes, name: str) -> tuple[nib.Nifti1Header, np.ndarray]:
@@ -276,19 +309,68 @@ def prepare_subject(subject: Subject, source: Path, data: DataConfig, label_map:
     return result
 
 
+#: glibc's mallopt parameters (malloc.h), its defaults, and what prepare sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_DEFAULT_THRESHOLD = 128 * 1024
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit systems
+
+
+@contextlib.contextmanager
+def freed_memory_kept() -> Iterator[bool]:
+    """While inside, let the allocator reuse freed volumes instead of returning them to the kernel.
+
+    prepare allocates and frees the same few buffers per subject (a decompressed file, a
+    volume, the kept slices: up to tens of MB each). By default glibc serves every block
+    above 128 kB from a fresh ``mmap`` and unmaps it on free, so every file pays again for
+    zero-filled pages: page faults that cost more system time than inflating the files.
+    Inside, blocks up to 32 MB come from the heap and the heap is not trimmed; on the way
+    out the defaults come back and the heap is trimmed. Yields whether glibc took the
+    settings (other C libraries: nothing changes).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt, trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        yield False
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    kept = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    try:
+        yield kept
+    finally:
+        if kept:
+            mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
+            mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+            trim(0)
+
+
 def prepare_subjects(subjects: list[Subject], source: Path, data: DataConfig, label_map: dict[int, int],
          workers: int) -> Iterator[PreparedSubject]:
-    """Prepared subjects in input order; `workers` > 1 runs them in a process pool."""
+    """Prepared subjects in input order; `workers` > 1 runs that many subjects at once, in threads.
+
+    Threads, not processes: the work is ISA-L's inflate and numpy, which release the GIL, so
+    threads run side by side without a process start-up each or a copy of every subject's
+    slices through a pipe (which cost prepare a third of its time in worker processes).
+    """
     if workers <= 1:
         for subject in subjects:
             yield prepare_subject(subject, source, data, label_map)
         return
-    context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with futures.ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
         pending: deque[futures.Future] = deque()
-        for subject in subjects:  # at most 2 x workers subjects in flight (bounded memory)
-            pending.append(pool.submit(prepare_subject, subject, source, data, label_map))
-            if len(pending) >= 2 * workers:
+        try:
+            for subject in subjects:  # at most 2 x workers subjects in flight (bounded memory)
+                pending.append(pool.submit(prepare_subject, subject, source, data, label_map))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
+        finally:  # stopped early (an error, Ctrl-C): start nothing more
+            for future in pending:
+                future.cancel()
         while pending:
             yield pending.popleft().result()

@@ -16,6 +16,8 @@ manifest's content hash, and every shard's sha256, the last cached outside the s
 
 from __future__ import annotations
 
+import concurrent.futures as futures
+import contextlib
 import csv
 import hashlib
 import io
@@ -102,6 +104,8 @@ class StoreWriter:
         self._buffer: list[np.ndarray] = []
         self._rows: list[SliceRow] = []
         self._count = 0  # slices added so far, including those skipped on resume
+        self._writer: futures.ThreadPoolExecutor | None = None
+        self._writing: list[futures.Future] = []
 
     def _load_completed(self) -> list[dict[str, Any]]:
         """Sidecars of consecutive complete shards whose bytes still match their sha256."""
@@ -159,22 +163,48 @@ class StoreWriter:
                 self._flush()
 
     def _flush(self) -> None:
-        number = len(self._done)
-        digest = atomic_save_npy_parts(self._shards_dir / shard_name(number), self._buffer)
+        """Hand the full buffer to the writer thread as the next shard.
+
+        Writing and hashing a shard (hundreds of MB at full size) runs beside the producer,
+        which goes on filling the next shard: ``prepare``'s workers are not held up while the
+        main process writes. At most one shard is in the writer's hands while the next fills,
+        so memory stays at two shards. The record's sidecar, which a resumed writer trusts, is
+        written only after its shard is on disk.
+        """
         record = {
-            "shard": shard_name(number),
+            "shard": shard_name(len(self._done)),
             "count": sum(len(part) for part in self._buffer),
-            "sha256": digest,
+            "sha256": None,  # set by the writer thread
             "rows": [[r.slice_id, r.subject, r.z, r.split] for r in self._rows],
         }
-        atomic_write_json(self._partial / f"shard-{number:05d}.json", record)
         self._done.append(record)
-        self._buffer, self._rows = [], []
+        parts, self._buffer, self._rows = self._buffer, [], []
+        if self._writer is None:
+            self._writer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        while self._writing:  # the previous shard first: bounded memory, errors in order
+            self._writing.pop(0).result()
+        self._writing.append(self._writer.submit(self._save_shard, record, parts))
+
+    def _save_shard(self, record: dict[str, Any], parts: list[np.ndarray]) -> None:
+        number = int(record["shard"][len("shard-"):-len(".npy")])
+        record["sha256"] = atomic_save_npy_parts(self._shards_dir / record["shard"], parts)
+        atomic_write_json(self._partial / f"shard-{number:05d}.json", record)
+
+    def _finish_writing(self) -> None:
+        """Wait for the writer thread; re-raise its first error."""
+        try:
+            while self._writing:
+                self._writing.pop(0).result()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True, cancel_futures=True)
+                self._writer = None
 
     def close(self) -> dict[str, Any]:
         """Flush the last shard, write index.csv, then manifest.json; returns the manifest."""
         if self._buffer:
             self._flush()
+        self._finish_writing()
         if self._count < self.resumed_slices:
             raise StoreError(f"{self.out}: this run produced {self._count} slices, fewer than the {self.resumed_slices} already stored")
         # Shards beyond what this run produced are stale leftovers of a different earlier run.
@@ -219,6 +249,14 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop after the shard being written (on the way out of a failure): no write goes on
+        after the caller has moved on or removed the store. Completed shards stay for a resume."""
+        with contextlib.suppress(Exception):
+            self._finish_writing()
 
 
 class SliceStore:

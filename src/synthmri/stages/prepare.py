@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(parser, "--layout", key="data.layout", choices=DATA_LAYOUTS,
                 help="file naming (profile: data.layout, default auto: detected); it also picks the label map "
                      "unless data.label_map is set (BraTS 2023: enhancing tumour is 3)")
-    parser.add_argument("--workers", type=int, help="subjects read in parallel (default: CPU count, at most 8)")
+    parser.add_argument("--workers", type=int, help="subjects read in parallel, in threads (default: the CPUs this process may "
+                        "use, from its affinity, cgroup quota and $SYNTHMRI_THREADS; at most 8)")
     parser.add_argument("--endpoint-url", help="S3 endpoint for s3:// sources, e.g. MinIO (default: "
                         "$AWS_ENDPOINT_URL); credentials come from the environment only")
     parser.add_argument("--download-dir", type=Path, help="s3:// sources: keep the downloaded files here, so an "
@@ -44,7 +44,9 @@ def main(args: argparse.Namespace) -> int:
     anything rejected)."""
     at_least(args.workers, 1, "--workers")
     cfg = resolve_config(args)
-    workers = args.workers or min(os.cpu_count() or 1, 8)
+    from synthmri.threads import available_threads
+
+    workers = args.workers or min(available_threads(), 8)  # the CPUs this process may use, not the node's
     if args.source:
         result = run(args.source, args.out, cfg, workers=workers, endpoint_url=args.endpoint_url,
                      download_dir=args.download_dir, overwrite=args.overwrite)
