@@ -22,6 +22,7 @@ value a float64 computation gives, to its last bits, not float32's ~1e-6. A cons
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,7 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     if a.device.type != "cuda":
         return torch._int_mm(a, b.t())
+    a, b = a.contiguous(), b.contiguous()  # column blocks of a wider matrix are strided views
     m, k = a.shape
     n = b.shape[0]
     rows, inner, cols = max(m, 17), -(-k // 8) * 8, max(-(-n // 8) * 8, 8)
@@ -115,12 +117,17 @@ def correlations(q: IntegerRows, r: IntegerRows) -> torch.Tensor:
 
 def int8_matmul_available(device: torch.device) -> bool:
     """Whether ``torch._int_mm`` runs on `device` (and gives the right answer on a tiny product)."""
+    return _int8_matmul_works(str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=None)
+def _int8_matmul_works(device: str) -> bool:
     try:
         a = torch.arange(-64, 64, dtype=torch.int8, device=device).reshape(4, 32).repeat(8, 1)
         b = torch.arange(63, -65, -1, dtype=torch.int8, device=device).reshape(4, 32).repeat(8, 1)
-        got = int_matmul(a, b)
-        want = a.to(torch.int64) @ b.to(torch.int64).t()
-        return bool((got.to(torch.int64) == want).all())
+        got = int_matmul(a, b).cpu().to(torch.int64)
+        want = a.cpu().to(torch.int64) @ b.cpu().to(torch.int64).t()  # CUDA has no int64 matmul
+        return bool((got == want).all())
     except (RuntimeError, NotImplementedError, AttributeError):
         return False
 
