@@ -115,11 +115,22 @@ def test_two_busy_processes_on_two_cpus_leave_one_thread_and_it_comes_back_when_
     machine, applied = _Machine(tmp_path / "stat"), []
     follower = _follower(machine, applied)
     machine.run(5, others_cpus=2.0)
-    assert follower.observe() == 1 and applied == [1]
+    assert follower.observe() == 2 and applied == []  # one look is not enough to give a thread up
     machine.run(5, others_cpus=1.3, own_cpus=0.7)  # under contention they get less than they ask
     assert follower.observe() == 1 and applied == [1]
+    machine.run(5, others_cpus=1.3, own_cpus=0.7)
+    assert follower.observe() == 1 and applied == [1]
     machine.run(5, others_cpus=0.0, own_cpus=2.0)  # its own work is not "other processes"
-    assert follower.observe() == 2 and applied == [1, 2]
+    assert follower.observe() == 2 and applied == [1, 2]  # threads come back at the first look
+
+
+def test_a_blip_of_other_work_leaves_the_count_alone(tmp_path):
+    machine, applied = _Machine(tmp_path / "stat"), []
+    follower = _follower(machine, applied)
+    for others in (0.0, 1.5, 0.1, 1.2, 0.0, 0.9, 0.2):  # every other look: a git, an import
+        machine.run(5, others_cpus=others, own_cpus=1.8)
+        assert follower.observe() == 2
+    assert applied == []
 
 
 def test_looks_at_most_once_per_interval_and_rounds_half_a_free_cpu_up(tmp_path):
@@ -128,11 +139,15 @@ def test_looks_at_most_once_per_interval_and_rounds_half_a_free_cpu_up(tmp_path)
     machine.run(4.9, others_cpus=2.0)
     assert follower.observe() == 2 and applied == []  # 4.9 s: too soon to look
     machine.run(0.1, others_cpus=2.0)
+    assert follower.observe() == 2  # the first look asking for fewer
+    machine.run(5, others_cpus=2.0)
     assert follower.observe() == 1
     machine.run(5, others_cpus=0.5, own_cpus=1.0)  # 1.5 free: a second thread still helps
     assert follower.observe() == 2
-    machine.run(5, others_cpus=0.7)
-    assert follower.observe() == 1
+    for _ in range(2):
+        machine.run(5, others_cpus=0.7)
+        follower.observe()
+    assert follower.threads == 1
     assert applied == [1, 2, 1]
 
 
@@ -160,3 +175,20 @@ def test_the_cli_follows_the_load_only_where_nothing_fixed_the_count(tmp_path, m
     assert threads._follower is None
     apply_thread_limit({}, _cgroup_v2(tmp_path / "cg", "200000 100000"))  # the kernel enforces a quota
     assert threads._follower is None
+
+
+def test_every_stage_progress_report_lets_the_follower_look(monkeypatch):
+    from synthmri.monitoring import StageMonitor
+
+    looks = []
+
+    class Follower:
+        def observe(self):
+            looks.append(1)
+            return 1
+
+    monkeypatch.setattr(threads, "_follower", Follower())
+    with StageMonitor("train-generator", unit="iterations", total=3, show_bar=False) as monitor:
+        for step in range(1, 4):
+            monitor.progress(step)
+    assert len(looks) == 3

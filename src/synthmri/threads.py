@@ -119,6 +119,7 @@ class LoadFollower:
         self.stat_path, self.own_seconds, self.clock = stat_path, own_seconds, clock
         self.set_threads = set_threads or _set_torch_threads
         self.threads = ceiling
+        self._asked_fewer = False  # the previous look asked for fewer threads
         self.ticks_per_second = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._last = self._sample()
 
@@ -137,7 +138,12 @@ class LoadFollower:
         return max(0.0, len(self.cpus) - others)
 
     def observe(self) -> int:
-        """Look at the load if `interval` has passed and resize the pools; returns the count in force."""
+        """Look at the load if `interval` has passed and resize the pools; returns the count in force.
+
+        Fewer threads only when two looks in a row ask for fewer: a blip of other work (a git
+        command, an import) leaves the count alone, so a run on a quiet machine keeps its
+        thread count, and with it its floating-point sums. More threads at once.
+        """
         if self.clock() - self._last[0] < self.interval:
             return self.threads
         now = self._sample()
@@ -147,10 +153,14 @@ class LoadFollower:
             return self.threads
         # Half a CPU or more counts as one: a thread that gets half a core still helps.
         threads = min(self.ceiling, max(1, int(free + 0.5)))
+        asked_fewer, self._asked_fewer = self._asked_fewer, threads < self.threads
+        if threads < self.threads and not asked_fewer:
+            return self.threads
         if threads != self.threads:
             log.debug("other processes leave %.1f of %d CPUs free: %d compute threads", free, len(self.cpus), threads)
             self.set_threads(threads)
             self.threads = threads
+            self._asked_fewer = False
         return self.threads
 
 
