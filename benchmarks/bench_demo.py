@@ -16,6 +16,8 @@ Usage::
 
     python benchmarks/bench_demo.py --before b36848a --after HEAD --venv .venv \\
         --out benchmarks/results/demo_busy.json
+    python benchmarks/bench_demo.py --before b36848a --runs before-quiet before-busy \\
+        --out benchmarks/results/demo_busy_before.json
 """
 
 from __future__ import annotations
@@ -72,7 +74,9 @@ def main() -> None:
     parser.add_argument("--after", default="HEAD", help="commit after the change")
     parser.add_argument("--venv", type=Path, default=REPO / ".venv", help="an installed environment to reuse")
     parser.add_argument("--busy", type=int, default=2, help="busy processes in the busy run")
-    parser.add_argument("--busy-before", action="store_true", help="also time the busy run before the change")
+    parser.add_argument("--runs", nargs="+", default=["before-quiet", "after-quiet", "after-busy"],
+                        choices=["before-quiet", "after-quiet", "after-busy", "before-busy"],
+                        help="which runs, in this order (ratios are reported for the pairs present)")
     parser.add_argument("--scratch", type=Path, help="where the clones go (kept; default: a temporary folder)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args()
@@ -80,12 +84,10 @@ def main() -> None:
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="bench-demo-"))
     scratch.mkdir(parents=True, exist_ok=True)
     cpus = affinity_cpus()
-    plan = [("before", args.before, 0), ("after", args.after, 0), ("after", args.after, args.busy)]
-    if args.busy_before:
-        plan.append(("before", args.before, args.busy))
     runs: dict[str, dict] = {}
-    for label, commit, busy in plan:
-        name = f"{label}-{'busy' if busy else 'quiet'}"
+    for name in args.runs:
+        label, kind = name.split("-")
+        commit, busy = (args.before if label == "before" else args.after), (args.busy if kind == "busy" else 0)
         checkout = scratch / name
         full = clone(commit, checkout, args.venv)
         seconds = run_demo(checkout, busy, scratch / f"{name}.log")
@@ -93,21 +95,23 @@ def main() -> None:
         print(f"{name}: {seconds:.0f} s", flush=True)
 
     fair = float(args.busy + 1)  # C / (C / (N + 1)): the demo alone runs on all C CPUs
-    result = {
+    result: dict = {
         "benchmark": "make demo end to end on clean clones (install not timed)",
         "cpus": cpus,
         "busy_process": f"{sys.executable} -c '{BUSY_LOOP}'",
         "runs": runs,
-        "quiet_after_vs_before": runs["after-quiet"]["seconds"] / runs["before-quiet"]["seconds"],
-        "busy_after_vs_quiet_after": runs["after-busy"]["seconds"] / runs["after-quiet"]["seconds"],
         "fair_slowdown": fair,
-        "busy_after_ratio_to_fair": runs["after-busy"]["seconds"] / runs["after-quiet"]["seconds"] / fair,
         "targets": {"quiet_after_vs_before": 1.0, "busy_after_ratio_to_fair": 1.3},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
     }
-    if "before-busy" in runs:
-        result["busy_before_vs_quiet_before"] = runs["before-busy"]["seconds"] / runs["before-quiet"]["seconds"]
-        result["busy_before_ratio_to_fair"] = result["busy_before_vs_quiet_before"] / fair
+    seconds = {name: run["seconds"] for name, run in runs.items()}
+    if {"before-quiet", "after-quiet"} <= seconds.keys():
+        result["quiet_after_vs_before"] = seconds["after-quiet"] / seconds["before-quiet"]
+    for label in ("after", "before"):
+        if {f"{label}-quiet", f"{label}-busy"} <= seconds.keys():
+            slowdown = seconds[f"{label}-busy"] / seconds[f"{label}-quiet"]
+            result[f"busy_{label}_vs_quiet_{label}"] = slowdown
+            result[f"busy_{label}_ratio_to_fair"] = slowdown / fair
     atomic_write_json(args.out, result)
     print({k: v for k, v in result.items() if k not in ("runs", "machine")})
 
