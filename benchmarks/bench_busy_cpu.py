@@ -45,8 +45,9 @@ from synthmri.data.prepare import prepare
 from synthmri.io import atomic_write_json
 from synthmri.threads import affinity_cpus
 
+from busy import BUSY_LOOP, busy_processes  # benchmarks/busy.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
-BUSY_LOOP = "while True: pass"
 FINISHED = re.compile(r"finished: (\d+) iterations in ([\d.]+) s")
 
 
@@ -61,9 +62,7 @@ def stage_environment(scratch: Path, policy: str) -> dict[str, str]:
 
 def run_stage(scratch: Path, policy: str, busy: int, kimg: float) -> dict:
     """Run the stage beside `busy` CPU-bound processes; returns its wall and loop times."""
-    loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
-    try:
-        time.sleep(1.0 if busy else 0.0)  # let them take the CPUs before the stage starts
+    with busy_processes(busy):
         out = scratch / f"generator-{policy}-{busy}"
         command = [sys.executable, "-m", "synthmri", "train-generator", "--profile", str(REPO / "configs" / "demo.yaml"),
                    "--model", "stylegan2", "--kimg", str(kimg), "--no-register", "--data", str(scratch / "slices"),
@@ -72,10 +71,6 @@ def run_stage(scratch: Path, policy: str, busy: int, kimg: float) -> dict:
         result = subprocess.run(command, cwd=scratch, env=stage_environment(scratch, policy),
                                 capture_output=True, text=True)
         wall = time.perf_counter() - start
-    finally:
-        for loop in loops:
-            loop.kill()
-            loop.wait()
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     finished = FINISHED.findall(result.stderr)

@@ -34,8 +34,9 @@ from pathlib import Path
 from synthmri.io import atomic_write_json
 from synthmri.threads import affinity_cpus
 
+from busy import BUSY_LOOP, busy_processes  # benchmarks/busy.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
-BUSY_LOOP = "while True: pass"
 
 
 def clone(commit: str, where: Path, venv: Path) -> str:
@@ -51,18 +52,12 @@ def run_demo(checkout: Path, busy: int, log: Path) -> float:
     """Seconds of ``make demo`` in `checkout` beside `busy` CPU-bound processes."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS") and k != "SYNTHMRI_THREADS"
            and not k.startswith("MLFLOW_")}
-    loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
-    try:
-        time.sleep(1.0 if busy else 0.0)
+    with busy_processes(busy):
         start = time.perf_counter()
         with open(log, "w") as handle:
             result = subprocess.run(["make", "-o", ".venv/.installed", "demo"], cwd=checkout, env=env,
                                     stdout=handle, stderr=subprocess.STDOUT)
         seconds = time.perf_counter() - start
-    finally:
-        for loop in loops:
-            loop.kill()
-            loop.wait()
     if result.returncode != 0:
         raise RuntimeError(f"make demo failed in {checkout} ({result.returncode}); log: {log}")
     return seconds

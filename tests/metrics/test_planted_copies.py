@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 
 import numpy as np
@@ -189,7 +190,23 @@ def test_share_reuses_the_matching_search_and_searches_again_when_anything_diffe
     first_value = original.splitlines()[1].split(",")[1]
     table.write_text(original.replace(first_value, "0.1", 1))
     assert "memorization.csv: changed since evaluate-synthetic recorded it" in again("tampered")
+    # Rows that do not check out, even with the record's sha256 made to match: a training
+    # slice that is not one, a correlation outside [-1, 1], rows out of the store's order.
+    record_file = tmp_path / "mem" / "completion.json"
+    record_text = record_file.read_text()
+    header, first, second, *rest = original.splitlines(keepends=True)
+    slice_id, value, train_id = first.rstrip("\n").split(",")
+    for case, text, reason in (
+            ("foreign", original.replace(first, f"{slice_id},{value},patient-x_z000\n", 1), "not a training slice"),
+            ("range", original.replace(first, f"{slice_id},1.5,{train_id}\n", 1), "outside [-1, 1]"),
+            ("order", header + second + first + "".join(rest), "not the store's slices in the store's order")):
+        table.write_text(text)
+        record = json.loads(record_text)
+        record["memorization"]["files"]["memorization.csv"] = hashlib.sha256(text.encode()).hexdigest()
+        record_file.write_text(json.dumps(record))
+        assert reason in again(case)
     table.write_text(original)
+    record_file.write_text(record_text)
     # No completion record: not a finished evaluate-synthetic output.
     (tmp_path / "mem" / "completion.json").unlink()
     assert "no completion.json from evaluate-synthetic" in again("unfinished")
